@@ -1,0 +1,8 @@
+"""flashtune: LoRA fine-tuning on MLX with pluggable attention."""
+
+# Before anything imports mlx: MLX's Linux CPU wheel otherwise binds the reference BLAS.
+from flashtune import cpu_blas
+
+cpu_blas.load()
+
+__version__ = "0.1.0"

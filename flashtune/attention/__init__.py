@@ -1,0 +1,62 @@
+"""Registry of attention implementations, keyed by the names the CLI and YAML use.
+
+Every implementation has the signature ``fn(q, k, v, *, scale, mask=None) -> out`` described in
+``flashtune.attention.contract``. Nothing is chosen at import time: callers ask by name.
+"""
+
+from typing import Callable, Dict, List
+
+AttentionFn = Callable[..., "mx.array"]  # noqa: F821 (mx is only named for readers)
+
+_REGISTRY: Dict[str, AttentionFn] = {}
+
+
+def register(name: str) -> Callable[[AttentionFn], AttentionFn]:
+    """Decorator that adds an attention function to the registry under ``name``.
+
+    Args:
+        name: lowercase, unique key (also the file name and the CLI value).
+
+    Returns:
+        The decorator; it returns the function unchanged.
+    """
+    if name != name.lower() or not name.isidentifier():
+        raise ValueError(f"attention name {name!r} must be a lowercase identifier")
+
+    def decorator(fn: AttentionFn) -> AttentionFn:
+        if name in _REGISTRY:
+            raise ValueError(f"attention {name!r} is already registered")
+        fn.attention_name = name
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def names() -> List[str]:
+    """Returns the registered attention names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get(name: str) -> AttentionFn:
+    """Returns the attention function registered under ``name``.
+
+    Raises:
+        KeyError: naming the unknown value and listing the valid names.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown attention {name!r}; valid names: {', '.join(names())}"
+        ) from None
+
+
+def check_name(name: str) -> str:
+    """Validates ``name`` without running anything (used by CLIs before expensive work)."""
+    get(name)
+    return name
+
+
+# Importing the implementations registers them; order here is the order of names().
+from flashtune.attention import baseline, practical, demo, poc  # noqa: E402,F401

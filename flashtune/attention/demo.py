@@ -1,0 +1,99 @@
+"""MLX's fused ``mx.fast.scaled_dot_product_attention``, made training-aware.
+
+What helps, per backend (measured on the lent H100 and on the Linux CPU; see results/):
+- CUDA: MLX runs cuDNN's fused backward only when the query length is a multiple of 128
+  (mlx/backend/cuda/scaled_dot_product_attention.cpp, ``ScaledDotProductAttentionVJP::
+  use_fallback``); otherwise the gradient recomputes unfused attention with the full score
+  matrix (3x slower and 4-5x the memory at L=1000 vs 1024). So on CUDA, fp16/bf16, we pad q,
+  k and v at the end to the next multiple of 128 and slice the output back. With the causal
+  mask aligned lower-right and Lq <= Lk, a real query row i sees keys j <= i + (Lk - Lq) <
+  Lk, so padded keys are never seen and real rows are bit-for-bit the same; padded query rows
+  get zero cotangent, hence contribute nothing to dK and dV. Without a mask only q is padded.
+  Array masks are padded with "masked" entries.
+- CPU: MLX has no fused kernel on CPU; forward and backward are MLX's unfused fallback, so
+  padding would only add work. Nothing is changed.
+- Metal: the fused forward handles any length, and there is no fused backward at all, so
+  padding cannot help; nothing is changed. (For long-context training on Metal use
+  ``practical`` or ``poc``, whose backward is O(L) in memory.)
+Fully masked query rows are made explicit (zeros, zero gradient) because the fused kernels
+would otherwise return NaN there.
+"""
+
+import mlx.core as mx
+
+from flashtune.attention import register
+from flashtune.attention.contract import conforming, keep_mask_rows
+
+FUSED_BACKWARD_MULTIPLE = 128
+# cuDNN's fused SDPA on CUDA: fp16/bf16, head dims multiple of 8 up to 128 (same source file).
+_CUDNN_DTYPES = (mx.float16, mx.bfloat16)
+
+
+def _on_cuda() -> bool:
+    return mx.default_device() == mx.gpu and mx.cuda.is_available()
+
+
+def padded_length(q: mx.array, k: mx.array) -> int:
+    """Query length to run at so that MLX's fused CUDA backward engages (Lq itself if not)."""
+    L_q, D = q.shape[2], q.shape[3]
+    if (
+        not _on_cuda()
+        or L_q <= 1  # decoding: MLX's vector kernel, no backward wanted
+        or L_q % FUSED_BACKWARD_MULTIPLE == 0
+        or q.dtype not in _CUDNN_DTYPES
+        or D % 8
+        or D > 128
+    ):
+        return L_q
+    return -(-L_q // FUSED_BACKWARD_MULTIPLE) * FUSED_BACKWARD_MULTIPLE
+
+
+def _pad_axis(x: mx.array, axis: int, extra: int, value=0) -> mx.array:
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return mx.pad(x, widths, constant_values=value)
+
+
+def _pad_mask(mask: mx.array, extra: int) -> mx.array:
+    """Pads an array mask so padded keys are hidden and padded query rows see real keys."""
+    hidden, shown = (False, True) if mask.dtype == mx.bool_ else (-float("inf"), 0)
+    mask = _pad_axis(mask, -1, extra, hidden)
+    if mask.ndim >= 2 and mask.shape[-2] > 1:
+        mask = _pad_axis(mask, -2, extra, shown)
+    return mask
+
+
+@register("demo")
+@conforming
+def demo(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> mx.array:
+    """Fused SDPA with the padding and masked-row handling described in the module docstring.
+
+    Args:
+        q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D).
+        scale: multiplier of q kᵀ.
+        mask: None, "causal", a bool (keep) or an additive array (see contract.py).
+
+    Returns:
+        (B, Hq, Lq, D) in q's dtype.
+    """
+    keep_rows = None
+    if isinstance(mask, mx.array):
+        keep_rows = keep_mask_rows(mask)
+        if mask.dtype == mx.bool_:
+            mask = mask | ~keep_rows  # let empty rows see everything, then zero them below
+        else:
+            mask = mx.where(keep_rows, mask, 0).astype(q.dtype)
+    L_q, L_k = q.shape[2], k.shape[2]
+    extra = padded_length(q, k) - L_q
+    if extra:
+        q = _pad_axis(q, 2, extra)
+        if mask is not None:
+            k, v = _pad_axis(k, 2, extra), _pad_axis(v, 2, extra)
+        if isinstance(mask, mx.array):
+            mask = _pad_mask(mask, extra)
+    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    if extra:
+        out = out[:, :, :L_q]
+    if keep_rows is not None:
+        out = mx.where(keep_rows, out, 0)
+    return out
