@@ -76,6 +76,10 @@ def _forward(q, k, v, mask, *, scale, causal, block_q, block_k):
     lses: List[mx.array] = []
     for q_start, q_len in _blocks(L_q, block_q):
         q_tile = _q_tile(q5, q_start, q_len, n_kv_heads, group)
+        if outs:
+            # Query tiles are independent, so MLX would run them all at once and hold every
+            # tile's scores; chaining them keeps one tile in flight (O(L) memory, not O(L²)).
+            q_tile = mx.depends(q_tile, outs[-1])
         rows = group * q_len
         acc = mx.zeros((B, n_kv_heads, rows, D), dtype=mx.float32)
         row_max = mx.full((B, n_kv_heads, rows, 1), -_INF, dtype=mx.float32)
@@ -121,9 +125,12 @@ def _backward(q, k, v, mask, out, lse, d_out, *, scale, causal, block_q, block_k
     q_blocks = _blocks(L_q, block_q)
     dq_tiles: List[Optional[mx.array]] = [None] * len(q_blocks)
     dks, dvs = [], []
+    last_dq = None
     for k_start, k_len in _blocks(L_k, block_k):
         k_tile = k[:, :, k_start : k_start + k_len]
         v_tile = v[:, :, k_start : k_start + k_len]
+        if dks:  # one KV tile in flight at a time, as in the forward
+            k_tile, v_tile = mx.depends([k_tile, v_tile], [dks[-1], dvs[-1]])
         dk = mx.zeros((B, n_kv_heads, k_len, D), dtype=mx.float32)
         dv = mx.zeros((B, n_kv_heads, k_len, D), dtype=mx.float32)
         first = _first_q_block(k_start, q_blocks, offset) if causal else 0
@@ -131,6 +138,8 @@ def _backward(q, k, v, mask, out, lse, d_out, *, scale, causal, block_q, block_k
             q_start, q_len = q_blocks[i]
             q_tile = _q_tile(q5, q_start, q_len, n_kv_heads, group)
             do_tile = _q_tile(do5, q_start, q_len, n_kv_heads, group)
+            if last_dq is not None:  # finish the previous tile before this one starts
+                q_tile, do_tile = mx.depends([q_tile, do_tile], [last_dq, dk, dv])
             rows = group * q_len
             tile_lse = lse[..., q_start : q_start + q_len].reshape(B, n_kv_heads, rows, 1)
             tile_delta = delta[..., q_start : q_start + q_len].reshape(B, n_kv_heads, rows, 1)
@@ -141,6 +150,7 @@ def _backward(q, k, v, mask, out, lse, d_out, *, scale, causal, block_q, block_k
             d_scores = (probs * (d_probs - tile_delta)).astype(dt)
             dq_part = (d_scores @ k_tile).astype(mx.float32) * scale
             dq_tiles[i] = dq_part if dq_tiles[i] is None else dq_tiles[i] + dq_part
+            last_dq = dq_tiles[i]
             dk = dk + (d_scores.swapaxes(-1, -2) @ q_tile).astype(mx.float32) * scale
         dks.append(dk)
         dvs.append(dv)

@@ -1,0 +1,30 @@
+# flashtune: every command people run, in one place. Results land in results/<date>-<device>/.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FT := $(VENV)/bin/flashtune
+RESULTS ?= results/$(shell date +%Y-%m-%d)-$(shell $(PY) -c "import flashtune.env as e; print(e.short_device_tag())" 2>/dev/null || echo unknown)
+
+.PHONY: install test test-all bench bench-memory train clean
+
+install:
+	bash scripts/install.sh
+
+test:
+	$(PY) -m pytest -q -m "not slow"
+
+test-all:
+	$(PY) -m pytest -q
+
+bench:
+	mkdir -p $(RESULTS)
+	$(FT) bench attention --sets seed,training --out $(RESULTS)/attention.jsonl | tee $(RESULTS)/attention.md
+
+bench-memory:
+	mkdir -p $(RESULTS)
+	$(FT) bench attention --memory --out $(RESULTS)/attention-memory.jsonl | tee $(RESULTS)/attention-memory.md
+
+train:
+	$(FT) train
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,185 @@
+"""Attention benchmark: every registered implementation, forward and forward+backward.
+
+Per shape and implementation it records median milliseconds, TFLOP/s (FLOPs counted below),
+tokens/s, peak memory of one forward+backward, and the relative error against float32
+``baseline`` on one batch element (the correctness check runs inside the bench, on the same
+random inputs that are timed). Failures (out of memory, errors) are recorded, not dropped.
+Output: JSONL, a ``run_info`` header then one record per (shape, implementation).
+"""
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional
+
+import mlx.core as mx
+
+from flashtune import attention, env
+
+
+@dataclass(frozen=True)
+class Shape:
+    tag: str
+    batch: int
+    n_heads: int
+    n_kv_heads: int
+    length: int
+    head_dim: int
+    causal: bool = True
+
+    def flops(self, backward: bool) -> float:
+        """Matmul FLOPs: 4·B·H·L²·D forward (halved when causal), 3.5x that with the backward."""
+        forward = 4 * self.batch * self.n_heads * self.length**2 * self.head_dim
+        forward /= 2 if self.causal else 1
+        return forward * (3.5 if backward else 1.0)
+
+
+def _seed_grid() -> List[Shape]:
+    return [
+        Shape("seed", B, 16, 16, L, D)
+        for B in (1, 2, 4)
+        for L in (64, 128, 256)
+        for D in (32, 64, 128)
+    ]
+
+
+def _training(lengths=(512, 1000, 1024, 2000, 2048, 4096)) -> List[Shape]:
+    shapes = []
+    for L in lengths:
+        shapes.append(Shape("tinyllama", 4, 32, 4, L, 64))
+        shapes.append(Shape("qwen2.5-1.5b", 4, 12, 2, L, 128))
+    return shapes
+
+
+SHAPE_SETS: Dict[str, Callable[[], List[Shape]]] = {
+    "seed": _seed_grid,
+    "training": _training,
+    "memory": lambda: [Shape("memory", 1, 8, 2, 4096, 64)],
+    "smoke": lambda: [Shape("smoke", 1, 8, 2, 256, 64), Shape("smoke", 1, 8, 2, 1000, 64)],
+}
+
+
+def _median_seconds(fn: Callable[[], None], warmup: int, repeat: int) -> float:
+    for _ in range(warmup):
+        fn()
+    mx.synchronize()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        mx.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _inputs(shape: Shape, dtype, seed: int):
+    mx.random.seed(seed)
+    q = mx.random.normal((shape.batch, shape.n_heads, shape.length, shape.head_dim)).astype(dtype)
+    kv_shape = (shape.batch, shape.n_kv_heads, shape.length, shape.head_dim)
+    k, v = mx.random.normal(kv_shape).astype(dtype), mx.random.normal(kv_shape).astype(dtype)
+    d_out = mx.random.normal(q.shape).astype(dtype)
+    mx.eval(q, k, v, d_out)
+    return q, k, v, d_out
+
+
+def _relative_error(fn, q, k, v, scale, mask) -> float:
+    """Error of ``fn`` on batch 0, first KV group, against float32 baseline."""
+    group = q.shape[1] // k.shape[1]
+    q1, k1, v1 = q[:1, :group], k[:1, :1], v[:1, :1]
+    got = fn(q1, k1, v1, scale=scale, mask=mask).astype(mx.float32)
+    ref = attention.get("baseline")(
+        q1.astype(mx.float32), k1.astype(mx.float32), v1.astype(mx.float32), scale=scale, mask=mask
+    )
+    err = mx.linalg.norm((got - ref).flatten()) / mx.linalg.norm(ref.flatten())
+    return float(err.item())
+
+
+def _is_oom(error: Exception) -> bool:
+    text = str(error).lower()
+    return any(word in text for word in ("memory", "malloc", "alloc", "oom"))
+
+
+def measure(
+    name: str, shape: Shape, dtype, *, warmup: int, repeat: int, seed: int = 0
+) -> dict:
+    """One record: timings, throughput, peak memory and error of ``name`` on ``shape``."""
+    fn = attention.get(name)
+    record = {"impl": name, **asdict(shape), "dtype": str(dtype).split(".")[-1]}
+    mask = "causal" if shape.causal else None
+    scale = 1 / math.sqrt(shape.head_dim)
+    try:
+        q, k, v, d_out = _inputs(shape, dtype, seed)
+        record["rel_err"] = _relative_error(fn, q, k, v, scale, mask)
+        forward = lambda: mx.eval(fn(q, k, v, scale=scale, mask=mask))  # noqa: E731
+        grad = mx.grad(
+            lambda q, k, v: (fn(q, k, v, scale=scale, mask=mask) * d_out).astype(mx.float32).sum(),
+            argnums=(0, 1, 2),
+        )
+        backward = lambda: mx.eval(grad(q, k, v))  # noqa: E731
+        mx.synchronize()
+        mx.clear_cache()
+        before = mx.get_active_memory()
+        mx.reset_peak_memory()
+        backward()
+        mx.synchronize()
+        record["peak_mb"] = mx.get_peak_memory() / 1e6
+        record["extra_mb"] = (mx.get_peak_memory() - before) / 1e6
+        record["fwd_ms"] = 1e3 * _median_seconds(forward, warmup, repeat)
+        record["fwdbwd_ms"] = 1e3 * _median_seconds(backward, warmup, repeat)
+        record["fwd_tflops"] = shape.flops(False) / record["fwd_ms"] / 1e9
+        record["fwdbwd_tflops"] = shape.flops(True) / record["fwdbwd_ms"] / 1e9
+        record["fwdbwd_tokens_per_s"] = shape.batch * shape.length / record["fwdbwd_ms"] * 1e3
+        record["status"] = "ok"
+    except (RuntimeError, ValueError, MemoryError) as error:
+        record["status"] = "oom" if _is_oom(error) else "error"
+        record["error"] = str(error)[:300]
+    finally:
+        mx.clear_cache()
+    if attention.get(name) is attention.get("poc") and hasattr(fn, "last_path"):
+        record["path"] = fn.last_path
+    return record
+
+
+def run(
+    shape_sets: Iterable[str],
+    impls: Optional[List[str]] = None,
+    dtype=None,
+    warmup: int = 3,
+    repeat: int = 10,
+    out: Optional[Path] = None,
+    progress: Callable[[dict], None] = lambda record: None,
+) -> List[dict]:
+    """Benchmarks ``impls`` (default: every registered name) on the named shape sets.
+
+    Returns:
+        The records (the run_info header first); also written to ``out`` as JSONL.
+    """
+    impls = [attention.check_name(n) for n in (impls or attention.names())]
+    shapes = [s for name in shape_sets for s in SHAPE_SETS[name]()]
+    if dtype is None:  # bf16 is emulated (slow) on CPUs: compute in float32 there
+        dtype = mx.bfloat16 if env.backend() != "cpu" else mx.float32
+    header = env.run_info(
+        {"shape_sets": list(shape_sets), "impls": impls, "warmup": warmup, "repeat": repeat},
+        dtype=str(dtype).split(".")[-1],
+        kind="attention-bench",
+    )
+    records = [header]
+    sink = open(out, "w") if out else None
+    try:
+        if sink:
+            sink.write(json.dumps(header) + "\n")
+        for shape in shapes:
+            for name in impls:
+                record = measure(name, shape, dtype, warmup=warmup, repeat=repeat)
+                records.append(record)
+                progress(record)
+                if sink:
+                    sink.write(json.dumps(record) + "\n")
+                    sink.flush()
+    finally:
+        if sink:
+            sink.close()
+    return records

@@ -1,0 +1,83 @@
+"""The `flashtune` command: a thin table of subcommands, each a function in its own module."""
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+
+def _env(args) -> int:
+    from flashtune import env
+
+    print(env.report())
+    return 0
+
+
+def _bench_attention(args) -> int:
+    import mlx.core as mx
+
+    from flashtune.bench import attention as bench
+    from flashtune.bench.report import attention_table, describe_header
+
+    sets = ["memory"] if args.memory else args.sets.split(",")
+    for name in sets:
+        if name not in bench.SHAPE_SETS:
+            raise SystemExit(f"unknown shape set {name!r}; valid: {', '.join(bench.SHAPE_SETS)}")
+    impls = args.impl.split(",") if args.impl else None
+    dtype = getattr(mx, args.dtype) if args.dtype else None
+    out = Path(args.out) if args.out else None
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+    def progress(r):
+        status = f"{r['fwdbwd_ms']:.2f} ms fwd+bwd, {r['extra_mb']:.0f} MB" if r["status"] == "ok" else r["status"]
+        print(f"  {r['tag']} B{r['batch']} L{r['length']} D{r['head_dim']} {r['impl']}: {status}", file=sys.stderr)
+
+    records = bench.run(sets, impls, dtype, args.warmup, args.repeat, out, progress)
+    print(describe_header(records[0]))
+    print(attention_table(records[1:]))
+    if args.memory:
+        ok = {r["impl"]: r["extra_mb"] for r in records[1:] if r.get("status") == "ok"}
+        if "baseline" in ok:
+            for name, mb in ok.items():
+                print(f"{name}: {mb:.0f} MB extra peak for fwd+bwd ({mb / ok['baseline']:.3f} of baseline)")
+    if out:
+        print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashtune", description=__doc__)
+    parser.add_argument("--version", action="store_true", help="print versions, device and BLAS")
+    commands = parser.add_subparsers(dest="command")
+
+    commands.add_parser("env", help="versions, device and CPU BLAS").set_defaults(run=_env)
+
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
+    attn = bench.add_parser("attention", help="attention speed/memory, every implementation")
+    attn.add_argument("--sets", default="seed,training", help="comma list of shape sets: seed, training, memory, smoke")
+    attn.add_argument("--memory", action="store_true", help="peak memory of fwd+bwd at B1 H8/2 L4096 D64")
+    attn.add_argument("--impl", help="comma list of implementations (default: all)")
+    attn.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on GPU, float32 on CPU")
+    attn.add_argument("--warmup", type=int, default=3)
+    attn.add_argument("--repeat", type=int, default=10)
+    attn.add_argument("--out", help="JSONL results file")
+    attn.set_defaults(run=_bench_attention)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        return _env(args)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0
+    import flashtune  # noqa: F401  (BLAS before mlx)
+
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
