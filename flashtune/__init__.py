@@ -6,3 +6,5 @@ from flashtune import cpu_blas
 cpu_blas.load()
 
 __version__ = "0.1.0"
+
+from flashtune.patch import patch, unpatch, patched  # noqa: E402
