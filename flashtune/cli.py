@@ -46,6 +46,48 @@ def _bench_attention(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    import json
+
+    from flashtune import config as config_module
+    from flashtune.records import format_summary
+    from flashtune.train import train
+
+    config = config_module.resolve(args)
+    try:
+        summary = train(config)
+    except KeyboardInterrupt:
+        return 130
+    print(format_summary(summary))
+    for sample in summary.get("samples", []):
+        print(f"\nQ: {sample['prompt']}\n  before: {sample['before']}\n  after:  {sample['after']}")
+    print(f"\nrun folder: {summary['run_dir']} (adapters: mlx_lm.generate --adapter-path {summary['run_dir']})")
+    Path(summary["run_dir"], "summary.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _generate(args) -> int:
+    from flashtune import models
+    from flashtune.generate import answer
+    from flashtune.patch import patch
+
+    model, tokenizer, info = models.load_model(args.model, init="pretrained", dtype=args.dtype)
+    if args.adapter_path:
+        from mlx_lm.tuner.utils import load_adapters
+
+        load_adapters(model, args.adapter_path)
+    patch(model, args.attn)
+    print(answer(model, tokenizer, [{"role": "user", "content": args.prompt}], args.max_tokens))
+    return 0
+
+
+def _models(args) -> int:
+    from flashtune import models
+
+    print(models.format_models_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashtune", description=__doc__)
     parser.add_argument("--version", action="store_true", help="print versions, device and BLAS")
@@ -63,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     attn.add_argument("--repeat", type=int, default=10)
     attn.add_argument("--out", help="JSONL results file")
     attn.set_defaults(run=_bench_attention)
+
+    from flashtune import config as config_module  # stdlib + yaml only: cheap
+
+    train = commands.add_parser("train", help="LoRA fine-tuning with a chosen attention implementation")
+    config_module.add_arguments(train)
+    train.set_defaults(run=_train)
+
+    gen = commands.add_parser("generate", help="answer a prompt (optionally with trained adapters)")
+    gen.add_argument("--model", default=config_module.TrainConfig.model)
+    gen.add_argument("--adapter-path", help="run folder or adapter folder from flashtune train / mlx_lm lora")
+    gen.add_argument("--attn", default=config_module.TrainConfig.attn)
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--dtype")
+    gen.set_defaults(run=_generate)
+
+    commands.add_parser("models", help="model aliases, what is cached or embedded, sizes").set_defaults(run=_models)
     return parser
 
 

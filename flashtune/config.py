@@ -1,0 +1,132 @@
+"""The one source of training defaults. The CLI flags and the YAML keys are generated from it.
+
+Precedence: command-line flags > the YAML recipe (``--config``) > the defaults below.
+Unknown YAML keys are an error, and so are values of the wrong type.
+"""
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    # What to train.
+    model: str = field(default="SmolLM2-135M", metadata={"help": "alias, HF repo id or local folder"})
+    init: str = field(default="pretrained", metadata={"help": "pretrained | random (architecture-exact timing runs)", "choices": ["pretrained", "random"]})
+    attn: str = field(default="demo", metadata={"help": "attention implementation (flashtune attention names)"})
+    data: Optional[str] = field(default=None, metadata={"help": "folder with train.jsonl/valid.jsonl (default: the shipped dataset)"})
+    dtype: Optional[str] = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: bfloat16 on GPU, float32 on CPU)"})
+    qlora: bool = field(default=False, metadata={"help": "keep quantized base weights quantized (QLoRA)"})
+    # LoRA.
+    lora_layers: int = field(default=16, metadata={"help": "number of final blocks that get LoRA"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_scale: float = field(default=20.0, metadata={"help": "LoRA scale (mlx-lm's convention)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    # Optimization.
+    iters: int = field(default=100, metadata={"help": "training iterations"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per iteration (per rank)"})
+    grad_accumulation: int = field(default=1, metadata={"help": "micro-batches per optimizer update"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
+    warmup: int = field(default=10, metadata={"help": "linear warm-up iterations"})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to learning_rate * this"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_seq_length: Optional[int] = field(default=None, metadata={"help": "most tokens per example (default: the model context); longer is an error unless --truncate"})
+    truncate: bool = field(default=False, metadata={"help": "truncate over-long examples instead of failing"})
+    pad_to_multiple: Optional[int] = field(default=None, metadata={"help": "pad batch length to a multiple (default: 128 on CUDA, 32 elsewhere)"})
+    fixed_length: Optional[int] = field(default=None, metadata={"help": "pad every batch to this length (one compiled shape; timing runs)"})
+    grad_checkpoint: bool = field(default=False, metadata={"help": "recompute block activations in the backward (less memory)"})
+    compile: bool = field(default=True, metadata={"help": "compile the training step (mx.compile)"})
+    mask_prompt: bool = field(default=True, metadata={"help": "no loss on prompt tokens (completions/chat data)"})
+    seed: int = field(default=0, metadata={"help": "random seed (data order, LoRA init, dropout)"})
+    # Evaluation, checkpoints, output.
+    steps_per_eval: int = field(default=25, metadata={"help": "validation every N iterations (0: only at the end)"})
+    val_batches: int = field(default=8, metadata={"help": "validation batches per evaluation (-1: all)"})
+    steps_per_save: int = field(default=50, metadata={"help": "checkpoint every N iterations"})
+    out: Optional[str] = field(default=None, metadata={"help": "run folder (default: runs/<model>-<attn>)"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing run in --out"})
+    sample: bool = field(default=True, metadata={"help": "show answers to held-out prompts before and after training"})
+    sample_tokens: int = field(default=48, metadata={"help": "tokens per sample answer"})
+    records: Optional[str] = field(default=None, metadata={"help": "per-iteration JSONL (default: <out>/records.jsonl)"})
+    distributed: bool = field(default=False, metadata={"help": "data-parallel over mx.distributed (implied under mlx.launch)"})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A bad recipe file or value."""
+
+
+def _field_types() -> Dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_type(name: str, value: Any, hint: Any) -> Any:
+    base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    kind = base[0]
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_yaml(path: Path) -> Dict[str, Any]:
+    """Reads a recipe: a mapping of TrainConfig keys; unknown keys and wrong types are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of settings, got {type(data).__name__}")
+    hints = _field_types()
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"recipe {path}: unknown keys {unknown}; valid keys: {', '.join(hints)}"
+        )
+    return {k: _check_type(f"{path}: {k}", v, hints[k]) for k, v in data.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per TrainConfig field (defaults stay in the dataclass: flags default to unset)."""
+    parser.add_argument("--config", help="YAML recipe (keys are the long flag names with _)")
+    hints = _field_types()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        kind = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+        if kind[0] is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind[0], default=argparse.SUPPRESS,
+                                choices=f.metadata.get("choices"), help=help_text)
+
+
+def resolve(args: Optional[argparse.Namespace] = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the recipe named by ``args.config``, then flags, then ``overrides``."""
+    values: Dict[str, Any] = {}
+    given = dict(vars(args)) if args is not None else {}
+    recipe = given.pop("config", None)
+    if recipe:
+        values.update(load_yaml(Path(recipe)))
+    names = {f.name for f in fields(TrainConfig)}
+    values.update({k: v for k, v in given.items() if k in names})
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def recipe_keys() -> List[str]:
+    return [f.name for f in fields(TrainConfig)]

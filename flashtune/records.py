@@ -1,0 +1,84 @@
+"""Per-iteration training records (JSONL) and the run summary computed from them.
+
+One object per line: a ``run_info`` header (versions, git sha, device, config, dtype, seed),
+then per iteration ``iter, wall_s, tokens, tokens_per_s, loss, lr, peak_mem_gb, attn, model``
+plus ``shape`` (B, L), ``padded_tokens``, ``world_size`` and ``warmup`` (True when the step
+compiled a new batch shape: kept and flagged, never dropped), and ``{"eval": true, ...}``
+records for validation (their time is not in any ``wall_s``).
+"""
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+
+class RecordWriter:
+    """Appends JSON records to a file, one per line, flushed as they come."""
+
+    def __init__(self, path: Optional[Path], enabled: bool = True):
+        self.path = Path(path) if path else None
+        self._file = None
+        if self.path and enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a")
+
+    def write(self, record: Dict[str, Any]) -> None:
+        if self._file:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+            self._file = None
+
+
+def read(path: Path) -> List[Dict[str, Any]]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Totals of one run: wall time (compile included), median step, tokens/s, memory, losses."""
+    # A resumed run appends to the same file: the last record of each iteration wins.
+    steps = list({r["iter"]: r for r in records if "iter" in r and not r.get("eval")}.values())
+    evals = list({r["iter"]: r for r in records if r.get("eval")}.values())
+    steps.sort(key=lambda r: r["iter"])
+    evals.sort(key=lambda r: r["iter"])
+    if not steps:
+        return {"iters": 0}
+    steady = [r for r in steps if not r.get("warmup")] or steps
+    total_wall = sum(r["wall_s"] for r in steps)
+    tokens = sum(r["tokens"] for r in steps)
+    tail = steps[-10:]
+    return {
+        "iters": len(steps),
+        "total_wall_s": total_wall,
+        "warmup_steps": sum(1 for r in steps if r.get("warmup")),
+        "warmup_wall_s": sum(r["wall_s"] for r in steps if r.get("warmup")),
+        "median_step_s": statistics.median(r["wall_s"] for r in steady),
+        "tokens_per_s": tokens / total_wall if total_wall else 0.0,
+        "steady_tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
+        "peak_mem_gb": max(r["peak_mem_gb"] for r in steps),
+        "first_loss": steps[0]["loss"],
+        "final_loss": statistics.fmean(r["loss"] for r in tail),
+        "first_val_loss": evals[0]["val_loss"] if evals else None,
+        "final_val_loss": evals[-1]["val_loss"] if evals else None,
+    }
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+    if not summary.get("iters"):
+        return "no iterations recorded"
+    val = ""
+    if summary["final_val_loss"] is not None:
+        val = f", validation loss {summary['first_val_loss']:.3f} -> {summary['final_val_loss']:.3f}"
+    return (
+        f"{summary['iters']} iterations in {summary['total_wall_s']:.1f} s "
+        f"({summary['warmup_steps']} compile/warm-up steps, {summary['warmup_wall_s']:.1f} s); "
+        f"median step {1e3 * summary['median_step_s']:.0f} ms; "
+        f"{summary['tokens_per_s']:,.0f} tokens/s overall, {summary['steady_tokens_per_s']:,.0f} steady; "
+        f"peak memory {summary['peak_mem_gb']:.2f} GB; "
+        f"train loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}{val}"
+    )

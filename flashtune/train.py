@@ -1,0 +1,286 @@
+"""The LoRA training loop: a function, not a framework.
+
+``train(config)`` validates everything cheap first (attention name, model name, data files, run
+folder), then loads the model, adds LoRA, swaps attention through the patcher and runs a
+compiled step per batch (one compile per distinct batch shape, as mlx-lm does; batches are padded
+to a multiple of 128 on CUDA, 32 elsewhere, to keep shapes few). Each iteration's wall time is
+recorded (see ``flashtune.records``); evaluation and checkpoint time stay out of it.
+"""
+
+import math
+import shutil
+import signal
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_map
+from tqdm import tqdm
+
+from flashtune import attention, checkpoint, data, env, models, records
+from flashtune.config import TrainConfig
+from flashtune.generate import answer, held_out_prompts
+from flashtune.lora import adapter_config, apply_lora, enable_grad_checkpoint
+from flashtune.log import logger
+from flashtune.patch import patch
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user can act on (the message says what to do)."""
+
+
+def _is_oom(error: Exception) -> bool:
+    text = str(error).lower()
+    return any(word in text for word in ("out of memory", "malloc", "allocat", "memory limit"))
+
+
+def run_dir_for(config: TrainConfig) -> Path:
+    """The run folder; refuses to reuse one that holds a run unless --resume or --overwrite."""
+    out = Path(config.out or f"runs/{Path(config.model).name}-{config.attn}").expanduser().resolve()
+    has_run = (out / "checkpoints").exists() or (out / "records.jsonl").exists()
+    if has_run and not (config.resume or config.overwrite):
+        raise TrainingError(
+            f"{out} already holds a run; pass --resume to continue it, --overwrite to replace "
+            "it, or --out to choose another folder"
+        )
+    if config.resume and checkpoint.latest(out) is None:
+        raise TrainingError(f"--resume: no checkpoint in {out}/checkpoints")
+    return out
+
+
+def check_data_files(path: Optional[str]) -> None:
+    """Parses the data files (no tokenizer needed) so a malformed line fails before model load."""
+    root = data.default_dataset_dir() if path is None else Path(path).expanduser()
+    files = [root] if root.is_file() else [root / f"{s}.jsonl" for s in data.SPLITS]
+    if not root.exists():
+        raise FileNotFoundError(f"data path {root} does not exist; expected a folder with train.jsonl and valid.jsonl")
+    for file in files:
+        if file.is_file():
+            data.read_jsonl(file)
+
+
+def make_schedule(config: TrainConfig):
+    """Linear warm-up to the peak learning rate, then cosine decay to min_lr_ratio of it."""
+    peak = config.learning_rate
+    decay_steps = max(config.iters - config.warmup, 1)
+    cosine = optim.cosine_decay(peak, decay_steps, end=peak * config.min_lr_ratio)
+    if config.warmup <= 0:
+        return cosine
+    return optim.join_schedules([optim.linear_schedule(0.0, peak, config.warmup), cosine], [config.warmup])
+
+
+def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array):
+    """Summed token cross-entropy and token count; dividing by the global count after summing
+    over micro-batches and ranks gives exactly the loss of the combined batch."""
+    logits = model(inputs)
+    ce = nn.losses.cross_entropy(logits, targets) * mask
+    return ce.astype(mx.float32).sum(), mask.sum()
+
+
+def evaluate(model, dataset, config: TrainConfig, pad_to: int) -> float:
+    total, count = mx.array(0.0), mx.array(0.0)
+    n = data.num_batches(dataset, config.batch_size)
+    n = n if config.val_batches < 0 else min(n, config.val_batches)
+    for batch in data.iterate_batches(dataset, config.batch_size, seed=config.seed, num_steps=n, loop=False, pad_to_multiple=pad_to):
+        s, c = loss_sum(model, *batch)
+        total, count = total + s, count + c
+        mx.eval(total, count)
+    return (total / count).item()
+
+
+class _StopRequest:
+    """Turns Ctrl-C into a flag the loop checks after the current step, so a checkpoint is saved."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:  # second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+            logger.warning("interrupt: finishing this step, saving a checkpoint, then stopping")
+
+        self._previous = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+    """Fine-tunes with LoRA as ``config`` says; returns the run summary (see records.summarize).
+
+    Raises:
+        KeyError: unknown attention name. ValueError/FileNotFoundError: unknown model, bad data.
+        TrainingError: run folder conflicts, NaN loss, out of memory.
+    """
+    # Cheap checks first: nothing heavy is loaded until all of these pass.
+    attention.check_name(config.attn)
+    spec = models.resolve(config.model)
+    check_data_files(config.data)
+    run_dir = run_dir_for(config)
+    world = mx.distributed.init() if config.distributed else None
+    rank, world_size = (world.rank(), world.size()) if world else (0, 1)
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the {world_size} ranks")
+    is_main = rank == 0
+
+    mx.random.seed(config.seed)
+    model, tokenizer, info = models.load_model(spec, init=config.init, dtype=config.dtype, quantized=config.qlora or None, seed=config.seed)
+    splits = data.load_dataset(config.data, tokenizer, mask_prompt=config.mask_prompt, max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=info.max_position_embeddings)
+    pad_to = config.pad_to_multiple or (128 if env.backend() == "cuda" else 32)
+    if config.fixed_length:
+        pad_to = config.fixed_length
+        if max(splits.train.lengths) - 1 > config.fixed_length:
+            raise ValueError(f"fixed_length={config.fixed_length} is shorter than the longest example ({max(splits.train.lengths) - 1} inputs)")
+
+    lora = adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout)
+    n_trainable = apply_lora(model, lora)
+    patch(model, config.attn)
+    if config.grad_checkpoint:
+        enable_grad_checkpoint(model)
+    optimizer = optim.AdamW(learning_rate=make_schedule(config), weight_decay=config.weight_decay)
+
+    start = 0
+    if config.resume:
+        step, folder = checkpoint.latest(run_dir)
+        start = checkpoint.load(folder, model, optimizer)["step"]
+        logger.info(f"resuming from {folder} (iteration {start})")
+    elif config.overwrite and run_dir.exists():
+        for stale in ("records.jsonl", "checkpoints"):
+            target = run_dir / stale
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    writer = records.RecordWriter(Path(config.records) if config.records else run_dir / "records.jsonl", enabled=is_main)
+    writer.write(env.run_info(config.to_dict(), model=info.to_dict(), dtype=info.dtype, seed=config.seed, world_size=world_size, trainable_params=n_trainable, resumed_from=start or None, pad_to_multiple=pad_to))
+    model_label = info.label
+    prompts = held_out_prompts(config.data) if config.sample and is_main else []
+    before = [answer(model, tokenizer, p, config.sample_tokens) for p in prompts]
+
+    value_and_grad = nn.value_and_grad(model, loss_sum)
+    state = [model.state, optimizer.state, mx.random.state]
+
+    def reduce_and_update(grads, total_loss, total_tokens):
+        if world_size > 1:
+            grads = tree_map(lambda g: mx.distributed.all_sum(g, group=world), grads)
+            total_loss = mx.distributed.all_sum(total_loss, group=world)
+            total_tokens = mx.distributed.all_sum(total_tokens, group=world)
+        optimizer.update(model, tree_map(lambda g: g / total_tokens, grads))
+        return total_loss / total_tokens, total_tokens
+
+    def micro_step(inputs, targets, mask):
+        (loss, tokens), grads = value_and_grad(model, inputs, targets, mask)
+        return loss, tokens, grads
+
+    def full_step(inputs, targets, mask):
+        loss, tokens, grads = micro_step(inputs, targets, mask)
+        return reduce_and_update(grads, loss, tokens)
+
+    wrap = partial(mx.compile, inputs=state, outputs=state) if config.compile else (lambda f: f)
+    full_step, micro_step, reduce_and_update = wrap(full_step), wrap(micro_step), wrap(reduce_and_update)
+
+    micro = config.grad_accumulation
+    batches = data.iterate_batches(splits.train, config.batch_size, seed=config.seed, start_step=start * micro, pad_to_multiple=pad_to)
+    seen_shapes = set()
+    last_saved = completed = start
+    model.train()
+    mx.reset_peak_memory()
+    bar = tqdm(total=config.iters, initial=start, disable=not is_main, unit="it", dynamic_ncols=True)
+
+    def save(step: int) -> None:
+        nonlocal last_saved
+        if is_main:
+            checkpoint.save(run_dir, step, model, optimizer, lora, {"config": config.to_dict(), "model": info.to_dict()})
+        last_saved = step
+
+    try:
+        with _StopRequest() as stop:
+            for it in range(start + 1, config.iters + 1):
+                tic = time.perf_counter()
+                shapes, parts = [], []
+                for _ in range(micro):
+                    batch = next(batches)
+                    if world_size > 1:
+                        batch = data.Batch(*(x[rank::world_size] for x in batch))
+                    shapes.append(tuple(batch.inputs.shape))
+                    parts.append(batch)
+                try:
+                    if micro == 1:
+                        loss, tokens = full_step(*parts[0])
+                    else:
+                        grads, total, count = None, mx.array(0.0), mx.array(0.0)
+                        for part in parts:
+                            l, c, g = micro_step(*part)
+                            grads = g if grads is None else tree_map(mx.add, grads, g)
+                            total, count = total + l, count + c
+                        loss, tokens = reduce_and_update(grads, total, count)
+                    mx.eval(state, loss, tokens)
+                except RuntimeError as error:
+                    if _is_oom(error):
+                        raise TrainingError(
+                            f"out of memory at iteration {it} with batch {shapes[0]} (batch x length): {error}. "
+                            "Try a smaller --batch-size, --grad-accumulation with a smaller batch, "
+                            "--grad-checkpoint, or a shorter --max-seq-length."
+                        ) from error
+                    raise
+                wall = time.perf_counter() - tic
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise TrainingError(
+                        f"loss became {loss_value} at iteration {it}; stopped. The last good "
+                        f"checkpoint is iteration {last_saved} in {run_dir}. Lower --learning-rate "
+                        "or check the data."
+                    )
+                new_shape = any(s not in seen_shapes for s in shapes)
+                seen_shapes.update(shapes)
+                n_tokens = int(tokens.item())
+                record = {
+                    "iter": it, "wall_s": wall, "tokens": n_tokens, "tokens_per_s": n_tokens / wall,
+                    "loss": loss_value, "lr": float(optimizer.learning_rate.item()),
+                    "peak_mem_gb": mx.get_peak_memory() / 1e9, "attn": config.attn, "model": model_label,
+                    "shape": list(shapes[0]), "padded_tokens": sum(s[0] * s[1] for s in shapes) * world_size,
+                    "world_size": world_size, "warmup": new_shape and config.compile,
+                }
+                writer.write(record)
+                completed = it
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{n_tokens / wall:,.0f}", peak_gb=f"{record['peak_mem_gb']:.2f}")
+                is_last = it == config.iters
+                if splits.valid is not None and ((config.steps_per_eval and it % config.steps_per_eval == 0) or is_last or it == start + 1):
+                    eval_tic = time.perf_counter()
+                    model.eval()
+                    val = evaluate(model, splits.valid, config, pad_to)
+                    model.train()
+                    writer.write({"eval": True, "iter": it, "val_loss": val, "eval_s": time.perf_counter() - eval_tic})
+                    bar.write(f"iteration {it}: validation loss {val:.3f}")
+                if is_last or (config.steps_per_save and it % config.steps_per_save == 0) or stop.requested:
+                    save(it)
+                if stop.requested:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        if last_saved < completed:
+            save(completed)
+        bar.close()
+        writer.close()
+        logger.warning(f"stopped; checkpoint at iteration {last_saved} in {run_dir}; continue with --resume --out {run_dir}")
+        raise
+    bar.close()
+    writer.close()
+    summary = records.summarize(records.read(writer.path)) if is_main and writer.path else {}
+    summary.update(run_dir=str(run_dir), model=model_label, attn=config.attn, trainable_params=n_trainable)
+    if prompts:
+        summary["samples"] = [
+            {"prompt": p[-1]["content"], "before": b, "after": answer(model, tokenizer, p, config.sample_tokens)}
+            for p, b in zip(prompts, before)
+        ]
+    return summary
