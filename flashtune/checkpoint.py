@@ -68,7 +68,6 @@ def save(
     weights = adapter_weights(model)
     mx.save_safetensors(str(tmp / ADAPTERS), weights)
     optimizer_arrays = dict(tree_flatten(optimizer.state))
-    optimizer_arrays["__rng__"] = mx.random.state[0]
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), optimizer_arrays)
     (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
@@ -91,7 +90,9 @@ def latest(run_dir: Path) -> Optional[Tuple[int, Path]]:
 
 
 def load(folder: Path, model: nn.Module, optimizer: optim.Optimizer) -> Dict[str, Any]:
-    """Restores adapters, optimizer state and RNG from a checkpoint folder.
+    """Restores adapters and optimizer state from a checkpoint folder.
+
+    (The trainer reseeds the RNG from (seed, iteration) at every step, so no RNG state is saved.)
 
     Returns:
         The trainer state saved with it (``step`` included).
@@ -99,7 +100,6 @@ def load(folder: Path, model: nn.Module, optimizer: optim.Optimizer) -> Dict[str
     folder = Path(folder)
     model.load_weights(list(mx.load(str(folder / ADAPTERS)).items()), strict=False)
     arrays = mx.load(str(folder / "optimizer.safetensors"))
-    mx.random.state[0] = arrays.pop("__rng__")
     # Fill the optimizer's own state tree (built from the model) rather than rebuilding it
     # from flat names, so list/dict structure matches what the compiled step expects.
     optimizer.init(model.trainable_parameters())

@@ -52,15 +52,20 @@ def run_dir_for(config: TrainConfig) -> Path:
     return out
 
 
-def check_data_files(path: Optional[str]) -> None:
-    """Parses the data files (no tokenizer needed) so a malformed line fails before model load."""
+def check_data_files(path: Optional[str]) -> str:
+    """Parses the data files (no tokenizer needed) so a malformed line fails before model load.
+
+    Returns:
+        The data format of the train split ("completions", "chat" or "text").
+    """
     root = data.default_dataset_dir() if path is None else Path(path).expanduser()
     files = [root] if root.is_file() else [root / f"{s}.jsonl" for s in data.SPLITS]
     if not root.exists():
         raise FileNotFoundError(f"data path {root} does not exist; expected a folder with train.jsonl and valid.jsonl")
-    for file in files:
-        if file.is_file():
-            data.read_jsonl(file)
+    formats = [data.read_jsonl(file)[0] for file in files if file.is_file()]
+    if not formats:
+        raise FileNotFoundError(f"data folder {root} has no train.jsonl")
+    return formats[0]
 
 
 def make_schedule(config: TrainConfig):
@@ -123,7 +128,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     # Cheap checks first: nothing heavy is loaded until all of these pass.
     attention.check_name(config.attn)
     spec = models.resolve(config.model)
-    check_data_files(config.data)
+    data_format = check_data_files(config.data)
     run_dir = run_dir_for(config)
     world = mx.distributed.init() if config.distributed else None
     rank, world_size = (world.rank(), world.size()) if world else (0, 1)
@@ -133,7 +138,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
     mx.random.seed(config.seed)
     model, tokenizer, info = models.load_model(spec, init=config.init, dtype=config.dtype, quantized=config.qlora or None, seed=config.seed)
-    splits = data.load_dataset(config.data, tokenizer, mask_prompt=config.mask_prompt, max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=info.max_position_embeddings)
+    splits = data.load_dataset(config.data, tokenizer, mask_prompt=config.mask_prompt and data_format != "text", max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=info.max_position_embeddings)
     pad_to = config.pad_to_multiple or (128 if env.backend() == "cuda" else 32)
     if config.fixed_length:
         pad_to = config.fixed_length
@@ -207,6 +212,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         with _StopRequest() as stop:
             for it in range(start + 1, config.iters + 1):
                 tic = time.perf_counter()
+                # Dropout noise is a function of (seed, iteration), so a resumed run repeats it.
+                mx.random.seed(config.seed * 1_000_003 + it)
                 shapes, parts = [], []
                 for _ in range(micro):
                     batch = next(batches)

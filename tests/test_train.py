@@ -1,0 +1,152 @@
+"""The LoRA trainer on a tiny local model: learning, exact resume, mlx-lm compatibility, clear errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import flashtune  # noqa: F401
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from flashtune import config as config_module
+from flashtune import data, models, records, train as train_module
+from tests.tiny_models import write_text_dataset, write_tiny_hf_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return write_tiny_hf_model(root / "model"), write_text_dataset(root / "data")
+
+
+def make_config(tiny, out, **overrides):
+    model_dir, data_dir = tiny
+    settings = dict(
+        model=str(model_dir), data=str(data_dir), out=str(out), iters=30, batch_size=2,
+        lora_layers=2, learning_rate=1e-2, warmup=3, steps_per_eval=10, val_batches=2,
+        steps_per_save=10, sample=False, attn="practical",
+    )
+    settings.update(overrides)
+    return config_module.resolve(None, **settings)
+
+
+def adapters(run_dir):
+    return mx.load(str(Path(run_dir) / "adapters.safetensors"))
+
+
+def test_loss_goes_down_and_records_follow_the_contract(tiny, tmp_path):
+    summary = train_module.train(make_config(tiny, tmp_path / "run"))
+    rows = records.read(tmp_path / "run" / "records.jsonl")
+    header, steps = rows[0], [r for r in rows if "iter" in r and not r.get("eval")]
+    assert header["run_info"] and header["config"]["attn"] == "practical"
+    assert {"flashtune", "mlx", "mlx_lm", "git_sha", "device", "seed", "dtype"} <= set(header)
+    for key in ("iter", "wall_s", "tokens", "tokens_per_s", "loss", "lr", "peak_mem_gb", "attn", "model", "warmup"):
+        assert key in steps[0], key
+    assert [r["iter"] for r in steps] == list(range(1, 31))
+    assert steps[0]["warmup"] is True  # the first step compiles: flagged, not dropped
+    # A random 2-block model with frozen embeddings learns slowly: demand a clear 10% drop.
+    assert summary["final_loss"] < 0.9 * summary["first_loss"]
+    assert summary["final_val_loss"] < 0.9 * summary["first_val_loss"]
+    assert max(r["lr"] for r in steps) == pytest.approx(1e-2, rel=0.05)  # warm-up reaches the peak
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    straight = make_config(tiny, tmp_path / "straight", iters=12, steps_per_save=100)
+    train_module.train(straight)
+
+    original = data.iterate_batches
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while fetching the 8th batch
+        for i, batch in enumerate(original(*args, **kwargs)):
+            if i == 7:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(train_module.data, "iterate_batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(make_config(tiny, tmp_path / "resumed", iters=12, steps_per_save=100))
+    monkeypatch.setattr(train_module.data, "iterate_batches", original)
+    step, _ = train_module.checkpoint.latest(tmp_path / "resumed")
+    assert step == 7  # the interrupt saved the last completed iteration
+    train_module.train(make_config(tiny, tmp_path / "resumed", iters=12, steps_per_save=100, resume=True))
+
+    expected, got = adapters(tmp_path / "straight"), adapters(tmp_path / "resumed")
+    assert set(expected) == set(got)
+    for name in expected:
+        np.testing.assert_allclose(np.array(got[name]), np.array(expected[name]), rtol=1e-5, atol=1e-7, err_msg=name)
+    summary = records.summarize(records.read(tmp_path / "resumed" / "records.jsonl"))
+    assert summary["iters"] == 12
+
+
+def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path):
+    from mlx_lm.tuner.utils import load_adapters
+    from mlx_lm.utils import load
+
+    run = tmp_path / "run"
+    train_module.train(make_config(tiny, run, iters=5, attn="demo"))
+    config = json.loads((run / "adapter_config.json").read_text())
+    assert config["fine_tune_type"] == "lora" and config["num_layers"] == 2
+    plain, _ = load(str(tiny[0]))
+    with_adapters, _ = load(str(tiny[0]), adapter_path=str(run))
+    tokens = mx.array([[5, 9, 11, 17, 23, 4]])
+    assert not np.allclose(np.array(plain(tokens)), np.array(with_adapters(tokens)), atol=1e-4)
+    # Same adapters through mlx-lm's loader and through flashtune's model: same logits.
+    model, _, _ = models.load_model(str(tiny[0]))
+    load_adapters(model, str(run))
+    np.testing.assert_allclose(np.array(model(tokens)), np.array(with_adapters(tokens)), rtol=1e-5, atol=1e-5)
+
+
+def test_existing_run_is_not_overwritten(tiny, tmp_path):
+    train_module.train(make_config(tiny, tmp_path / "run", iters=2))
+    with pytest.raises(train_module.TrainingError, match="--resume"):
+        train_module.train(make_config(tiny, tmp_path / "run", iters=2))
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        ({"attn": "flash9"}, KeyError, "baseline"),
+        ({"model": "NoSuchModel-7B"}, ValueError, "TinyLlama-1.1B"),
+        ({"data": "/nonexistent/data"}, FileNotFoundError, "/nonexistent/data"),
+    ],
+)
+def test_bad_input_fails_before_loading_the_model(tiny, tmp_path, monkeypatch, overrides, error, message):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(train_module.models, "load_model", no_loading)
+    with pytest.raises(error, match=message):
+        train_module.train(make_config(tiny, tmp_path / "run", **overrides))
+
+
+def test_malformed_data_names_file_and_line(tiny, tmp_path, monkeypatch):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.jsonl").write_text('{"text": "fine"}\n{"text": "broken"\n')
+    monkeypatch.setattr(train_module.models, "load_model", lambda *a, **k: pytest.fail("loaded"))
+    with pytest.raises(ValueError, match=r"train.jsonl:2"):
+        train_module.train(make_config(tiny, tmp_path / "run", data=str(bad)))
+
+
+def test_sequence_longer_than_allowed_is_an_error(tiny, tmp_path):
+    with pytest.raises(ValueError, match="max_seq_length=4"):
+        train_module.train(make_config(tiny, tmp_path / "run", max_seq_length=4))
+
+
+def test_nan_loss_stops_and_names_the_iteration(tiny, tmp_path):
+    with pytest.raises(train_module.TrainingError, match=r"iteration \d+.*last good checkpoint"):
+        train_module.train(make_config(tiny, tmp_path / "run", learning_rate=1e9, warmup=0, iters=20, steps_per_save=1))
+
+
+def test_yaml_recipe_precedence_and_unknown_keys(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("iters: 7\nbatch_size: 2\n")
+    parser = __import__("argparse").ArgumentParser()
+    config_module.add_arguments(parser)
+    config = config_module.resolve(parser.parse_args(["--config", str(recipe), "--iters", "9"]))
+    assert (config.iters, config.batch_size, config.lora_rank) == (9, 2, config_module.TrainConfig().lora_rank)
+    recipe.write_text("iterz: 7\n")
+    with pytest.raises(config_module.ConfigError, match="iterz"):
+        config_module.load_yaml(recipe)
