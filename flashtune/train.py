@@ -8,6 +8,7 @@ recorded (see ``flashtune.records``); evaluation and checkpoint time stay out of
 """
 
 import math
+import os
 import shutil
 import signal
 import time
@@ -38,9 +39,14 @@ def _is_oom(error: Exception) -> bool:
     return any(word in text for word in ("out of memory", "malloc", "allocat", "memory limit"))
 
 
-def run_dir_for(config: TrainConfig) -> Path:
-    """The run folder; refuses to reuse one that holds a run unless --resume or --overwrite."""
+def run_dir_for(config: TrainConfig, check: bool = True) -> Path:
+    """The run folder; refuses to reuse one that holds a run unless --resume or --overwrite.
+
+    Only rank 0 checks (``check``): it alone writes there, and other ranks would race with it.
+    """
     out = Path(config.out or f"runs/{Path(config.model).name}-{config.attn}").expanduser().resolve()
+    if not check:
+        return out
     has_run = (out / "checkpoints").exists() or (out / "records.jsonl").exists()
     if has_run and not (config.resume or config.overwrite):
         raise TrainingError(
@@ -50,6 +56,11 @@ def run_dir_for(config: TrainConfig) -> Path:
     if config.resume and checkpoint.latest(out) is None:
         raise TrainingError(f"--resume: no checkpoint in {out}/checkpoints")
     return out
+
+
+def launched_distributed() -> bool:
+    """True under ``mlx.launch``, which sets MLX_RANK for each process it starts."""
+    return "MLX_RANK" in os.environ
 
 
 def check_data_files(path: Optional[str]) -> str:
@@ -130,12 +141,12 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     attention.check_name(config.attn)
     spec = models.resolve(config.model)
     data_format = check_data_files(config.data)
-    run_dir = run_dir_for(config)
-    world = mx.distributed.init() if config.distributed else None
+    world = mx.distributed.init() if config.distributed or launched_distributed() else None
     rank, world_size = (world.rank(), world.size()) if world else (0, 1)
     if config.batch_size % world_size:
-        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the {world_size} ranks")
+        raise ValueError(f"batch_size={config.batch_size} (the global batch) must be a multiple of the {world_size} ranks")
     is_main = rank == 0
+    run_dir = run_dir_for(config, check=is_main)
 
     mx.random.seed(config.seed)
     model, tokenizer, info = models.load_model(spec, init=config.init, dtype=config.dtype, quantized=config.qlora or None, seed=config.seed)
@@ -158,7 +169,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         step, folder = checkpoint.latest(run_dir)
         start = checkpoint.load(folder, model, optimizer)["step"]
         logger.info(f"resuming from {folder} (iteration {start})")
-    elif config.overwrite and run_dir.exists():
+    elif config.overwrite and is_main and run_dir.exists():
         for stale in ("records.jsonl", "checkpoints"):
             target = run_dir / stale
             if target.is_dir():

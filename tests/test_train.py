@@ -25,7 +25,7 @@ def make_config(tiny, out, **overrides):
     model_dir, data_dir = tiny
     settings = dict(
         model=str(model_dir), data=str(data_dir), out=str(out), iters=30, batch_size=2,
-        lora_layers=2, learning_rate=1e-2, warmup=3, steps_per_eval=10, val_batches=2,
+        lora_layers=2, learning_rate=1e-3, warmup=3, steps_per_eval=10, val_batches=2,
         steps_per_save=10, sample=False, attn="practical",
     )
     settings.update(overrides)
@@ -46,10 +46,9 @@ def test_loss_goes_down_and_records_follow_the_contract(tiny, tmp_path):
         assert key in steps[0], key
     assert [r["iter"] for r in steps] == list(range(1, 31))
     assert steps[0]["warmup"] is True  # the first step compiles: flagged, not dropped
-    # A random 2-block model with frozen embeddings learns slowly: demand a clear 10% drop.
-    assert summary["final_loss"] < 0.9 * summary["first_loss"]
-    assert summary["final_val_loss"] < 0.9 * summary["first_val_loss"]
-    assert max(r["lr"] for r in steps) == pytest.approx(1e-2, rel=0.05)  # warm-up reaches the peak
+    assert summary["final_loss"] < 0.7 * summary["first_loss"]
+    assert summary["final_val_loss"] < 0.6 * summary["first_val_loss"]
+    assert max(r["lr"] for r in steps) == pytest.approx(1e-3, rel=0.05)  # warm-up reaches the peak
 
 
 def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
