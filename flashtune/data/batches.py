@@ -1,0 +1,124 @@
+"""Length-sorted, padded, seeded and resumable batches (layout in flashtune.data's docstring)."""
+
+from typing import Iterator, List, NamedTuple, Optional, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from .jsonl import Dataset, Example
+
+
+class Batch(NamedTuple):
+    """One training batch; see the module docstring for the exact layout."""
+
+    inputs: mx.array  # int32 (B, L)
+    targets: mx.array  # int32 (B, L)
+    mask: mx.array  # float32 (B, L)
+
+    @property
+    def ntokens(self) -> int:
+        """Number of targets that count in the loss."""
+        return int(self.mask.sum().item())
+
+
+def batch_indices(lengths: Sequence[int], batch_size: int) -> List[List[int]]:
+    """Fixed batches of example indices, sorted by length; the last batch overlaps its neighbour.
+
+    Args:
+        lengths: token count of each example.
+        batch_size: examples per batch.
+
+    Returns:
+        One list of indices per batch, each of exactly ``batch_size``.
+    """
+    n = len(lengths)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if n < batch_size:
+        raise ValueError(f"the dataset has {n} examples, fewer than batch_size={batch_size}")
+    order = sorted(range(n), key=lambda i: (lengths[i], i))
+    starts = list(range(0, n - batch_size + 1, batch_size))
+    if starts[-1] + batch_size < n:  # keep the longest examples instead of dropping them
+        starts.append(n - batch_size)
+    return [order[s : s + batch_size] for s in starts]
+
+
+def num_batches(dataset: Dataset, batch_size: int) -> int:
+    """Batches per epoch."""
+    return len(batch_indices(dataset.lengths, batch_size))
+
+
+def epoch_order(n_batches: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of batch indices for one epoch; a function of (seed, epoch) only."""
+    return np.random.default_rng([seed, epoch]).permutation(n_batches)
+
+
+def make_batch(examples: Sequence[Example], pad_id: int = 0, pad_to_multiple: int = 1) -> Batch:
+    """Pad examples into a `Batch`.
+
+    Args:
+        examples: the examples of the batch.
+        pad_id: token used for padding inputs and targets.
+        pad_to_multiple: round the input length up to a multiple of this.
+
+    Returns:
+        The `Batch` (inputs, targets int32; mask float32; all (B, L)).
+    """
+    if pad_to_multiple < 1:
+        raise ValueError(f"pad_to_multiple must be >= 1, got {pad_to_multiple}")
+    longest = max(len(e.tokens) for e in examples) - 1
+    L = -(-longest // pad_to_multiple) * pad_to_multiple
+    inputs = np.full((len(examples), L), pad_id, dtype=np.int32)
+    targets = np.full((len(examples), L), pad_id, dtype=np.int32)
+    mask = np.zeros((len(examples), L), dtype=np.float32)
+    for row, e in enumerate(examples):
+        n = len(e.tokens) - 1
+        inputs[row, :n] = e.tokens[:-1]
+        targets[row, :n] = e.tokens[1:]
+        mask[row, max(e.offset - 1, 0) : n] = 1.0  # target j is token j+1
+    return Batch(mx.array(inputs), mx.array(targets), mx.array(mask))
+
+
+def iterate_batches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    start_step: int = 0,
+    num_steps: Optional[int] = None,
+    loop: bool = True,
+    pad_to_multiple: int = 1,
+    pad_id: Optional[int] = None,
+) -> Iterator[Batch]:
+    """Yield batches in a deterministic, resumable order.
+
+    Args:
+        dataset: a tokenized split (checked with `check_lengths` already).
+        batch_size: examples per batch.
+        seed: decides the order of batches in each epoch.
+        start_step: index of the first batch to yield (the number of steps already done when
+            resuming); the k-th batch yielded is step ``start_step + k``.
+        num_steps: stop after this many batches (None: no limit with ``loop``).
+        loop: go on epoch after epoch; False stops at the end of the epoch holding start_step
+            (one pass, e.g. for validation).
+        pad_to_multiple: round each batch's length up to a multiple of this.
+        pad_id: padding token; None uses the dataset's (the tokenizer's pad or EOS token).
+
+    Returns:
+        An iterator of `Batch`.
+    """
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    plan = batch_indices(dataset.lengths, batch_size)
+    pad_id = dataset.pad_id if pad_id is None else pad_id
+    step, produced, order_epoch, order = start_step, 0, None, None
+    while num_steps is None or produced < num_steps:
+        epoch, position = divmod(step, len(plan))
+        if not loop and step > start_step and position == 0:
+            return
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(len(plan), seed, epoch), epoch
+        examples = [dataset.examples[i] for i in plan[order[position]]]
+        yield make_batch(examples, pad_id, pad_to_multiple)
+        step += 1
+        produced += 1
