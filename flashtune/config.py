@@ -19,6 +19,7 @@ class TrainConfig:
     # What to train.
     model: str = field(default="SmolLM2-135M", metadata={"help": "alias, HF repo id or local folder"})
     init: str = field(default="pretrained", metadata={"help": "pretrained | random (architecture-exact timing runs)", "choices": ["pretrained", "random"]})
+    tokenizer: Optional[str] = field(default=None, metadata={"help": "with --init random: tokenizer folder to use (default: cached, else a stand-in)"})
     attn: str = field(default="demo", metadata={"help": "attention implementation (flashtune attention names)"})
     data: Optional[str] = field(default=None, metadata={"help": "folder with train.jsonl/valid.jsonl (default: the shipped dataset)"})
     dtype: Optional[str] = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: bfloat16 on GPU, float32 on CPU)"})

@@ -149,7 +149,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     run_dir = run_dir_for(config, check=is_main)
 
     mx.random.seed(config.seed)
-    model, tokenizer, info = models.load_model(spec, init=config.init, dtype=config.dtype, quantized=config.qlora or None, seed=config.seed)
+    model, tokenizer, info = models.load_model(spec, init=config.init, dtype=config.dtype, quantized=config.qlora or None, seed=config.seed, tokenizer=config.tokenizer)
     splits = data.load_dataset(config.data, tokenizer, mask_prompt=config.mask_prompt and data_format != "text", max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=info.max_position_embeddings)
     pad_to = config.pad_to_multiple or (128 if env.backend() == "cuda" else 32)
     if config.fixed_length:

@@ -108,6 +108,7 @@ def load_model(
     dtype: Union[str, mx.Dtype, None] = None,
     quantized: Optional[bool] = None,
     seed: int = 0,
+    tokenizer: Union[str, os.PathLike, None] = None,
 ) -> Tuple[nn.Module, Any, ModelInfo]:
     """Load a model and its tokenizer.
 
@@ -122,6 +123,8 @@ def load_model(
             4-bit, group 64, as mlx-lm's convert), False dequantizes, None keeps a Hub/local
             model as stored and dequantizes the embedded GGUF (see the module docstring).
         seed: random seed for ``init="random"``.
+        tokenizer: for ``init="random"``, a folder with tokenizer files to use instead of the
+            cached or stand-in one (e.g. on a machine without the embedded wheel).
 
     Returns:
         (model, tokenizer, info): an mlx-lm model in eval mode, an mlx-lm TokenizerWrapper and
@@ -138,7 +141,7 @@ def load_model(
         raise ValueError(f"unknown init {init!r}; choose 'pretrained' or 'random'")
     dtype = resolve_dtype(dtype)
     if init == "random":
-        return _load_random(spec, dtype, quantized, seed)
+        return _load_random(spec, dtype, quantized, seed, tokenizer)
     if spec.source in ("embedded-gguf", "local-gguf"):
         path = _embedded_path() if spec.source == "embedded-gguf" else Path(spec.path)
         model, config = gguf.load_gguf_model(path, dtype, quantized=bool(quantized))
@@ -176,8 +179,8 @@ def _set_quantization(model, config, quantized, dtype):
     return model, config
 
 
-def _load_random(spec: ModelSpec, dtype, quantized, seed):
-    config, tokenizer, tok_note = _random_config_and_tokenizer(spec)
+def _load_random(spec: ModelSpec, dtype, quantized, seed, tokenizer_dir=None):
+    config, tokenizer, tok_note = _random_config_and_tokenizer(spec, tokenizer_dir)
     model = random_init.random_model(config, dtype, seed)
     model, config = _set_quantization(model, config, quantized, dtype)
     info = _info(
@@ -187,9 +190,22 @@ def _load_random(spec: ModelSpec, dtype, quantized, seed):
     return model, tokenizer, info
 
 
-def _random_config_and_tokenizer(spec: ModelSpec):
-    """Config and tokenizer for init='random': the real ones when local or cached, else shipped + stand-in."""
+def _random_config_and_tokenizer(spec: ModelSpec, tokenizer_dir=None):
+    """Config and tokenizer for init='random': the real ones when local or cached, else shipped + stand-in.
+
+    ``tokenizer_dir``, when given, supplies the tokenizer (and wins over every other source).
+    """
     from mlx_lm.utils import load_config, load_tokenizer
+
+    if tokenizer_dir is not None:
+        if spec.config_name:
+            config = random_init.shipped_config(spec.config_name)
+        elif spec.source == "local":
+            config = load_config(Path(spec.path))
+        else:
+            config = None
+        if config is not None:
+            return config, load_tokenizer(Path(tokenizer_dir)), f"from {tokenizer_dir} (given)"
 
     if spec.source == "local":
         folder = Path(spec.path)
