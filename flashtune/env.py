@@ -2,6 +2,7 @@
 
 import datetime
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -32,7 +33,8 @@ def git_sha() -> Optional[str]:
             capture_output=True, text=True, timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        # A copy without .git (e.g. shipped to a GPU machine) can be told its commit.
+        return os.environ.get("FLASHTUNE_GIT_SHA")
     return sha + ("+dirty" if dirty else "")
 
 
