@@ -8,8 +8,9 @@ What helps, per backend (measured on the lent H100 and on the Linux CPU; see res
   k and v at the end to the next multiple of 128 and slice the output back. With the causal
   mask aligned lower-right and Lq <= Lk, a real query row i sees keys j <= i + (Lk - Lq) <
   Lk, so padded keys are never seen and real rows are bit-for-bit the same; padded query rows
-  get zero cotangent, hence contribute nothing to dK and dV. Without a mask only q is padded.
-  Array masks are padded with "masked" entries.
+  get zero cotangent, hence contribute nothing to dK and dV. Without a mask only q is padded,
+  and only while Lq stays <= Lk. Array masks are padded with "masked" key columns, and not
+  at all when Lq > Lk (MLX's fused path returned wrong dq there on the H100).
 - CPU: MLX has no fused kernel on CPU; forward and backward are MLX's unfused fallback, so
   padding would only add work. Nothing is changed.
 - Metal: the fused forward handles any length, and there is no fused backward at all, so
@@ -85,6 +86,10 @@ def demo(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> m
             mask = mx.where(keep_rows, mask, 0).astype(q.dtype)
     L_q, L_k = q.shape[2], k.shape[2]
     extra = padded_length(q, k) - L_q
+    if (mask is None and L_q + extra > L_k) or (isinstance(mask, mx.array) and L_q > L_k):
+        # Padding would make the query axis outrun the keys, a case MLX's fused CUDA path
+        # mishandles with an array mask (dq of zeros, then an illegal address on the H100).
+        extra = 0
     if extra:
         q = _pad_axis(q, 2, extra)
         if mask is not None:

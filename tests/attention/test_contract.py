@@ -1,5 +1,6 @@
 """Every registered attention implementation against the float64 reference: outputs and gradients."""
 
+import zlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -83,7 +84,13 @@ def make_inputs(case: Case, dtype, seed: int):
 
 
 def check(name, actual, expected, bound):
-    error = reference.relative_error(actual, expected)
+    if not np.any(expected):
+        # An exactly-zero reference (e.g. dq with a single key) has no scale to be relative to:
+        # allow a few units of the dtype's rounding instead.
+        bound = 4 * float(np.finfo(np.float16).eps if actual.dtype == mx.float16 else 2**-8 if actual.dtype == mx.bfloat16 else np.finfo(np.float32).eps)
+        error = float(np.nanmax(np.abs(reference.to64(actual)))) if np.all(np.isfinite(reference.to64(actual))) else float("inf")
+    else:
+        error = reference.relative_error(actual, expected)
     assert error <= bound, f"{name}: {reference.describe_error(actual, expected)} > {bound}"
 
 
@@ -92,7 +99,8 @@ def check(name, actual, expected, bound):
 @pytest.mark.parametrize("name", attention.names())
 def test_forward_and_gradients_match_float64(name, case, dtype):
     fn = attention.get(name)
-    q, k, v, d_out, mask = make_inputs(case, DTYPES[dtype], seed=hash((name, str(case))) % 2**31)
+    # A stable seed per test (Python's hash() changes between processes).
+    q, k, v, d_out, mask = make_inputs(case, DTYPES[dtype], seed=zlib.crc32(f"{name}{case}{dtype}".encode()))
     scale = case.head_dim**-0.5
     out_ref, dq_ref, dk_ref, dv_ref = reference.attention(q, k, v, scale, mask, d_out)
 

@@ -1,0 +1,161 @@
+"""Launchers for the CUDA flash-attention kernels in flash_attention.cu (mx.fast.cuda_kernel).
+
+``forward`` returns the output and the per-row log-sum-exp (log2 units); ``backward``
+returns dq, dk, dv. Both take q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) in bf16 or fp16,
+row-contiguous (MLX copies otherwise), with Lq <= Lk when causal (contract.conforming).
+"""
+
+import functools
+from pathlib import Path
+from typing import Optional, Tuple
+
+import mlx.core as mx
+
+HEAD_DIMS = (32, 64, 80, 96, 128)
+DTYPES = (mx.bfloat16, mx.float16)
+BLOCK_N_FWD = 64  # keys per forward tile (BN in flash_fwd)
+# Forward (warps, row tiles of 16 per warp): BM = 16 * warps * tiles query rows per CTA.
+# Backward warps: 16 * warps keys (and query rows per step) per CTA. Measured on the H100
+# (kernels/NOTES.md); callers may pass others for experiments.
+FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
+BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
+# The backward runs one query head per CTA (float32 dK/dV partials, summed over the GQA
+# group by MLX) unless one CTA per KV head gives at least this many CTAs. Looping over the
+# group inside the CTA was 13-26% slower on the H100 at L=2048, so it is off by default.
+GROUPED_MIN_CTAS = 10**9
+
+_SOURCE = Path(__file__).with_name("flash_attention.cu")
+
+_FWD_BODY = """
+    ftpoc::flash_fwd<T, HEAD_DIM, NWARPS, MTILES, CAUSAL>(
+        q, k, v, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
+"""
+
+_BWD_BODY = """
+    ftpoc::flash_bwd<T, HEAD_DIM, NWARPS, CAUSAL>(
+        q, k, v, dout, lse, delta, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2],
+        dq, dk, dv);
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _header() -> str:
+    return _SOURCE.read_text()
+
+
+@functools.lru_cache(maxsize=None)
+def _fwd_kernel(D: int, n_warps: int, m_tiles: int):
+    """Kernel object per shared-memory size; MLX compiles each template instance on first use."""
+    return mx.fast.cuda_kernel(
+        name="ftpoc_flash_fwd",
+        input_names=["q", "k", "v", "params"],
+        output_names=["out", "lse"],
+        source=_FWD_BODY,
+        header=_header(),
+        shared_memory=fwd_smem_bytes(D, n_warps, m_tiles),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _bwd_kernel(D: int, n_warps: int):
+    return mx.fast.cuda_kernel(
+        name="ftpoc_flash_bwd",
+        input_names=["q", "k", "v", "dout", "lse", "delta", "params"],
+        output_names=["dq", "dk", "dv"],
+        source=_BWD_BODY,
+        header=_header(),
+        shared_memory=bwd_smem_bytes(D, n_warps),
+    )
+
+
+def supports(q: mx.array, k: mx.array) -> bool:
+    """True when the kernels handle this dtype and head dim."""
+    return q.dtype in DTYPES and q.shape[-1] in HEAD_DIMS
+
+
+def fwd_smem_bytes(D: int, n_warps: int, m_tiles: int) -> int:
+    """Q tile + two K and two V tiles, rows padded to D + 8 elements of 2 bytes."""
+    return (16 * n_warps * m_tiles + 4 * BLOCK_N_FWD) * (D + 8) * 2
+
+
+def bwd_smem_bytes(D: int, n_warps: int) -> int:
+    """K, V, two Q and two dO tiles, dS^T, and two buffers of LSE and delta."""
+    block = 16 * n_warps
+    return 6 * block * (D + 8) * 2 + block * (block + 8) * 2 + 4 * block * 4
+
+
+def _params(scale: float) -> mx.array:
+    return mx.array([scale], dtype=mx.float32)
+
+
+def forward(
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    scale: float,
+    causal: bool,
+    config: Optional[Tuple[int, int]] = None,
+    poison: Optional[float] = None,
+) -> Tuple[mx.array, mx.array]:
+    """Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32, log2 units.
+
+    ``config`` is (warps, row tiles per warp), default ``FWD_CONFIG``; ``poison`` (tests)
+    pre-fills the outputs, e.g. with NaN, to show that every element is written.
+    """
+    B, n_heads, L_q, D = q.shape
+    n_warps, m_tiles = config or FWD_CONFIG[D]
+    block_m = 16 * n_warps * m_tiles
+    out, lse = _fwd_kernel(D, n_warps, m_tiles)(
+        inputs=[q, k, v, _params(scale)],
+        template=[
+            ("T", q.dtype),
+            ("HEAD_DIM", D),
+            ("NWARPS", n_warps),
+            ("MTILES", m_tiles),
+            ("CAUSAL", causal),
+        ],
+        grid=(-(-L_q // block_m) * 32 * n_warps, n_heads, B),
+        threadgroup=(32 * n_warps, 1, 1),
+        output_shapes=[q.shape, (B, n_heads, L_q)],
+        output_dtypes=[q.dtype, mx.float32],
+        init_value=poison,
+    )
+    return out, lse
+
+
+def backward(
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    out: mx.array,
+    lse: mx.array,
+    d_out: mx.array,
+    scale: float,
+    causal: bool,
+    n_warps: int = 0,
+) -> Tuple[mx.array, mx.array, mx.array]:
+    """dq, dk, dv in the inputs' dtype; dQ accumulates with float32 atomics."""
+    B, n_heads, L_q, D = q.shape
+    n_kv_heads, L_k = k.shape[1], k.shape[2]
+    group = n_heads // n_kv_heads
+    n_warps = n_warps or BWD_WARPS[D]
+    block_n = 16 * n_warps
+    n_kv_blocks = -(-L_k // block_n)
+    grouped = group > 1 and B * n_kv_heads * n_kv_blocks >= GROUPED_MIN_CTAS
+    out_heads = n_kv_heads if grouped else n_heads
+    d_out = d_out.astype(q.dtype)
+    # delta_i = rowsum(dO_i * O_i), FlashAttention-2's softmax-Jacobian term.
+    delta = mx.sum(d_out.astype(mx.float32) * out.astype(mx.float32), axis=-1)
+    dq, dk, dv = _bwd_kernel(D, n_warps)(
+        inputs=[q, k, v, d_out, lse, delta, _params(scale)],
+        template=[("T", q.dtype), ("HEAD_DIM", D), ("NWARPS", n_warps), ("CAUSAL", causal)],
+        grid=(n_kv_blocks * 32 * n_warps, out_heads, B),
+        threadgroup=(32 * n_warps, 1, 1),
+        output_shapes=[q.shape, (B, out_heads, L_k, D), (B, out_heads, L_k, D)],
+        output_dtypes=[mx.float32, mx.float32, mx.float32],
+        init_value=0.0,
+    )
+    if out_heads != n_kv_heads:
+        dk = dk.reshape(B, n_kv_heads, group, L_k, D).sum(axis=2)  # (B, Hkv, Lk, D)
+        dv = dv.reshape(B, n_kv_heads, group, L_k, D).sum(axis=2)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)

@@ -1,0 +1,198 @@
+"""CPU tests of poc's routing and of its self-check/fallback logic (kernels simulated)."""
+
+import logging
+import types
+
+import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
+import mlx.core as mx
+import pytest
+
+from flashtune import log
+from flashtune.attention import get, poc as poc_module
+from flashtune.attention.kernels import cuda as cuda_kernels
+from flashtune.attention.kernels import metal as metal_kernels
+from flashtune.attention.practical import _backward, _forward
+
+poc = get("poc")
+practical = get("practical")
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append((record.levelno, record.getMessage()))
+
+
+@pytest.fixture
+def said(monkeypatch):
+    """Fresh say-once memory, fresh verdicts, and the flashtune log captured."""
+    monkeypatch.setattr(log, "_said", set())
+    monkeypatch.setattr(poc_module, "_verdicts", {})
+    records = Records()
+    log.logger.addHandler(records)
+    yield records
+    log.logger.removeHandler(records)
+
+
+def fake_kernels(mode="right", calls=None):
+    """A kernels module built from practical's internals; 'raise' and 'wrong' simulate failures."""
+
+    def forward(q, k, v, scale, causal):
+        if calls is not None:
+            calls.append(q.shape)
+        if mode == "raise":
+            raise RuntimeError("simulated compile failure: no such intrinsic")
+        out, lse = _forward(q, k, v, None, scale=scale, causal=causal, block_q=32, block_k=32)
+        return (out * 1.1 if mode == "wrong" else out), lse
+
+    def backward(q, k, v, out, lse, d_out, scale, causal):
+        return _backward(
+            q, k, v, None, out, lse, d_out, scale=scale, causal=causal, block_q=32, block_k=32
+        )
+
+    return types.SimpleNamespace(
+        forward=forward,
+        backward=backward,
+        supports=metal_kernels.supports,
+        DTYPES=metal_kernels.DTYPES,
+        HEAD_DIMS=metal_kernels.HEAD_DIMS,
+    )
+
+
+def inputs(dtype=mx.bfloat16, L_q=9, L_k=13, D=32, seed=0):
+    keys = mx.random.split(mx.random.key(seed), 3)
+    q = mx.random.normal((1, 4, L_q, D), key=keys[0]).astype(dtype)
+    k = mx.random.normal((1, 2, L_k, D), key=keys[1]).astype(dtype)
+    v = mx.random.normal((1, 2, L_k, D), key=keys[2]).astype(dtype)
+    return q, k, v
+
+
+def max_diff(a, b):
+    return mx.max(mx.abs(a.astype(mx.float32) - b.astype(mx.float32))).item()
+
+
+def as_metal(monkeypatch, kernels):
+    monkeypatch.setattr(poc_module, "backend", lambda: "metal")
+    monkeypatch.setitem(poc_module.KERNELS, "metal", kernels)
+
+
+def test_cpu_runs_practical_and_says_so_once(said):
+    q, k, v = inputs(mx.float32)
+    for _ in range(2):
+        out = poc(q, k, v, scale=0.2, mask="causal")
+    assert poc.last_path == "practical"
+    assert max_diff(out, practical(q, k, v, scale=0.2, mask="causal")) == 0
+    warnings = [m for level, m in said.messages if level == logging.WARNING]
+    assert len(warnings) == 1 and "no flash-attention kernel backend" in warnings[0]
+
+
+def test_metal_compile_failure_warns_once_and_uses_practical(monkeypatch, said):
+    calls = []
+    as_metal(monkeypatch, fake_kernels("raise", calls))
+    q, k, v = inputs()
+    for _ in range(3):
+        out = poc(q, k, v, scale=0.2, mask="causal")
+    assert poc.last_path == "practical"
+    assert len(calls) == 1  # the self-check ran once, not per call
+    assert max_diff(out, practical(q, k, v, scale=0.2, mask="causal")) == 0
+    warnings = [m for level, m in said.messages if level == logging.WARNING]
+    assert len(warnings) == 1
+    assert "self-check" in warnings[0] and "simulated compile failure" in warnings[0]
+
+
+def test_metal_wrong_result_is_never_used(monkeypatch, said):
+    as_metal(monkeypatch, fake_kernels("wrong"))
+    q, k, v = inputs()
+    out = poc(q, k, v, scale=0.2)
+    assert poc.last_path == "practical"
+    assert max_diff(out, practical(q, k, v, scale=0.2)) == 0
+    (warning,) = [m for level, m in said.messages if level == logging.WARNING]
+    assert "out relative error" in warning
+
+
+def test_metal_verified_kernels_run_and_train(monkeypatch, said):
+    calls = []
+    as_metal(monkeypatch, fake_kernels("right", calls))
+    q, k, v = inputs()
+
+    def loss(fn, q, k, v):
+        return fn(q, k, v, scale=0.2, mask="causal").astype(mx.float32).sum()
+
+    grads = mx.grad(lambda *a: loss(poc, *a), argnums=(0, 1, 2))(q, k, v)
+    assert poc.last_path == "metal"
+    want = mx.grad(lambda *a: loss(practical, *a), argnums=(0, 1, 2))(q, k, v)
+    for got, ref in zip(grads, want):
+        assert max_diff(got, ref) < 0.05
+    assert not [m for level, m in said.messages if level >= logging.WARNING]
+    n_checks = len(calls)
+    poc(q, k, v, scale=0.2, mask="causal")
+    assert len(calls) == n_checks + 1  # verified variant: no second self-check
+
+
+def test_each_variant_is_checked_separately(monkeypatch, said):
+    calls = []
+    as_metal(monkeypatch, fake_kernels("right", calls))
+    q, k, v = inputs()
+    poc(q, k, v, scale=0.2, mask="causal")
+    poc(q, k, v, scale=0.2)  # non-causal: another variant, another check
+    poc(q.astype(mx.float16), k.astype(mx.float16), v.astype(mx.float16), scale=0.2)
+    assert set(poc_module._verdicts) == {
+        ("metal", mx.bfloat16, 32, True),
+        ("metal", mx.bfloat16, 32, False),
+        ("metal", mx.float16, 32, False),
+    }
+    assert all(reason is None for reason in poc_module._verdicts.values())
+
+
+@pytest.mark.parametrize("kind", ["metal", "cuda"])
+def test_unsupported_cases_route_visibly(monkeypatch, said, kind):
+    fallback = "practical"
+    monkeypatch.setattr(poc_module, "backend", lambda: kind)
+    monkeypatch.setitem(poc_module.KERNELS, kind, fake_kernels("raise"))
+    q, k, v = inputs(mx.float32)
+    out = poc(q, k, v, scale=0.2)  # float32: not a kernel dtype
+    assert poc.last_path == fallback
+    assert max_diff(out, get(fallback)(q, k, v, scale=0.2)) < 1e-5
+    q, k, v = inputs()
+    mask = mx.random.uniform(shape=(9, 13), key=mx.random.key(1)) > 0.3
+    poc(q, k, v, scale=0.2, mask=mask)
+    assert poc.last_path == fallback
+    infos = [m for level, m in said.messages if level == logging.INFO]
+    assert any("array masks" in m for m in infos) and any("float32" in m for m in infos)
+    assert not poc_module._verdicts  # no kernel was asked for, so nothing was checked
+
+
+def test_causal_rows_beyond_keys_are_zero(monkeypatch, said):
+    as_metal(monkeypatch, fake_kernels("right"))
+    q, k, v = inputs(L_q=13, L_k=9)
+    out = poc(q, k, v, scale=0.2, mask="causal")
+    assert poc.last_path == "metal"
+    assert max_diff(out[:, :, :4], mx.zeros_like(out[:, :, :4])) == 0
+
+
+def test_kernel_tables_agree():
+    for kernels in (cuda_kernels, metal_kernels):
+        assert set(kernels.DTYPES) == {mx.bfloat16, mx.float16}
+        assert {64, 128} <= set(kernels.HEAD_DIMS)
+        assert all(d % 16 == 0 for d in kernels.HEAD_DIMS)
+    for D in cuda_kernels.HEAD_DIMS:  # within the H100's 227 KB of shared memory per block
+        assert cuda_kernels.fwd_smem_bytes(D, *cuda_kernels.FWD_CONFIG[D]) <= 227 * 1024
+        assert cuda_kernels.bwd_smem_bytes(D, cuda_kernels.BWD_WARPS[D]) <= 227 * 1024
+
+
+def test_self_check_runs_inside_compiled_training_step(monkeypatch, said):
+    """mlx-lm compiles its step: the first-use check must work under mx.compile and mx.grad."""
+    as_metal(monkeypatch, fake_kernels("right"))
+    q, k, v = inputs()
+
+    @mx.compile
+    def step(q, k, v):
+        return mx.grad(lambda q: poc(q, k, v, scale=0.2, mask="causal").astype(mx.float32).sum())(q)
+
+    got = step(q, k, v)
+    assert poc.last_path == "metal"
+    want = mx.grad(lambda q: practical(q, k, v, scale=0.2, mask="causal").astype(mx.float32).sum())(q)
+    assert max_diff(got, want) < 0.05
