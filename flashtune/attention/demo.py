@@ -23,6 +23,7 @@ would otherwise return NaN there.
 import mlx.core as mx
 
 from flashtune.attention import register
+from flashtune.attention.baseline import baseline
 from flashtune.attention.contract import conforming, keep_mask_rows
 
 FUSED_BACKWARD_MULTIPLE = 128
@@ -64,6 +65,28 @@ def _pad_mask(mask: mx.array, extra: int) -> mx.array:
     return mask
 
 
+def _fused_forward_reference_backward(q, k, v, scale, mask):
+    """Fused forward; gradient of the materialized reference (MLX's own unfused fallback)."""
+    arrays = (q, k, v) + ((mask,) if isinstance(mask, mx.array) else ())
+    static_mask = mask if isinstance(mask, str) else None
+
+    def reference(q, k, v, *maybe_mask):
+        m = maybe_mask[0] if maybe_mask else static_mask
+        return baseline(q, k, v, scale=scale, mask=m)
+
+    @mx.custom_function
+    def fused(*arrays):
+        m = arrays[3] if len(arrays) == 4 else static_mask
+        return mx.fast.scaled_dot_product_attention(*arrays[:3], scale=scale, mask=m)
+
+    @fused.vjp
+    def fused_vjp(primals, cotangent, output):
+        _, grads = mx.vjp(reference, list(primals), [cotangent])
+        return tuple(grads)
+
+    return fused(*arrays)
+
+
 @register("demo")
 @conforming
 def demo(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> mx.array:
@@ -86,9 +109,10 @@ def demo(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> m
             mask = mx.where(keep_rows, mask, 0).astype(q.dtype)
     L_q, L_k = q.shape[2], k.shape[2]
     extra = padded_length(q, k) - L_q
-    if (mask is None and L_q + extra > L_k) or (isinstance(mask, mx.array) and L_q > L_k):
-        # Padding would make the query axis outrun the keys, a case MLX's fused CUDA path
-        # mishandles with an array mask (dq of zeros, then an illegal address on the H100).
+    if L_q != L_k:
+        # Only self-attention (training) is padded: on the H100, MLX's fused CUDA backward gave
+        # wrong dq when Lq != Lk (dq ~ 0 at Lq 64 / Lk 200 causal; an illegal address at Lq 127 /
+        # Lk 65 with an additive mask), so those cases also get the unfused gradient below.
         extra = 0
     if extra:
         q = _pad_axis(q, 2, extra)
@@ -96,7 +120,10 @@ def demo(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> m
             k, v = _pad_axis(k, 2, extra), _pad_axis(v, 2, extra)
         if isinstance(mask, mx.array):
             mask = _pad_mask(mask, extra)
-    out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    if L_q != L_k and _on_cuda():
+        out = _fused_forward_reference_backward(q, k, v, scale, mask)
+    else:
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     if extra:
         out = out[:, :, :L_q]
     if keep_rows is not None:
