@@ -1,0 +1,126 @@
+"""Where a LoRA training step's time goes: full step, forward, backward, LM head + loss, attention, optimizer.
+
+    python scripts/profile_step.py --model TinyLlama-1.1B --attn demo --batch 4 --length 1024 [--tokenizer DIR]
+
+Each part is compiled and timed alone (median of --repeat after --warmup), on random tokens,
+with the same model, LoRA setup and dtype as `flashtune train --init random`.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from functools import partial
+
+import flashtune  # noqa: F401
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+
+from flashtune import attention, env, models
+from flashtune.lora import adapter_config, apply_lora
+from flashtune.patch import patch
+from flashtune.train import loss_sum
+
+
+def timed(fn, warmup, repeat):
+    for _ in range(warmup):
+        mx.eval(fn())
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        mx.eval(fn())
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="TinyLlama-1.1B")
+    parser.add_argument("--attn", default="demo")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=1024)
+    parser.add_argument("--tokenizer")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    model, _, info = models.load_model(args.model, init="random", tokenizer=args.tokenizer)
+    apply_lora(model, adapter_config(16, 8, 20.0, 0.0))
+    patch(model, args.attn)
+    mx.eval(model.parameters())
+    optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
+    B, L = args.batch, args.length
+    tokens = mx.random.randint(0, info.config["vocab_size"], (B, L + 1))
+    inputs, targets, mask = tokens[:, :-1], tokens[:, 1:], mx.ones((B, L))
+    value_and_grad = nn.value_and_grad(model, loss_sum)
+    state = [model.state, optimizer.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step():
+        (loss, count), grads = value_and_grad(model, inputs, targets, mask)
+        optimizer.update(model, grads)
+        return loss
+
+    @mx.compile
+    def forward_loss():
+        return loss_sum(model, inputs, targets, mask)[0]
+
+    @mx.compile
+    def gradients():
+        return value_and_grad(model, inputs, targets, mask)[1]
+
+    grads = gradients()
+    mx.eval(grads)
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def update():
+        optimizer.update(model, grads)
+        return mx.array(0)
+
+    hidden = mx.random.normal((B, L, model.args.hidden_size)).astype(info.dtype and getattr(mx, info.dtype))
+    head = model.lm_head if hasattr(model, "lm_head") else model.model.embed_tokens.as_linear
+
+    @mx.compile
+    def head_loss():
+        def f(h):
+            return mx.fast.cross_entropy(head(h), targets).sum()
+        return mx.grad(f)(hidden)
+
+    a = model.layers[-1].self_attn
+    D = model.args.hidden_size // a.n_heads
+    q = mx.random.normal((B, a.n_heads, L, D)).astype(hidden.dtype)
+    kv = mx.random.normal((B, a.n_kv_heads, L, D)).astype(hidden.dtype)
+    fn = attention.get(args.attn)
+
+    @mx.compile
+    def attention_fwd_bwd():
+        return mx.grad(lambda q, k, v: fn(q, k, v, scale=D**-0.5, mask="causal").astype(mx.float32).sum(), argnums=(0, 1, 2))(q, kv, kv)
+
+    @mx.compile
+    def attention_fwd():
+        return fn(q, kv, kv, scale=D**-0.5, mask="causal")
+
+    n_layers, n_lora = len(model.layers), 16
+    parts = {
+        "step": timed(step, args.warmup, args.repeat),
+        "forward+loss": timed(forward_loss, args.warmup, args.repeat),
+        "value_and_grad": timed(gradients, args.warmup, args.repeat),
+        "optimizer update": timed(update, args.warmup, args.repeat),
+        "lm head + loss (fwd+bwd)": timed(head_loss, args.warmup, args.repeat),
+    }
+    one_fb, one_f = timed(attention_fwd_bwd, args.warmup, args.repeat), timed(attention_fwd, args.warmup, args.repeat)
+    parts[f"attention ({n_lora} fwd+bwd, {n_layers - n_lora} fwd)"] = n_lora * one_fb + (n_layers - n_lora) * one_f
+    step_ms = parts["step"]
+    print(f"{args.model} ({info.label}), attn {args.attn}, B{B}×L{L}, {info.dtype}, {env.device_name()}")
+    print(f"step {step_ms:.1f} ms = {B * L / step_ms * 1e3:,.0f} tokens/s")
+    for name, ms in parts.items():
+        print(f"  {name:38s} {ms:8.1f} ms  {100 * ms / step_ms:5.1f}% of the step")
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump({**env.run_info(vars(args)), "parts_ms": parts}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
