@@ -149,3 +149,30 @@ def test_yaml_recipe_precedence_and_unknown_keys(tmp_path):
     recipe.write_text("iterz: 7\n")
     with pytest.raises(config_module.ConfigError, match="iterz"):
         config_module.load_yaml(recipe)
+
+
+def test_qlora_and_gradient_checkpointing_train(tiny, tmp_path):
+    """QLoRA (4-bit base weights) learns; gradient checkpointing gives the same losses as without."""
+    summary = train_module.train(make_config(tiny, tmp_path / "qlora", qlora=True, iters=20, steps_per_eval=0))
+    assert summary["final_loss"] < 0.9 * summary["first_loss"]
+    header = records.read(tmp_path / "qlora" / "records.jsonl")[0]
+    assert header["model"]["quantized"] is True
+
+    plain = make_config(tiny, tmp_path / "plain", iters=4, steps_per_eval=0)
+    checkpointed = make_config(tiny, tmp_path / "ckpt", iters=4, steps_per_eval=0, grad_checkpoint=True)
+    train_module.train(plain)
+    train_module.train(checkpointed)
+    losses = [[r["loss"] for r in records.read(tmp_path / name / "records.jsonl") if "iter" in r and not r.get("eval")] for name in ("plain", "ckpt")]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_cli_train_and_generate(tiny, tmp_path, capsys):
+    from flashtune.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(tiny[0]), "--data", str(tiny[1]), "--out", str(run), "--iters", "3",
+                 "--batch-size", "2", "--lora-layers", "2", "--no-sample", "--attn", "baseline"]) == 0
+    assert "3 iterations in" in capsys.readouterr().out
+    assert json.loads((run / "summary.json").read_text())["iters"] == 3
+    assert main(["generate", "--model", str(tiny[0]), "--adapter-path", str(run), "--prompt", "the quick", "--max-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip()
