@@ -28,3 +28,15 @@ train:
 
 clean:
 	rm -rf runs .pytest_cache
+
+# --- fine-tuning comparison (issue 7): make reproduce-finetune [ARGS="--models ... --skip-existing"], make report
+BENCH_PY := $(if $(wildcard $(PY)),$(PY),python3)
+BENCH_RESULTS ?= results/$(shell date +%Y-%m-%d)-$(shell $(BENCH_PY) -c "import flashtune.env as e; print(e.short_device_tag())" 2>/dev/null || echo unknown)
+
+.PHONY: reproduce-finetune report
+
+reproduce-finetune:
+	$(BENCH_PY) scripts/reproduce_finetune.py --results $(BENCH_RESULTS) $(ARGS)
+
+report:
+	$(BENCH_PY) -m flashtune.cli report $(BENCH_RESULTS)

@@ -88,6 +88,24 @@ def _models(args) -> int:
     return 0
 
 
+def _bench_finetune(args) -> int:
+    from flashtune.bench import finetune
+
+    return finetune.run_from_args(args)
+
+
+def _report(args) -> int:
+    from flashtune.bench.report import write_report
+
+    results = Path(args.results_dir)
+    if not results.is_dir():
+        raise SystemExit(f"{results} is not a folder of results (see make reproduce-finetune)")
+    path = write_report(results)
+    print(path.read_text())
+    print(f"wrote {path} and its plots")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashtune", description=__doc__)
     parser.add_argument("--version", action="store_true", help="print versions, device and BLAS")
@@ -105,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     attn.add_argument("--repeat", type=int, default=10)
     attn.add_argument("--out", help="JSONL results file")
     attn.set_defaults(run=_bench_attention)
+
+    from flashtune.bench.finetune import add_arguments as finetune_arguments  # light: model code loads lazily
+
+    finetune = bench.add_parser("finetune", help="100 LoRA iterations per implementation and mlx_lm.lora, and a length sweep")
+    finetune_arguments(finetune)
+    finetune.set_defaults(run=_bench_finetune)
+
+    report = commands.add_parser("report", help="Markdown tables and PNG plots from a results folder")
+    report.add_argument("results_dir", help="folder of JSONL results (e.g. results/<date>-<device>)")
+    report.set_defaults(run=_report)
 
     from flashtune import config as config_module  # stdlib + yaml only: cheap
 

@@ -212,7 +212,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     last_saved = completed = start
     model.train()
     mx.reset_peak_memory()
-    bar = tqdm(total=config.iters, initial=start, disable=not is_main, unit="it", dynamic_ncols=True)
+    quiet = not is_main or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
+    bar = tqdm(total=config.iters, initial=start, disable=quiet, unit="it", dynamic_ncols=True)
 
     def save(step: int) -> None:
         nonlocal last_saved

@@ -1,8 +1,9 @@
 """Markdown tables (and PNG plots) from benchmark JSONL files alone."""
 
 import json
+import statistics
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 def read_jsonl(path: Path) -> Tuple[dict, List[dict]]:
@@ -65,3 +66,309 @@ def attention_table(records: List[dict]) -> str:
         "fwd+bwd TFLOP/s", "fwd+bwd speedup vs baseline", "vs demo", "fwd+bwd extra MB", "rel err",
     ]
     return markdown_table(columns, rows)
+
+
+# --- fine-tuning runs (flashtune.bench.finetune) ------------------------------------------------
+
+IMPL_ORDER = ("baseline", "practical", "demo", "poc", "mlx_lm.lora")
+
+
+def _order(impl: str) -> int:
+    return IMPL_ORDER.index(impl) if impl in IMPL_ORDER else len(IMPL_ORDER)
+
+
+def read_run(path: Path) -> Dict[str, Any]:
+    """One run's JSONL split into its parts: bench header, run_info, steps, evals, end record."""
+    parts: Dict[str, Any] = {"path": str(path), "bench": {}, "run_info": {}, "steps": {}, "evals": {}, "end": {}}
+    with open(path) as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            if "bench" in r:
+                parts["bench"] = r["bench"]
+            elif r.get("run_info"):
+                parts["run_info"] = r
+            elif r.get("run_end") or r.get("status"):
+                parts["end"] = r
+            elif r.get("eval"):
+                parts["evals"][r["iter"]] = r
+            elif "iter" in r:
+                parts["steps"][r["iter"]] = r  # a resumed run appends: the last record of an iteration wins
+    parts["steps"] = [parts["steps"][k] for k in sorted(parts["steps"])]
+    parts["evals"] = [parts["evals"][k] for k in sorted(parts["evals"])]
+    return parts
+
+
+def summarize_run(path: Path) -> Dict[str, Any]:
+    """Totals of one run from its JSONL alone (tools reporting per window included).
+
+    ``total_wall_s`` sums the step times (compile included, evaluation excluded: both trainers
+    time the step and its ``mx.eval`` only); ``steady_tokens_per_s`` is the median per-iteration
+    tokens/s over iterations not flagged as compiling a new batch shape.
+    """
+    run = read_run(Path(path))
+    bench, steps, end = run["bench"], run["steps"], run["end"]
+    out = {
+        "path": str(path), "suite": bench.get("suite"), "model": bench.get("model"), "label": bench.get("label", bench.get("model")),
+        "impl": bench.get("impl") or (steps[0]["attn"] if steps else None), "length": bench.get("length"), "batch": bench.get("batch"),
+        "weights": bench.get("weights"), "tokenizer": bench.get("tokenizer"), "bench": bench, "run_info": run["run_info"],
+        "status": end.get("status", "ok" if steps else "failed"), "error": end.get("error"), "oom": end.get("oom"),
+        "process_wall_s": end.get("process_wall_s"), "first_to_last_report_s": end.get("first_to_last_report_s"),
+        "iters": steps[-1]["iter"] if steps else 0,
+    }  # fmt: skip
+    if not steps:
+        return out
+    per_iter, per_iter_steady = [], []
+    series = []
+    for r in steps:
+        first, last = r.get("window", [r["iter"], r["iter"]])
+        n = last - first + 1
+        series.append((first, last, r["wall_s"] / n, bool(r.get("warmup"))))
+        per_iter += [r["wall_s"] / n] * n
+        if not r.get("warmup"):
+            per_iter_steady += [r["wall_s"] / n] * n
+    steady = [r for r in steps if not r.get("warmup")] or steps
+    total = sum(r["wall_s"] for r in steps)
+    tokens = sum(r["tokens"] for r in steps)
+    peaks = [r["peak_mem_gb"] for r in steps if r.get("peak_mem_gb") is not None]
+    out.update(
+        total_wall_s=total, tokens=tokens, tokens_per_s=tokens / total if total else 0.0,
+        steady_tokens_per_s=statistics.median(r["tokens_per_s"] for r in steady),
+        median_step_s=statistics.median(per_iter_steady or per_iter), first_step_s=series[0][2],
+        warmup_steps=sum(1 for r in steps if r.get("warmup")), peak_mem_gb=max(peaks) if peaks else None,
+        final_loss=statistics.fmean(r["loss"] for r in steps[-10:]),
+        final_val_loss=run["evals"][-1]["val_loss"] if run["evals"] else None,
+        series=series, losses=[(r["iter"], r["loss"]) for r in steps],
+    )  # fmt: skip
+    return out
+
+
+def collect(results: Path) -> List[Dict[str, Any]]:
+    """Summaries of every finished fine-tuning run under ``results`` (files with a bench header)."""
+    out = []
+    for path in sorted(Path(results).rglob("*.jsonl")):
+        with open(path) as handle:
+            first = handle.readline()
+        if first.strip() and "bench" in json.loads(first):
+            out.append(summarize_run(path))
+    return out
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a and b else None
+
+
+def _status(s: Dict[str, Any]) -> str:
+    if s["status"] == "ok":
+        return "ok"
+    return "failed: out of memory" if s.get("oom") else "failed"
+
+
+def main_table(runs: List[Dict[str, Any]]) -> str:
+    """The 100-iteration comparison of one model: one row per implementation and mlx_lm.lora."""
+    ok = {s["impl"]: s for s in runs if s["status"] == "ok"}
+    base, peer = ok.get("baseline", {}), ok.get("mlx_lm.lora", {})
+    rows = []
+    for s in sorted(runs, key=lambda s: _order(s["impl"])):
+        good = s["status"] == "ok"
+        rows.append([
+            s["impl"], _status(s), s["iters"] or None,
+            s.get("total_wall_s") if good else None, s.get("process_wall_s"),
+            1e3 * s["median_step_s"] if good else None, s.get("tokens_per_s") if good else None,
+            s.get("steady_tokens_per_s") if good else None,
+            _ratio(base.get("total_wall_s"), s.get("total_wall_s")) if good else None,
+            _ratio(peer.get("total_wall_s"), s.get("total_wall_s")) if good else None,
+            s.get("peak_mem_gb") if good else None, s.get("final_loss") if good else None,
+            s.get("final_val_loss") if good else None,
+        ])  # fmt: skip
+    columns = [
+        "impl", "status", "iters", "train time s", "process s", "median step ms", "tok/s",
+        "steady tok/s", "speedup vs baseline", "speedup vs mlx_lm.lora", "peak GB", "final loss", "val loss",
+    ]  # fmt: skip
+    return markdown_table(columns, rows)
+
+
+def cold_table(runs: List[Dict[str, Any]]) -> str:
+    """The warm-up runs (first use of each tool in the call): where MLX's kernel JIT cost shows."""
+    rows = [[s["impl"], _status(s), s["bench"].get("order_in_call"), s["iters"] or None, s.get("first_step_s"),
+             s.get("total_wall_s"), s.get("process_wall_s")] for s in sorted(runs, key=lambda s: _order(s["impl"]))]  # fmt: skip
+    return markdown_table(["impl", "status", "runs before it in the call", "iters", "first step s", "train time s", "process s"], rows)
+
+
+def sweep_table(runs: List[Dict[str, Any]]) -> str:
+    """Sequence-length sweep of one model: steady tokens/s and peak memory, against baseline."""
+    by_length: Dict[int, Dict[str, Dict]] = {}
+    for s in runs:
+        by_length.setdefault(s["length"], {})[s["impl"]] = s
+    rows = []
+    for length in sorted(by_length):
+        impls = by_length[length]
+        base = impls.get("baseline", {}) if impls.get("baseline", {}).get("status") == "ok" else {}
+        for name in sorted(impls, key=_order):
+            s = impls[name]
+            good = s["status"] == "ok"
+            rows.append([
+                length, f"{s['batch']}×{length}", name, _status(s), s.get("steady_tokens_per_s") if good else None,
+                1e3 * s["median_step_s"] if good else None, s.get("peak_mem_gb") if good else None,
+                _ratio(s.get("steady_tokens_per_s"), base.get("steady_tokens_per_s")) if good else None,
+                _ratio(s.get("peak_mem_gb"), base.get("peak_mem_gb")) if good else None,
+                s.get("first_step_s") if good else None,
+            ])  # fmt: skip
+    columns = ["L", "B×L", "impl", "status", "steady tok/s", "median step ms", "peak GB",
+               "tok/s vs baseline", "peak vs baseline", "first step s (compile)"]  # fmt: skip
+    return markdown_table(columns, rows)
+
+
+def targets_table(main: List[Dict[str, Any]], sweep: List[Dict[str, Any]]) -> str:
+    """The issue's targets, measured wherever the runs they need exist (stated for TinyLlama on an H100)."""
+    rows = []
+
+    def ok(runs, **match):
+        return {s["impl"]: s for s in runs if s["status"] == "ok" and all(s.get(k) == v for k, v in match.items())}
+
+    def failed(runs, impl, **match):
+        return any(s["impl"] == impl and s["status"] != "ok" and all(s.get(k) == v for k, v in match.items()) for s in runs)
+
+    for model in sorted({s["model"] for s in sweep}):
+        runs = [s for s in sweep if s["model"] == model]
+        at = ok(runs, length=1024)
+        if "demo" in at and "baseline" in at:
+            r = at["demo"]["steady_tokens_per_s"] / at["baseline"]["steady_tokens_per_s"]
+            rows.append([model, f"demo tok/s vs baseline at {at['demo']['batch']}×1024", f"{r:.2f}×", "≥ 1.3×", "yes" if r >= 1.3 else "no"])
+        L = 4096
+        if any(s["length"] == L for s in runs):
+            at = ok(runs, length=L)
+            best = max((at[i] for i in ("demo", "poc") if i in at), key=lambda s: s["steady_tokens_per_s"], default=None)
+            if best and "baseline" in at:
+                r = best["steady_tokens_per_s"] / at["baseline"]["steady_tokens_per_s"]
+                m = best["peak_mem_gb"] / at["baseline"]["peak_mem_gb"]
+                rows.append([model, f"best of demo/poc ({best['impl']}) tok/s vs baseline at {best['batch']}×{L}", f"{r:.2f}×", "≥ 2×", "yes" if r >= 2 else "no"])
+                rows.append([model, f"its peak memory vs baseline at {best['batch']}×{L}", f"{m:.2f}", "≤ 0.5", "yes" if m <= 0.5 else "no"])
+            elif best and failed(runs, "baseline", length=L):
+                rows.append([model, f"{best['impl']} vs baseline at {best['batch']}×{L}", "baseline failed (out of memory?)", "≥ 2×, ≤ 0.5 memory", "yes"])
+    for model in sorted({s["model"] for s in main}):
+        at = ok([s for s in main if s["model"] == model])
+        flash = [at[i] for i in ("baseline", "practical", "demo", "poc") if i in at]
+        if flash and "mlx_lm.lora" in at:
+            peer = at["mlx_lm.lora"]
+            best = min(flash, key=lambda s: s["total_wall_s"])
+            r = best["total_wall_s"] / peer["total_wall_s"]
+            rows.append([model, f"time for {best['iters']} iterations, best flashtune ({best['impl']}) / mlx_lm.lora", f"{r:.2f}", "≤ 0.33", "yes" if r <= 1 / 3 else "no"])
+            fastest = max(flash, key=lambda s: s["steady_tokens_per_s"])
+            r = fastest["steady_tokens_per_s"] / peer["steady_tokens_per_s"]
+            rows.append([model, f"steady tok/s, best flashtune ({fastest['impl']}) vs mlx_lm.lora", f"{r:.2f}×", "≥ 1.5×", "yes" if r >= 1.5 else "no"])
+    return markdown_table(["model", "target", "measured", "goal", "met"], rows) if rows else ""
+
+
+def _data_note(s: Dict[str, Any]) -> str:
+    b = s["bench"]
+    meta = b.get("data_meta") or {}
+    recipe = f"recipe `{Path(str(b.get('recipe'))).name}`"
+    if s["suite"] == "sweep":
+        return f"data: per length L, text of exactly L+1 tokens (`fixed_length` L: one batch shape per run); {recipe}"
+    if meta.get("kind") == "variable":
+        what = f"text of {meta['lo']}-{meta['hi']} tokens ({meta['train']['examples']} training examples, seed {meta['seed']})"
+    else:
+        what = str(b.get("data"))
+    return f"data: {what}; batch {b.get('batch')}; {recipe}"
+
+
+def _notes(runs: List[Dict[str, Any]], header: dict) -> List[str]:
+    notes = [
+        "**train time** sums each iteration's wall time (the step and its `mx.eval`; compile steps "
+        "included, evaluation and checkpoints excluded), as both flashtune and mlx_lm.lora time it; "
+        "**process s** is the whole subprocess (imports, model load, evaluation, saving). "
+        "**steady tok/s** is the median per-iteration tokens/s over iterations that did not compile "
+        "a new batch shape. Speedups compare train time. Tokens are the tokens in the loss (completion "
+        "tokens only where prompts are masked), counted alike by both tools.",
+        "mlx_lm.lora is `python -m mlx_lm lora` unchanged, started through `flashtune.bench.peer`, which "
+        "only observes it (a JSON reporting callback beside its own, reporting every iteration, and the "
+        "shape of each batch) and loads the same OpenBLAS as flashtune on CPUs. Same data, seed, LoRA "
+        "(layers, rank, scale), AdamW, warm-up + cosine schedule, evaluation batches. Its batching differs: "
+        "it pads to a multiple of 32 (+1); flashtune pads to 128 on CUDA, 32 elsewhere. Losses differ by batch order, and "
+        "val loss by each tool's own pick of validation batches (mlx_lm takes the shortest first): compare them within a tool.",
+    ]
+    for label, note in sorted({(s["label"], s.get("tokenizer")) for s in runs if s.get("label")}):
+        weights = "random-init" in label
+        line = f"**{label}**: " + ("architecture-exact random weights (timing does not depend on weight values)" if weights else "real weights")
+        notes.append(line + (f"; tokenizer: {note}" if note else ""))
+    backend = (header.get("device") or {}).get("backend")
+    if backend == "cpu":
+        notes.append(
+            "Measured on a CPU (MLX's CPU backend, float32, a shared machine: timings move by ±20% with "
+            "other load). At these lengths attention is a small part of each step, so the implementations "
+            "should be close; GPU results are the ones to read for speed."
+        )
+    shipped = [s for s in runs if s["suite"] == "main" and not (s["bench"].get("data_meta") or {}).get("kind")]
+    if backend == "cpu" and shipped:
+        iters = sorted({s["iters"] for s in shipped if s["status"] == "ok"})
+        notes.append(
+            f"This is the CPU default of `make reproduce-finetune`: {', '.join(sorted({s['label'] for s in shipped}))} "
+            f"on the shipped dataset ({'/'.join(map(str, iters))} iterations, batch {shipped[0]['batch']}) and a "
+            "small sweep, to fit in 15 minutes on 2 cores; `ARGS=--big` runs TinyLlama-1.1B and Qwen2.5-1.5B here too (slowly)."
+        )
+    return notes
+
+
+def write_report(results: Path) -> Path:
+    """Writes ``report.md`` and PNG plots into ``results`` from its JSONL files alone.
+
+    Returns:
+        The path of report.md.
+    """
+    from flashtune.bench import plots
+
+    results = Path(results)
+    runs = collect(results)
+    header = next((s["run_info"] for s in runs if s.get("run_info")), {})
+    lines = [f"# flashtune results: {results.name}", ""]
+    if header:
+        lines += [describe_header(header), ""]
+    main = [s for s in runs if s["suite"] == "main"]
+    sweep = [s for s in runs if s["suite"] == "sweep"]
+    cold = [s for s in runs if s["suite"] == "cold"]
+    if runs:
+        lines += ["- " + n for n in _notes(runs, header)] + [""]
+    targets = targets_table(main, sweep)
+    if targets:
+        lines += ["## Targets", "", "The goals are issue 7's, stated for TinyLlama-1.1B on the lent H100 (4×1024 and 1×4096 "
+                  "from the sweep; the time and steady tok/s goals from the main comparison); shown for every model measured.",
+                  "", targets, ""]
+    models = sorted({s["model"] for s in runs}, key=lambda m: [s["model"] for s in runs].index(m))
+    for model in models:
+        mine = sorted((s for s in main if s["model"] == model), key=lambda s: _order(s["impl"]))
+        if mine:
+            label = mine[0]["label"]
+            iters = max(s["iters"] for s in mine)
+            png = plots.iteration_times(mine, results / f"iterations-{_slug(model)}.png", f"{label}: per-iteration wall time")
+            lines += [f"## {label}: {iters} LoRA iterations", "", _data_note(mine[0]), "", main_table(mine), "", f"![per-iteration wall time]({png.name})", ""]
+            failed = [s for s in mine if s["status"] != "ok"]
+            lines += [f"- {s['impl']} failed: `{(s.get('error') or '').splitlines()[-1:] or ['?']}`" for s in failed] + ([""] if failed else [])
+        warm = sorted((s for s in cold if s["model"] == model), key=lambda s: _order(s["impl"]))
+        if warm:
+            lines += ["### Warm-up runs", "", "Each measured run above follows a short run of the same tool in the same call, "
+                      "so MLX's on-disk kernel cache (CUDA kernels are JIT-compiled on first use) is warm for every tool "
+                      "alike; the first run of a call on a fresh machine pays the one-time compilation.", "", cold_table(warm), ""]
+        swept = [s for s in sweep if s["model"] == model]
+        if swept:
+            label = swept[0]["label"]
+            tok = plots.sweep(swept, "steady_tokens_per_s", "steady tokens/s", results / f"sweep-tokens-{_slug(model)}.png", f"{label}: tokens/s vs sequence length")
+            mem = plots.sweep(swept, "peak_mem_gb", "peak memory (GB)", results / f"sweep-memory-{_slug(model)}.png", f"{label}: peak memory vs sequence length")
+            tokens = {s["batch"] * s["length"] for s in swept}
+            lines += [f"## {label}: sequence-length sweep ({'/'.join(map(str, sorted(tokens)))} tokens per step)", "",
+                      _data_note(swept[0]), "", sweep_table(swept), "", f"![tokens/s]({tok.name}) ![peak memory]({mem.name})", ""]  # fmt: skip
+    attention = results / "attention.jsonl"
+    if attention.is_file():
+        att_header, records = read_jsonl(attention)
+        png = plots.attention_speedup(records, results / "attention-speedup.png", "Attention fwd+bwd speedup vs baseline")
+        lines += ["## Attention benchmark (attention.jsonl)", "", describe_header(att_header), "", attention_table(records), "", f"![attention speedup]({png.name})", ""]
+    if len(lines) <= 4:
+        lines += ["No results found (run `make reproduce-finetune` or `flashtune bench finetune`)."]
+    out = results / "report.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _slug(model: str) -> str:
+    return model.lower().replace("/", "-")

@@ -1,0 +1,164 @@
+"""The fine-tuning comparison: every attention implementation and mlx_lm.lora, same data and settings.
+
+Suites (each run a fresh subprocess, its per-iteration JSONL under the results folder):
+- ``main``: 100 LoRA iterations per model with each implementation (``flashtune train``) and
+  with mlx-lm's own trainer (``mlx_lm lora`` through `flashtune.bench.peer`), same data, seed,
+  LoRA and optimizer settings, from ``recipes/finetune-<model>.yaml``. On a GPU each measured
+  run follows a short warm-up run of the same tool (``main/<model>/cold/``, kept and reported
+  on its own) so MLX's on-disk kernel cache is warm for every tool alike.
+- ``sweep``: ``fixed_length`` runs at several sequence lengths with the same tokens per step
+  (8x512 ... 1x4096), from ``recipes/sweep-<model>.yaml``.
+
+Defaults per device: on a GPU, TinyLlama-1.1B and Qwen2.5-1.5B on variable-length text of
+300-1020 tokens; on a CPU, the embedded SmolLM2-135M on the shipped dataset with a small sweep
+(``--big`` asks for the big models). Real weights are used when cached, else architecture-exact
+random weights (labelled in every record and table; see `flashtune.bench.assets`).
+
+Runs are resumable: each JSONL is written as ``.partial`` and renamed when the run ends, ok or
+failed (a failure, e.g. out of memory, is a result: ``{"status": "failed", ...}``).
+``--skip-existing`` skips finished runs; ``--budget-s`` starts no run that would not finish in
+time (from the durations seen so far) and stops one that overruns, leaving it for the next call.
+"""
+
+import argparse
+import os
+import sys
+import tarfile
+from datetime import date
+from pathlib import Path
+from typing import List, Optional
+
+from flashtune.bench.assets import prepare_data, prepare_model
+from flashtune.bench.peer import TOOL
+from flashtune.bench.runner import REPO, Bench, Run, mlx_lm_config, recipe_path  # noqa: F401 (mlx_lm_config: re-exported)
+
+IMPLS = ("baseline", "practical", "demo", "poc")
+GPU_MODELS = ("TinyLlama-1.1B", "Qwen2.5-1.5B")
+CPU_MODELS = ("SmolLM2-135M",)
+DEFAULTS = {  # per device kind: what `make reproduce-finetune` runs with no options
+    "gpu": {"models": GPU_MODELS, "lengths": (512, 1024, 2048, 4096), "sweep_tokens": 4096, "warmup_iters": 10},
+    "cpu": {"models": CPU_MODELS, "lengths": (64, 128, 256), "sweep_tokens": 256, "warmup_iters": 0},
+}
+
+
+def plan(models: List[str], impls: List[str], suites: List[str], lengths: List[int], sweep_tokens: int,
+         warmup_iters: int, sweep_iters: Optional[int], sweep_impls: List[str], iters: Optional[int] = None) -> List[Run]:  # fmt: skip
+    """The runs, in order: per model, each tool's warm-up then measured run, then the sweep."""
+    runs = []
+    for model in models:
+        if "main" in suites:
+            for impl in impls:
+                if warmup_iters:
+                    runs.append(Run("cold", model, impl, iters=warmup_iters))
+                runs.append(Run("main", model, impl, iters=iters))
+        if "sweep" in suites:
+            for length in lengths:
+                for impl in sweep_impls:
+                    runs.append(Run("sweep", model, impl, length, max(sweep_tokens // length, 1), sweep_iters))
+    return runs
+
+
+def default_results_dir() -> Path:
+    from flashtune import env
+
+    return REPO / "results" / f"{date.today().isoformat()}-{env.short_device_tag()}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `flashtune bench finetune` and scripts/reproduce_finetune.py."""
+    parser.add_argument("--results", help="results folder (default: results/<date>-<device>)")
+    parser.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto", help="which defaults to use (default: what MLX runs on)")
+    parser.add_argument("--big", action="store_true", help="on a CPU: the GPU defaults (TinyLlama-1.1B, Qwen2.5-1.5B; slow)")
+    parser.add_argument("--models", help="comma list of models (default: per device)")
+    parser.add_argument("--impls", help=f"comma list from {', '.join(IMPLS)}, {TOOL} (default: all)")
+    parser.add_argument("--suites", default="main,sweep", help="comma list: main, sweep (default: both)")
+    parser.add_argument("--lengths", help="sweep lengths, comma list (default: 512,1024,2048,4096 on GPU; 64,128,256 on CPU)")
+    parser.add_argument("--sweep-tokens", type=int, help="tokens per sweep step; batch = this / length (default: 4096 GPU, 256 CPU)")
+    parser.add_argument("--sweep-impls", help=f"comma list for the sweep (default: {', '.join(IMPLS)})")
+    parser.add_argument("--sweep-iters", type=int, help="sweep iterations (default: the sweep recipe's)")
+    parser.add_argument("--iters", type=int, help="main-suite iterations (default: the recipe's, 100)")
+    parser.add_argument("--warmup-iters", type=int, help="iterations of the warm-up run before each main run (0: none; default 10 GPU, 0 CPU)")
+    parser.add_argument("--random-init", action="store_true", help="random weights even where real ones are available")
+    parser.add_argument("--shipped-data", action="store_true", help="main suite on the shipped dataset instead of 300-1020-token text")
+    parser.add_argument("--skip-existing", action="store_true", help="skip runs whose JSONL is already there (resume)")
+    parser.add_argument("--retry-failed", action="store_true", help="with --skip-existing: run failed runs again")
+    parser.add_argument("--budget-s", type=float, help="start no run that would end after this many seconds; stop one that would")
+    parser.add_argument("--cache-dir", help="model folders, data, run scratch (default: ~/.cache/flashtune/bench)")
+    parser.add_argument("--export-dir", help="where mlx_lm's model folders with weights go (default: <cache-dir>/exports)")
+    parser.add_argument("--recipes", default=str(REPO / "recipes"), help="recipe folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the timing data and random weights")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+    parser.add_argument("--no-report", dest="report", action="store_false", help="skip report.md and plots at the end")
+    parser.add_argument("--pack", help="also write the results folder as this .tar.gz (to carry it off a device)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Runs the comparison as the options say; returns 0 when nothing is left to run."""
+    from flashtune import env
+
+    kind = args.device if args.device != "auto" else ("cpu" if env.backend() == "cpu" else "gpu")
+    defaults = DEFAULTS["gpu" if kind == "gpu" or args.big else "cpu"]
+    split = lambda text, cast=str: [cast(x) for x in text.split(",") if x]  # noqa: E731
+    models = split(args.models) if args.models else list(defaults["models"])
+    impls = split(args.impls) if args.impls else [*IMPLS, TOOL]
+    lengths = split(args.lengths, int) if args.lengths else list(defaults["lengths"])
+    sweep_tokens = args.sweep_tokens or defaults["sweep_tokens"]
+    warmup = args.warmup_iters if args.warmup_iters is not None else (defaults["warmup_iters"] if kind == "gpu" else 0)
+    sweep_impls = split(args.sweep_impls) if args.sweep_impls else list(IMPLS)
+    suites = split(args.suites)
+    for name in {*impls, *sweep_impls} - {*IMPLS, TOOL}:
+        raise SystemExit(f"unknown implementation {name!r}; choose from {', '.join([*IMPLS, TOOL])}")
+    results = Path(args.results) if args.results else default_results_dir()
+    cache = Path(args.cache_dir or os.environ.get("FLASHTUNE_BENCH_CACHE", "~/.cache/flashtune/bench")).expanduser()
+    recipes = Path(args.recipes)
+    runs = plan(models, impls, suites, lengths, sweep_tokens, warmup, args.sweep_iters, sweep_impls, args.iters)
+    for run in runs:
+        if not recipe_path(run.suite, run.model, recipes).is_file():
+            raise SystemExit(f"no recipe {recipe_path(run.suite, run.model, recipes)} for {run.name}")
+    print(f"{len(runs)} runs into {results} ({kind} defaults{', big models' if args.big else ''}; cache {cache})", flush=True)
+    if kind == "cpu" and not (args.big or args.models):
+        print("CPU-only machine: the comparison runs on the embedded SmolLM2-135M with the shipped dataset and a "
+              "small sweep (--big: TinyLlama-1.1B and Qwen2.5-1.5B, slowly)", flush=True)
+    if args.dry_run:
+        print("\n".join(f"  {r.name} -> {r.relpath}" for r in runs))
+        return 0
+    results.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    from flashtune.models import resolve_dtype
+
+    dtype = str(resolve_dtype(None)).split(".")[-1]
+    max_length = max(lengths) if "sweep" in suites else 0
+    setups = {m: prepare_model(m, cache, dtype, args.seed, max_length, args.random_init, args.export_dir) for m in models}
+    bench = Bench(results, cache, recipes, setups, {}, args.skip_existing, args.retry_failed, args.budget_s)
+    for i, run in enumerate(runs):
+        if run.suite == "cold" and bench.should_skip(runs[i + 1]):  # a warm-up belongs to its measured run
+            continue
+        setup = setups[run.model]
+        key = (run.suite if run.suite != "cold" else "main", run.model, run.length)
+        if key not in bench.data:  # the embedded SmolLM2 trains on the shipped dataset by default
+            shipped = run.suite != "sweep" and (args.shipped_data or setup.embedded)
+            bench.data[key] = None if shipped else prepare_data(setup, cache, args.seed, run.length, run.batch or 1)
+        bench.execute(run)
+    c = bench.counts
+    print(f"done: {c['done']} runs ({c['failed']} failed), {c['skipped']} skipped (already there), {c['left']} left for another call", flush=True)
+    if args.report:
+        from flashtune.bench.report import write_report
+
+        print(f"report: {write_report(results)}", flush=True)
+    if args.pack:
+        with tarfile.open(args.pack, "w:gz") as tar:
+            tar.add(results, arcname=results.name)
+        print(f"packed {results} into {args.pack}", flush=True)
+    if c["left"]:
+        print("some runs are left: run the same command again (with --skip-existing) to finish them", flush=True)
+    return 3 if c["left"] else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="reproduce_finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Deterministic timing datasets: ``{"text": ...}`` JSONL whose examples have chosen token counts.
+
+Timing does not depend on what the text says, only on how many tokens each example has, so the
+text is made of words ``w3 w17 ...`` and its length is fitted with the model's own tokenizer
+(the path both flashtune and mlx_lm.lora use: ``tokenizer.encode(text)`` plus EOS). With the
+word-level stand-in tokenizer written by `write_word_tokenizer` (one token per word, ids
+spread over the model's whole vocabulary) every count is exact; with a BPE tokenizer the fit
+is the longest text not over the target.
+
+Two kinds of data:
+- ``variable``: lengths drawn uniformly from [lo, hi] tokens (default 300-1020, as mlx_lm.lora
+  was measured in the anchors), for the main 100-iteration comparison;
+- ``fixed``: every example exactly ``length + 1`` tokens, for the trainer's ``fixed_length``
+  option (inputs are one shorter), so every step of a sequence-length sweep has one shape.
+"""
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+SPECIALS = ("<unk>", "<s>", "</s>")
+
+
+def write_word_tokenizer(path: Path, vocab_size: int) -> Path:
+    """Writes a word-level tokenizer (tokenizer.json + tokenizer_config.json) into ``path``.
+
+    Args:
+        path: folder (created).
+        vocab_size: the model's vocabulary size; words ``w3 .. w{vocab_size-1}`` get ids 3.. .
+
+    Returns:
+        ``path``. ``transformers.AutoTokenizer`` and ``mlx_lm.load`` read it offline.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = {name: i for i, name in enumerate(SPECIALS)}
+    vocab.update({f"w{i}": i for i in range(len(SPECIALS), vocab_size)})
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(path / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "model_max_length": 1 << 20,
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    return path
+
+
+def token_counter(tokenizer) -> Callable[[str], int]:
+    """Tokens of one ``{"text": ...}`` example as both trainers see it (encode, then EOS if absent)."""
+    eos = tokenizer.eos_token_id
+
+    def count(text: str) -> int:
+        tokens = list(tokenizer.encode(text))
+        return len(tokens) + (0 if tokens[-1:] == [eos] else 1)
+
+    return count
+
+
+def fit_text(count: Callable[[str], int], target: int, rng: random.Random, vocab_hi: int) -> str:
+    """The longest text of random words whose token count is at most ``target`` (binary search)."""
+    words = [f"w{rng.randrange(len(SPECIALS), vocab_hi)}" for _ in range(target)]
+    if count(" ".join(words[: target - 1])) == target:  # one token per word (+ EOS): exact at once
+        return " ".join(words[: target - 1])
+    lo, hi = 1, target  # each word is at least one token, so target words is an upper bound
+    per_word = count(" ".join(words)) / target  # narrow the search around the average
+    guess_lo, guess_hi = int(target / per_word * 0.95), int(target / per_word * 1.05) + 1
+    if 1 <= guess_lo and count(" ".join(words[:guess_lo])) <= target:
+        lo = guess_lo
+    if guess_hi < target and count(" ".join(words[:guess_hi])) > target:
+        hi = guess_hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(" ".join(words[:mid])) <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo])
+
+
+def _write_split(path: Path, texts: Sequence[str]) -> str:
+    body = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+    path.write_text(body)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def make_dataset(
+    folder: Path,
+    tokenizer,
+    *,
+    kind: str,
+    seed: int = 0,
+    lo: int = 300,
+    hi: int = 1020,
+    n_train: int = 400,
+    n_valid: int = 32,
+    length: Optional[int] = None,
+    vocab_hi: Optional[int] = None,
+) -> Dict:
+    """Writes train.jsonl (and valid.jsonl when ``n_valid``) and meta.json into ``folder``.
+
+    Args:
+        folder: output folder (created; its files are replaced).
+        tokenizer: the model's tokenizer (counts tokens exactly as the trainers do).
+        kind: ``"variable"`` (lengths uniform in [lo, hi] tokens) or ``"fixed"`` (``length + 1``
+            tokens each, for ``fixed_length=length``).
+        seed: random seed; the same arguments give the same files.
+        n_train, n_valid: examples per split (no valid.jsonl when ``n_valid`` is 0).
+        vocab_hi: words are drawn from ids below this (default: the tokenizer's vocabulary).
+
+    Returns:
+        The metadata written to meta.json (arguments, token statistics, sha256 of each split).
+    """
+    if kind not in ("variable", "fixed"):
+        raise ValueError(f"kind must be 'variable' or 'fixed', got {kind!r}")
+    if kind == "fixed" and not length:
+        raise ValueError("kind='fixed' needs length")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # long texts are counted, never fed to a model here
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    count = token_counter(tokenizer)
+    vocab_hi = vocab_hi or len(tokenizer.get_vocab())
+
+    def targets(n: int) -> List[int]:
+        if kind == "fixed":
+            return [length + 1] * n
+        return [rng.randint(lo, hi) for _ in range(n)]
+
+    meta = {"kind": kind, "seed": seed, "lo": lo, "hi": hi, "length": length, "vocab_hi": vocab_hi}
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        target = folder / f"{split}.jsonl"
+        if not n:
+            target.unlink(missing_ok=True)
+            continue
+        texts = [fit_text(count, t, rng, vocab_hi) for t in targets(n)]
+        counts = [count(t) for t in texts]
+        meta[split] = {
+            "examples": n, "tokens": sum(counts), "min_tokens": min(counts), "max_tokens": max(counts),
+            "sha256": _write_split(target, texts),
+        }  # fmt: skip
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def ensure_dataset(folder: Path, tokenizer, **kwargs) -> Dict:
+    """`make_dataset` unless ``folder`` already holds the data these arguments make (meta.json)."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    wanted = {k: v for k, v in kwargs.items() if k in ("kind", "seed", "lo", "hi", "length", "vocab_hi")}
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        same = all(meta.get(k) == v for k, v in wanted.items())
+        n_ok = meta.get("train", {}).get("examples") == kwargs.get("n_train", 400)
+        if same and n_ok and (folder / "train.jsonl").is_file():
+            return meta
+    return make_dataset(folder, tokenizer, **kwargs)
