@@ -162,6 +162,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     patch(model, config.attn)
     if config.grad_checkpoint:
         enable_grad_checkpoint(model)
+    # Random-init weights are lazy: materialize them now, as loading, not inside step 1's timing.
+    mx.eval(model.parameters())
     optimizer = optim.AdamW(learning_rate=make_schedule(config), weight_decay=config.weight_decay)
 
     start = 0
