@@ -39,9 +39,13 @@ def git_sha() -> Optional[str]:
 
 
 def backend() -> str:
-    """'cuda', 'metal' or 'cpu': where MLX runs by default."""
-    if mx.default_device() == mx.gpu:
-        return "cuda" if mx.cuda.is_available() else "metal"
+    """'cuda', 'metal' or 'cpu': where MLX runs by default (and where kernels would run)."""
+    if mx.default_device() != mx.gpu:
+        return "cpu"
+    if mx.cuda.is_available():
+        return "cuda"
+    if mx.metal.is_available():
+        return "metal"
     return "cpu"
 
 

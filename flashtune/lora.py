@@ -4,6 +4,7 @@ from typing import Any, Dict
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 _CHECKPOINTED = {}  # original block class -> its checkpointing subclass
@@ -32,13 +33,7 @@ def apply_lora(model: nn.Module, config: Dict[str, Any]) -> int:
         )
     model.freeze()
     linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"])
-    return sum(v.size for _, v in _flatten(model.trainable_parameters()))
-
-
-def _flatten(tree):
-    from mlx.utils import tree_flatten
-
-    return tree_flatten(tree)
+    return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
 
 
 def _checkpointing_class(original: type) -> type:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from flashtune import attention, checkpoint, data, env, models, records
 from flashtune.config import TrainConfig
+from flashtune.errors import is_out_of_memory
 from flashtune.generate import answer, held_out_prompts
 from flashtune.lora import adapter_config, apply_lora, enable_grad_checkpoint
 from flashtune.log import logger
@@ -32,11 +33,6 @@ from flashtune.patch import patch
 
 class TrainingError(RuntimeError):
     """Training stopped for a reason the user can act on (the message says what to do)."""
-
-
-def _is_oom(error: Exception) -> bool:
-    text = str(error).lower()
-    return any(word in text for word in ("out of memory", "malloc", "allocat", "memory limit"))
 
 
 def run_dir_for(config: TrainConfig, check: bool = True) -> Path:
@@ -248,7 +244,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                         loss, tokens = reduce_and_update(grads, total, count)
                     mx.eval(state, loss, tokens)
                 except RuntimeError as error:
-                    if _is_oom(error):
+                    if is_out_of_memory(error):
                         raise TrainingError(
                             f"out of memory at iteration {it} with batch {shapes[0]} (batch x length): {error}. "
                             "Try a smaller --batch-size, --grad-accumulation with a smaller batch, "

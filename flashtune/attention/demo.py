@@ -22,6 +22,7 @@ would otherwise return NaN there.
 
 import mlx.core as mx
 
+from flashtune import env
 from flashtune.attention import register
 from flashtune.attention.baseline import baseline
 from flashtune.attention.contract import conforming, keep_mask_rows
@@ -31,15 +32,11 @@ FUSED_BACKWARD_MULTIPLE = 128
 _CUDNN_DTYPES = (mx.float16, mx.bfloat16)
 
 
-def _on_cuda() -> bool:
-    return mx.default_device() == mx.gpu and mx.cuda.is_available()
-
-
 def padded_length(q: mx.array, k: mx.array) -> int:
     """Query length to run at so that MLX's fused CUDA backward engages (Lq itself if not)."""
     L_q, D = q.shape[2], q.shape[3]
     if (
-        not _on_cuda()
+        env.backend() != "cuda"
         or L_q <= 1  # decoding: MLX's vector kernel, no backward wanted
         or L_q % FUSED_BACKWARD_MULTIPLE == 0
         or q.dtype not in _CUDNN_DTYPES
@@ -120,7 +117,7 @@ def demo(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> m
             k, v = _pad_axis(k, 2, extra), _pad_axis(v, 2, extra)
         if isinstance(mask, mx.array):
             mask = _pad_mask(mask, extra)
-    if L_q != L_k and _on_cuda():
+    if L_q != L_k and env.backend() == "cuda":
         out = _fused_forward_reference_backward(q, k, v, scale, mask)
     else:
         out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)

@@ -24,6 +24,7 @@ from flashtune.attention.contract import conforming
 from flashtune.attention.kernels import cuda as cuda_kernels
 from flashtune.attention.kernels import metal as metal_kernels
 from flashtune.attention.practical import practical
+from flashtune.env import backend  # a module attribute, so tests can simulate other backends
 from flashtune.log import logger, say_once
 
 KERNELS = {"cuda": cuda_kernels, "metal": metal_kernels}
@@ -38,17 +39,6 @@ CHECK_TOLERANCE = {mx.bfloat16: 5e-2, mx.float16: 2e-2}
 CHECK_SHAPE = dict(batch=1, n_kv_heads=2, group=2, L_q=67, L_k=131)
 
 _verdicts: Dict[Tuple, Optional[str]] = {}  # variant -> None (verified) or why it failed
-
-
-def backend() -> str:
-    """'cuda', 'metal' or 'cpu': where kernels would run for the default device."""
-    if mx.default_device() != mx.gpu:
-        return "cpu"
-    if mx.cuda.is_available():
-        return "cuda"
-    if mx.metal.is_available():
-        return "metal"
-    return "cpu"
 
 
 @functools.lru_cache(maxsize=None)

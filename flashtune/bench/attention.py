@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import mlx.core as mx
 
 from flashtune import attention, env
+from flashtune.errors import is_out_of_memory
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,6 @@ def _relative_error(fn, q, k, v, scale, mask) -> float:
     return float(err.item())
 
 
-def _is_oom(error: Exception) -> bool:
-    text = str(error).lower()
-    return any(word in text for word in ("memory", "malloc", "alloc", "oom"))
-
-
 def measure(
     name: str, shape: Shape, dtype, *, warmup: int, repeat: int, seed: int = 0
 ) -> dict:
@@ -134,7 +130,7 @@ def measure(
         record["fwdbwd_tokens_per_s"] = shape.batch * shape.length / record["fwdbwd_ms"] * 1e3
         record["status"] = "ok"
     except (RuntimeError, ValueError, MemoryError) as error:
-        record["status"] = "oom" if _is_oom(error) else "error"
+        record["status"] = "oom" if is_out_of_memory(error) else "error"
         record["error"] = str(error)[:300]
     finally:
         mx.clear_cache()

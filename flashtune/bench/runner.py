@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 
 from flashtune.bench.assets import ModelSetup, export_weights, slug
 from flashtune.bench.peer import PREFIX, TOOL, parse_output, to_records
+from flashtune.errors import is_out_of_memory
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,10 +68,6 @@ def _error_summary(log_text: str, limit: int = 1500) -> str:
     lines = [line.strip() for line in log_text.strip().splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|error)\b.*:", line) or "out of memory" in line.lower()]
     return ("\n".join(errors[-3:]) if errors else "\n".join(lines[-5:]))[-limit:] or "no output"
-
-
-def _is_oom(text: str) -> bool:
-    return any(w in text.lower() for w in ("out of memory", "outofmemory", "malloc", "allocat", "memory limit"))
 
 
 class BudgetExceeded(Exception):
@@ -271,7 +268,7 @@ class Bench:
         end = {"run_end": True, "status": "ok" if ok else "failed", "returncode": rc, "process_wall_s": wall, **(extra or {})}
         if not ok:
             end["error"] = _error_summary(log_text)
-            end["oom"] = _is_oom(log_text)
+            end["oom"] = is_out_of_memory(log_text)
         _append(partial, end)
         return end["status"]
 
