@@ -154,7 +154,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             raise ValueError(f"fixed_length={config.fixed_length} is shorter than the longest example ({max(splits.train.lengths) - 1} inputs)")
 
     lora = adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout)
-    n_trainable = apply_lora(model, lora)
+    n_trainable = apply_lora(model, lora, config.lora_precision)
     patch(model, config.attn)
     if config.grad_checkpoint:
         enable_grad_checkpoint(model)

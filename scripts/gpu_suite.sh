@@ -1,49 +1,50 @@
 #!/usr/bin/env bash
-# flashtune's GPU measurements, one stage per argument, results under $OUT (default results/gpu).
-#   bash scripts/gpu_suite.sh prepare          # here, where the embedded model is installed: tokenizers + timing data
-#   bash scripts/gpu_suite.sh attention train  # on the GPU machine (PYTHONPATH=repo, MLX CUDA installed)
-# prepare writes .device/ (git-ignored) so the GPU machine needs neither the embedded wheel nor a hub.
+# flashtune's GPU measurements besides the fine-tuning comparison, one stage per argument,
+# results under $OUT (default results/gpu).
+#   bash scripts/gpu_suite.sh prepare                    # here: model folders + timing data in $CACHE
+#   bash scripts/gpu_suite.sh profile anchor attention blocks   # on the GPU machine
+# prepare writes $CACHE (default .device/bench-cache, git-ignored; the same folder that
+# scripts/reproduce_finetune.py --cache-dir reads), so the GPU machine needs neither the embedded
+# wheel nor a model hub. The anchor stage runs ../shared/anchors/lora_probe.py, copied into
+# $CACHE/anchor-probes by prepare, so the plain-MLX anchor is measured in the same call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu}
 PY=${PYTHON:-python3}
 FT="$PY -m flashtune"
-ASSETS=${ASSETS:-.device/assets}
+CACHE=${CACHE:-.device/bench-cache}
+TINYLLAMA_TOKENIZER="$CACHE/models/tinyllama-1.1b-random"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-
-tinyllama() {  # common settings of the TinyLlama-1.1B timing runs (anchors/README.md)
-  $FT train --model TinyLlama-1.1B --init random --tokenizer "$ASSETS/tok-tinyllama" \
-    --batch-size 4 --lora-layers 16 --lora-rank 8 --lora-scale 20 --max-seq-length 1025 \
-    --no-sample --steps-per-eval 0 --val-batches 2 --steps-per-save 0 --overwrite "$@"
-}
 
 for stage in "$@"; do
   case "$stage" in
     prepare)
-      mkdir -p "$ASSETS"
-      $PY scripts/export_tokenizer.py TinyLlama-1.1B "$ASSETS/tok-tinyllama"
-      $PY scripts/export_tokenizer.py Qwen2.5-1.5B "$ASSETS/tok-qwen2.5-1.5b"
-      $PY -m flashtune.bench.synthetic --tokenizer "$ASSETS/tok-tinyllama" --out "$ASSETS/tinyllama-300-1020" --min 300 --max 1020
-      $PY -m flashtune.bench.synthetic --tokenizer "$ASSETS/tok-tinyllama" --out "$ASSETS/tinyllama-1024" --min 1024 --max 1024 --n-train 64
-      du -sh "$ASSETS"/*
+      $PY scripts/make_timing_data.py --cache "$CACHE"
+      mkdir -p "$CACHE/anchor-probes"
+      cp ../shared/anchors/lora_probe.py ../shared/anchors/attn_probe.py "$CACHE/anchor-probes/"
+      du -sh "$CACHE"
+      ;;
+    profile)
+      # Where a TinyLlama-1.1B LoRA step's time goes (B 4 x 1024, bf16, demo), incl. LoRA precision.
+      $PY scripts/profile_step.py --model TinyLlama-1.1B --attn demo --tokenizer "$TINYLLAMA_TOKENIZER" \
+        --out "$OUT/profile-tinyllama-demo.json" | tee "$OUT/profile-tinyllama-demo.txt"
+      ;;
+    anchor)
+      # The plain-MLX LoRA step (mlx-lm's layers, fused vs naive attention) on this machine, now.
+      OUT="$OUT" RUNS=tinyllama:4:1024 ITERS=20 $PY "$CACHE/anchor-probes/lora_probe.py" mlx | tee "$OUT/anchor-lora-step.jsonl"
       ;;
     attention)
       $FT env | tee "$OUT/env.txt"
-      $FT bench attention --sets seed,training --out "$OUT/attention.jsonl" | tee "$OUT/attention.md"
+      $FT bench attention --sets training --out "$OUT/attention.jsonl" | tee "$OUT/attention.md"
       ;;
-    train)
-      # Fixed 1024-token batches: one compiled shape, steady-state tokens/s and peak memory.
-      for attn in demo baseline; do
-        tinyllama --attn "$attn" --data "$ASSETS/tinyllama-1024" --fixed-length 1024 --iters 30 \
-          --out "$OUT/runs/fixed1024-$attn" --records "$OUT/train-fixed1024-$attn.jsonl" 2>&1 | tail -3
-      done
-      # Variable-length text (300-1020 tokens), 100 iterations, compile included.
-      for attn in demo poc; do
-        tinyllama --attn "$attn" --data "$ASSETS/tinyllama-300-1020" --iters 100 \
-          --out "$OUT/runs/var-$attn" --records "$OUT/train-var-$attn.jsonl" 2>&1 | tail -3
+    blocks)
+      # practical's tile size on this GPU (its default is measured by the attention stage).
+      for block in 256 1024; do
+        FLASHTUNE_PRACTICAL_BLOCK=$block $FT bench attention --sets training --impl practical,baseline \
+          --out "$OUT/attention-practical-block$block.jsonl" | tee "$OUT/attention-practical-block$block.md"
       done
       ;;
-    *) echo "unknown stage $stage (prepare, attention, train)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (prepare, profile, anchor, attention, blocks)" >&2; exit 2 ;;
   esac
 done

@@ -1,4 +1,5 @@
-"""Where a LoRA training step's time goes: full step, forward, backward, LM head + loss, attention, optimizer.
+"""Where a LoRA training step's time goes: full step, forward, backward, LM head + loss, attention,
+optimizer, and the LoRA branches (the step with mlx-lm's float32 branches vs flashtune's mixed ones).
 
     python scripts/profile_step.py --model TinyLlama-1.1B --attn demo --batch 4 --length 1024 [--tokenizer DIR]
 
@@ -18,7 +19,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 
 from flashtune import attention, env, models
-from flashtune.lora import adapter_config, apply_lora
+from flashtune.lora import adapter_config, apply_lora, set_lora_precision
 from flashtune.patch import patch
 from flashtune.train import loss_sum
 
@@ -47,7 +48,7 @@ def main():
     args = parser.parse_args()
 
     model, _, info = models.load_model(args.model, init="random", tokenizer=args.tokenizer)
-    apply_lora(model, adapter_config(16, 8, 20.0, 0.0))
+    apply_lora(model, adapter_config(16, 8, 20.0, 0.0), "mixed")
     patch(model, args.attn)
     mx.eval(model.parameters())
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
@@ -57,11 +58,19 @@ def main():
     value_and_grad = nn.value_and_grad(model, loss_sum)
     state = [model.state, optimizer.state]
 
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step():
-        (loss, count), grads = value_and_grad(model, inputs, targets, mask)
-        optimizer.update(model, grads)
-        return loss
+    def compiled_step():  # traced anew, so it picks up the LoRA classes set at the time
+        @partial(mx.compile, inputs=state, outputs=state)
+        def step():
+            (loss, count), grads = value_and_grad(model, inputs, targets, mask)
+            optimizer.update(model, grads)
+            return loss
+
+        return step
+
+    set_lora_precision(model, "float32")
+    step_float32_lora = timed(compiled_step(), args.warmup, args.repeat)
+    set_lora_precision(model, "mixed")
+    step = compiled_step()
 
     @mx.compile
     def forward_loss():
@@ -105,6 +114,7 @@ def main():
     n_layers, n_lora = len(model.layers), 16
     parts = {
         "step": timed(step, args.warmup, args.repeat),
+        "step with float32 LoRA branches (mlx-lm's)": step_float32_lora,
         "forward+loss": timed(forward_loss, args.warmup, args.repeat),
         "value_and_grad": timed(gradients, args.warmup, args.repeat),
         "optimizer update": timed(update, args.warmup, args.repeat),
@@ -112,11 +122,14 @@ def main():
     }
     one_fb, one_f = timed(attention_fwd_bwd, args.warmup, args.repeat), timed(attention_fwd, args.warmup, args.repeat)
     parts[f"attention ({n_lora} fwd+bwd, {n_layers - n_lora} fwd)"] = n_lora * one_fb + (n_layers - n_lora) * one_f
+    parts["rest of value_and_grad (linears, LoRA, norms, RoPE)"] = (
+        parts["value_and_grad"] - parts["lm head + loss (fwd+bwd)"] - parts[f"attention ({n_lora} fwd+bwd, {n_layers - n_lora} fwd)"]
+    )
     step_ms = parts["step"]
     print(f"{args.model} ({info.label}), attn {args.attn}, B{B}×L{L}, {info.dtype}, {env.device_name()}")
     print(f"step {step_ms:.1f} ms = {B * L / step_ms * 1e3:,.0f} tokens/s")
     for name, ms in parts.items():
-        print(f"  {name:38s} {ms:8.1f} ms  {100 * ms / step_ms:5.1f}% of the step")
+        print(f"  {name:52s} {ms:8.1f} ms  {100 * ms / step_ms:5.1f}% of the step")
     if args.out:
         with open(args.out, "w") as handle:
             json.dump({**env.run_info(vars(args)), "parts_ms": parts}, handle, indent=1)

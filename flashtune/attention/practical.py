@@ -7,16 +7,33 @@ Tiles wholly above a causal diagonal are skipped in both passes. It runs whereve
 """
 
 import functools
+import os
 from typing import List, Optional
 
 import mlx.core as mx
 
+from flashtune import env
 from flashtune.attention import register
 from flashtune.attention.contract import causal_keep, conforming, grouped_mask
 
-# 256 keeps a (G·block_q, block_k) float32 tile in the hundreds of KB for typical GQA groups,
-# large enough that per-op overhead is small next to the matmuls.
-DEFAULT_BLOCK = 256
+# On CPUs 256 keeps a (G·block_q, block_k) float32 tile in the hundreds of KB for typical GQA
+# groups, large enough that per-op overhead is small next to the matmuls. On a GPU each tile op
+# is a kernel launch of a few microseconds, so 256 left `practical` launch-bound (slower than
+# `baseline` for Qwen2.5-1.5B's 12/2 heads, D 128, on the H100); 512 quarters the tile count
+# and a tile is still O(L) memory (B·Hq·512² floats). Metal is unmeasured and keeps 256.
+# Override: FLASHTUNE_PRACTICAL_BLOCK.
+BLOCK_BY_BACKEND = {"cuda": 512}
+CPU_BLOCK = 256
+
+
+def default_block() -> int:
+    """Tile size along both axes: FLASHTUNE_PRACTICAL_BLOCK, else the backend's default."""
+    override = os.environ.get("FLASHTUNE_PRACTICAL_BLOCK")
+    if override:
+        if not override.isdigit() or int(override) < 1:
+            raise ValueError(f"FLASHTUNE_PRACTICAL_BLOCK={override!r}; expected a positive integer")
+        return int(override)
+    return BLOCK_BY_BACKEND.get(env.backend(), CPU_BLOCK)
 _INF = float("inf")
 
 
@@ -206,8 +223,8 @@ def practical(
     *,
     scale: float,
     mask=None,
-    block_q: int = DEFAULT_BLOCK,
-    block_k: int = DEFAULT_BLOCK,
+    block_q: Optional[int] = None,
+    block_k: Optional[int] = None,
 ) -> mx.array:
     """FlashAttention-2 forward and backward in MLX ops.
 
@@ -215,11 +232,13 @@ def practical(
         q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D).
         scale: multiplier of q kᵀ.
         mask: None, "causal", a bool (keep) or an additive array (see contract.py).
-        block_q, block_k: tile sizes along the query and key axes.
+        block_q, block_k: tile sizes along the query and key axes (default: `default_block`).
 
     Returns:
         (B, Hq, Lq, D) in q's dtype.
     """
+    block_q = default_block() if block_q is None else block_q
+    block_k = default_block() if block_k is None else block_k
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be positive; got {block_q}, {block_k}")
     causal = isinstance(mask, str)

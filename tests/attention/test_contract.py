@@ -203,3 +203,18 @@ def test_registry_rejects_duplicates_and_bad_names():
     with pytest.raises(ValueError, match="lowercase"):
         attention.register("Fancy")
     assert attention.names()[:4] == ["baseline", "practical", "demo", "poc"]
+
+
+def test_practical_block_default_per_backend_and_override(monkeypatch):
+    from flashtune.attention import practical as module
+
+    monkeypatch.delenv("FLASHTUNE_PRACTICAL_BLOCK", raising=False)
+    monkeypatch.setattr(module.env, "backend", lambda: "cuda")
+    assert module.default_block() == 512
+    monkeypatch.setattr(module.env, "backend", lambda: "cpu")
+    assert module.default_block() == module.CPU_BLOCK == 256
+    monkeypatch.setenv("FLASHTUNE_PRACTICAL_BLOCK", "64")
+    assert module.default_block() == 64
+    monkeypatch.setenv("FLASHTUNE_PRACTICAL_BLOCK", "big")
+    with pytest.raises(ValueError, match="FLASHTUNE_PRACTICAL_BLOCK='big'"):
+        module.default_block()
