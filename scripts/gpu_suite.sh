@@ -41,7 +41,7 @@ for stage in "$@"; do
     blocks)
       # practical's tile size on this GPU (its default is measured by the attention stage).
       for block in 256 1024; do
-        FLASHTUNE_PRACTICAL_BLOCK=$block $FT bench attention --sets training --impl practical,baseline \
+        FLASHTUNE_PRACTICAL_BLOCK=$block $FT bench attention --sets training --impl practical \
           --out "$OUT/attention-practical-block$block.jsonl" | tee "$OUT/attention-practical-block$block.md"
       done
       ;;
