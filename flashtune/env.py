@@ -21,7 +21,13 @@ def _version(package: str) -> Optional[str]:
 
 
 def git_sha() -> Optional[str]:
-    """The checkout's commit (with '+dirty' when files changed), or None outside git."""
+    """The checkout's commit (with '+dirty' when files changed), or None outside git.
+
+    FLASHTUNE_GIT_SHA, when set, wins: a copy shipped to another machine may carry a stale .git
+    (seen on the lent GPU machine: its copy's .git named an older commit, '+dirty').
+    """
+    if os.environ.get("FLASHTUNE_GIT_SHA"):
+        return os.environ["FLASHTUNE_GIT_SHA"]
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(
@@ -33,8 +39,7 @@ def git_sha() -> Optional[str]:
             capture_output=True, text=True, timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        # A copy without .git (e.g. shipped to a GPU machine) can be told its commit.
-        return os.environ.get("FLASHTUNE_GIT_SHA")
+        return None
     return sha + ("+dirty" if dirty else "")
 
 

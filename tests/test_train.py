@@ -176,3 +176,14 @@ def test_cli_train_and_generate(tiny, tmp_path, capsys):
     assert json.loads((run / "summary.json").read_text())["iters"] == 3
     assert main(["generate", "--model", str(tiny[0]), "--adapter-path", str(run), "--prompt", "the quick", "--max-tokens", "4"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def test_default_pad_multiple_is_coarse_only_for_short_cuda_runs():
+    from flashtune.train import SHORT_RUN_ITERS, default_pad_multiple
+
+    assert default_pad_multiple("cuda", 100) == 256
+    assert default_pad_multiple("cuda", SHORT_RUN_ITERS) == 128
+    for backend in ("cpu", "metal"):
+        assert default_pad_multiple(backend, 100) == 32
+    # Every CUDA choice keeps lengths on cuDNN's fused-backward multiple.
+    assert all(default_pad_multiple("cuda", n) % 128 == 0 for n in (1, 100, 10_000))
