@@ -1,6 +1,7 @@
 """The `flashtune` command: a thin table of subcommands, each a function in its own module."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -162,8 +163,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 0
     import flashtune  # noqa: F401  (BLAS before mlx)
+    from flashtune.train import TrainingError
 
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ValueError, KeyError, FileNotFoundError, TrainingError) as error:
+        # Bad input and failed runs are reported as one message, not a traceback.
+        if os.environ.get("FLASHTUNE_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"{type(error).__name__}: {message}", file=sys.stderr)
+        print("(FLASHTUNE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1 if isinstance(error, TrainingError) else 2
 
 
 if __name__ == "__main__":
