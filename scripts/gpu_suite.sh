@@ -2,7 +2,7 @@
 # flashtune's GPU measurements besides the fine-tuning comparison, one stage per argument,
 # results under $OUT (default results/gpu).
 #   bash scripts/gpu_suite.sh prepare                    # here: model folders + timing data in $CACHE
-#   bash scripts/gpu_suite.sh profile anchor attention blocks   # on the GPU machine
+#   bash scripts/gpu_suite.sh profile anchor attention blocks graphs   # on the GPU machine
 # prepare writes $CACHE (default .device/bench-cache, git-ignored; the same folder that
 # scripts/reproduce_finetune.py --cache-dir reads), so the GPU machine needs neither the embedded
 # wheel nor a model hub. The anchor stage runs ../shared/anchors/lora_probe.py, copied into
@@ -45,6 +45,23 @@ for stage in "$@"; do
           --out "$OUT/attention-practical-block$block.jsonl" | tee "$OUT/attention-practical-block$block.md"
       done
       ;;
-    *) echo "unknown stage $stage (prepare, profile, anchor, attention, blocks)" >&2; exit 2 ;;
+    graphs)
+      # MLX's CUDA backend captures kernels into CUDA graphs of MLX_MAX_OPS_PER_BUFFER nodes
+      # (default 20). The variable-length TinyLlama step is bound by host dispatch (48 ms at
+      # 4x384 vs 59 ms at 4x1024 on the H100), so larger graphs may shorten it: time the main
+      # 100-iteration demo run at several sizes, each after a 5-iteration warm-up of its own.
+      mkdir -p "$OUT/graphs"
+      for ops in 20 50 100 200; do
+        for iters in 5 100; do
+          MLX_MAX_OPS_PER_BUFFER=$ops $FT train --config recipes/finetune-tinyllama-1.1b.yaml --attn demo \
+            --model "$CACHE/models/tinyllama-1.1b-random" --init random --iters $iters \
+            --data "$CACHE/data/tinyllama-1.1b/random-init-variable-300-1020" --no-sample --overwrite \
+            --out "/tmp/flashtune-graphs-$ops" --records "$OUT/graphs/ops$ops-iters$iters.jsonl" > /dev/null
+        done
+        $PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; w=[x['wall_s'] for x in r if 'wall_s' in x]; print(f'MLX_MAX_OPS_PER_BUFFER=$ops: 100 iterations {sum(w):.2f} s, median step {1e3*sorted(w)[len(w)//2]:.1f} ms')" \
+          "$OUT/graphs/ops$ops-iters100.jsonl" | tee -a "$OUT/graphs/summary.txt"
+      done
+      ;;
+    *) echo "unknown stage $stage (prepare, profile, anchor, attention, blocks, graphs)" >&2; exit 2 ;;
   esac
 done
