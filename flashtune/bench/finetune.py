@@ -36,7 +36,7 @@ IMPLS = ("baseline", "practical", "demo", "poc")
 GPU_MODELS = ("TinyLlama-1.1B", "Qwen2.5-1.5B")
 CPU_MODELS = ("SmolLM2-135M",)
 DEFAULTS = {  # per device kind: what `make reproduce-finetune` runs with no options
-    "gpu": {"models": GPU_MODELS, "lengths": (512, 1024, 2048, 4096), "sweep_tokens": 4096, "warmup_iters": 10},
+    "gpu": {"models": GPU_MODELS, "lengths": (512, 1024, 2048, 4096), "sweep_tokens": 4096, "warmup_iters": 5},
     "cpu": {"models": CPU_MODELS, "lengths": (64, 128, 256), "sweep_tokens": 256, "warmup_iters": 0},
 }
 
@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-impls", help=f"comma list for the sweep (default: {', '.join(IMPLS)})")
     parser.add_argument("--sweep-iters", type=int, help="sweep iterations (default: the sweep recipe's)")
     parser.add_argument("--iters", type=int, help="main-suite iterations (default: the recipe's, 100)")
-    parser.add_argument("--warmup-iters", type=int, help="iterations of the warm-up run before each main run (0: none; default 10 GPU, 0 CPU)")
+    parser.add_argument("--warmup-iters", type=int, help="iterations of the warm-up run before each main run (0: none; default 5 GPU, 0 CPU)")
     parser.add_argument("--random-init", action="store_true", help="random weights even where real ones are available")
     parser.add_argument("--shipped-data", action="store_true", help="main suite on the shipped dataset instead of 300-1020-token text")
     parser.add_argument("--skip-existing", action="store_true", help="skip runs whose JSONL is already there (resume)")
