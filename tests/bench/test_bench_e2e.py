@@ -39,7 +39,7 @@ def test_runs_record_alike_and_failures_are_results(tmp_path):
         assert s["series"][0][3]  # the first iteration compiled its batch shape
     assert peer["run_info"]["tool"] == "mlx_lm.lora" and peer["run_info"]["config"]["mlx_lm"]["lora_parameters"]["rank"] == 8
     assert peer["first_to_last_report_s"] > 0 and peer["final_val_loss"] is not None
-    assert failed["status"] == "failed" and failed["error"].startswith("flashtune.data.jsonl.DataFormatError") and "train.jsonl:2" in failed["error"], failed["error"]
+    assert failed["status"] == "failed" and failed["error"].startswith("DataFormatError: ") and "train.jsonl:2" in failed["error"], failed["error"]
     assert read_run(results / "main" / "tiny" / "baseline.jsonl")["run_info"]["run_info"]  # written by the bench
     assert not list(results.rglob("*.partial"))
 
