@@ -33,6 +33,8 @@ for stage in "$@"; do
     anchor)
       # The plain-MLX LoRA step (mlx-lm's layers, fused vs naive attention) on this machine, now.
       OUT="$OUT" RUNS=tinyllama:4:1024 ITERS=20 $PY "$CACHE/anchor-probes/lora_probe.py" mlx | tee "$OUT/anchor-lora-step.jsonl"
+      # The plain-MLX fused/naive attention (and torch SDPA), same shapes as the attention stage.
+      OUT="$OUT" $PY "$CACHE/anchor-probes/attn_probe.py" | tee "$OUT/anchor-attention.txt"
       ;;
     attention)
       $FT env | tee "$OUT/env.txt"
