@@ -13,6 +13,11 @@ _CHECKPOINTED = {}  # original block class -> its checkpointing subclass
 LORA_PRECISIONS = ("mixed", "float32")
 
 
+def _check_precision(precision: str) -> None:
+    if precision not in LORA_PRECISIONS:
+        raise ValueError(f"lora_precision={precision!r}; choose one of {', '.join(LORA_PRECISIONS)}")
+
+
 def adapter_config(num_layers: int, rank: int, scale: float, dropout: float) -> Dict[str, Any]:
     """The adapter_config.json mlx-lm reads (mlx_lm.generate --adapter-path, mlx_lm.fuse)."""
     return {
@@ -37,8 +42,7 @@ def apply_lora(model: nn.Module, config: Dict[str, Any], precision: str = "mixed
             f"lora_layers={config['num_layers']} but the model has {n_blocks} blocks; "
             f"choose 1..{n_blocks}"
         )
-    if precision not in LORA_PRECISIONS:
-        raise ValueError(f"lora_precision={precision!r}; choose one of {', '.join(LORA_PRECISIONS)}")
+    _check_precision(precision)
     model.freeze()
     linear_to_lora_layers(model, config["num_layers"], config["lora_parameters"])
     set_lora_precision(model, precision)
@@ -72,8 +76,7 @@ def set_lora_precision(model: nn.Module, precision: str) -> int:
     Returns:
         How many layers were set.
     """
-    if precision not in LORA_PRECISIONS:
-        raise ValueError(f"lora_precision={precision!r}; choose one of {', '.join(LORA_PRECISIONS)}")
+    _check_precision(precision)
     target = MixedPrecisionLoRALinear if precision == "mixed" else LoRALinear
     count = 0
     for _, module in model.named_modules():
