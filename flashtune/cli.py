@@ -163,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 0
     import flashtune  # noqa: F401  (BLAS before mlx)
-    from flashtune.train import TrainingError
+    from flashtune.errors import TrainingError
 
     try:
         return args.run(args)

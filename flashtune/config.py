@@ -14,6 +14,9 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 
+LORA_PRECISIONS = ("mixed", "float32")  # see flashtune.lora.set_lora_precision
+
+
 @dataclass
 class TrainConfig:
     # What to train.
@@ -29,7 +32,7 @@ class TrainConfig:
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_scale: float = field(default=20.0, metadata={"help": "LoRA scale (mlx-lm's convention)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
-    lora_precision: str = field(default="mixed", metadata={"help": "LoRA branch compute: mixed (activations' dtype, float32 parameters) | float32 (mlx-lm's)", "choices": ["mixed", "float32"]})
+    lora_precision: str = field(default="mixed", metadata={"help": "LoRA branch compute: mixed (activations' dtype, float32 parameters) | float32 (mlx-lm's)", "choices": list(LORA_PRECISIONS)})
     # Optimization.
     iters: int = field(default=100, metadata={"help": "training iterations"})
     batch_size: int = field(default=4, metadata={"help": "sequences per iteration (per rank)"})

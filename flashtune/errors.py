@@ -6,6 +6,10 @@ from typing import Union
 _OOM_MARKERS = ("out of memory", "outofmemory", "malloc", "allocat", "memory limit")
 
 
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user can act on (the message says what to do)."""
+
+
 def is_out_of_memory(error: Union[BaseException, str]) -> bool:
     """True when ``error`` (an exception or captured output) reports a failed allocation."""
     text = str(error).lower()

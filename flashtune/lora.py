@@ -9,8 +9,9 @@ from mlx.utils import tree_flatten
 from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
+from flashtune.config import LORA_PRECISIONS
+
 _CHECKPOINTED = {}  # original block class -> its checkpointing subclass
-LORA_PRECISIONS = ("mixed", "float32")
 
 
 def _check_precision(precision: str) -> None:

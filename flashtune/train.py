@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from flashtune import attention, checkpoint, data, env, models, records
 from flashtune.config import TrainConfig
-from flashtune.errors import is_out_of_memory
+from flashtune.errors import TrainingError, is_out_of_memory
 from flashtune.generate import answer, held_out_prompts
 from flashtune.lora import adapter_config, apply_lora, enable_grad_checkpoint
 from flashtune.log import logger
@@ -36,10 +36,6 @@ from flashtune.patch import patch
 # multiples of 256 instead of 128 save 3 of 6 compiles (0.87 s) and cost ~0.13 s per 100 steps,
 # so they win below ~670 iterations. Both keep lengths multiples of 128 for cuDNN's fused backward.
 SHORT_RUN_ITERS = 500
-
-
-class TrainingError(RuntimeError):
-    """Training stopped for a reason the user can act on (the message says what to do)."""
 
 
 def run_dir_for(config: TrainConfig, check: bool = True) -> Path:

@@ -60,8 +60,8 @@ for stage in "$@"; do
             --data "$CACHE/data/tinyllama-1.1b/random-init-variable-300-1020" --no-sample --overwrite \
             --out "/tmp/flashtune-graphs-$ops" --records "$OUT/graphs/ops$ops-iters$iters.jsonl" > /dev/null
         done
-        $PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; w=[x['wall_s'] for x in r if 'wall_s' in x]; print(f'MLX_MAX_OPS_PER_BUFFER=$ops: 100 iterations {sum(w):.2f} s, median step {1e3*sorted(w)[len(w)//2]:.1f} ms')" \
-          "$OUT/graphs/ops$ops-iters100.jsonl" | tee -a "$OUT/graphs/summary.txt"
+        $PY -c "import sys; from flashtune import records as r; print(sys.argv[2], r.format_summary(r.summarize(r.read(sys.argv[1]))))" \
+          "$OUT/graphs/ops$ops-iters100.jsonl" "MLX_MAX_OPS_PER_BUFFER=$ops:" | tee -a "$OUT/graphs/summary.txt"
       done
       ;;
     *) echo "unknown stage $stage (prepare, profile, anchor, attention, blocks, graphs)" >&2; exit 2 ;;

@@ -12,6 +12,8 @@ import flashtune  # noqa: F401  (loads the optimized BLAS before mlx)
 import mlx.core as mx
 import mlx.nn as nn
 
+from flashtune.bench.timing_data import save_tokenizer_folder
+
 # Small enough to run in milliseconds, big enough for GQA (4 query / 2 KV heads, head_dim 16).
 TINY_CONFIG = {
     "hidden_size": 64,
@@ -76,23 +78,11 @@ def write_tiny_tokenizer(
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
     tokenizer.train_from_iterator(list(texts), trainer)
-    tokenizer.save(str(path / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "pad_token": "<pad>",
-        "model_max_length": 512,
-    }
-    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
-    return path
+    return save_tokenizer_folder(tokenizer, path, pad_token="<pad>", model_max_length=512)
 
 
 def write_tiny_hf_model(path: Path, model_type: str = "llama", seed: int = 0, **overrides) -> Path:

@@ -35,20 +35,24 @@ def write_word_tokenizer(path: Path, vocab_size: int) -> Path:
     """
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     vocab = {name: i for i, name in enumerate(SPECIALS)}
     vocab.update({f"w{i}": i for i in range(len(SPECIALS), vocab_size)})
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return save_tokenizer_folder(tokenizer, path, model_max_length=1 << 20)
+
+
+def save_tokenizer_folder(tokenizer, path: Path, **config) -> Path:
+    """Saves a ``tokenizers.Tokenizer`` with <s>/</s>/<unk> specials as a folder that
+    ``transformers.AutoTokenizer`` (and so ``mlx_lm.load``) reads offline.
+
+    Args:
+        config: more ``tokenizer_config.json`` keys (e.g. ``model_max_length``, ``pad_token``).
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "model_max_length": 1 << 20,
-    }
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", **config}
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
     return path
 
