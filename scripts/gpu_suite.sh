@@ -49,19 +49,25 @@ for stage in "$@"; do
       ;;
     graphs)
       # MLX's CUDA backend captures kernels into CUDA graphs of MLX_MAX_OPS_PER_BUFFER nodes
-      # (default 20). The variable-length TinyLlama step is bound by host dispatch (48 ms at
-      # 4x384 vs 59 ms at 4x1024 on the H100), so larger graphs may shorten it: time the main
-      # 100-iteration demo run at several sizes, each after a 5-iteration warm-up of its own.
+      # (default 100 on sm_90, 20 elsewhere: mlx/backend/cuda/device.cpp get_graph_limits);
+      # MLX_USE_CUDA_GRAPHS=0 launches kernels one by one. The variable-length TinyLlama step is
+      # bound by host dispatch (48 ms at 4x384 vs 59 ms at 4x1024 on the H100), so the graph size
+      # may matter: time the main 100-iteration demo run per setting, each after a 5-iteration
+      # warm-up of its own.
       mkdir -p "$OUT/graphs"
-      for ops in 20 50 100 200; do
+      for setting in ops100 ops400 ops1000 nographs; do
+        case "$setting" in
+          nographs) vars="MLX_USE_CUDA_GRAPHS=0" ;;
+          ops*) vars="MLX_MAX_OPS_PER_BUFFER=${setting#ops} MLX_MAX_MB_PER_BUFFER=4000" ;;
+        esac
         for iters in 5 100; do
-          MLX_MAX_OPS_PER_BUFFER=$ops $FT train --config recipes/finetune-tinyllama-1.1b.yaml --attn demo \
+          env $vars $FT train --config recipes/finetune-tinyllama-1.1b.yaml --attn demo \
             --model "$CACHE/models/tinyllama-1.1b-random" --init random --iters $iters \
             --data "$CACHE/data/tinyllama-1.1b/random-init-variable-300-1020" --no-sample --overwrite \
-            --out "/tmp/flashtune-graphs-$ops" --records "$OUT/graphs/ops$ops-iters$iters.jsonl" > /dev/null
+            --out "/tmp/flashtune-graphs-$setting" --records "$OUT/graphs/$setting-iters$iters.jsonl" > /dev/null
         done
         $PY -c "import sys; from flashtune import records as r; print(sys.argv[2], r.format_summary(r.summarize(r.read(sys.argv[1]))))" \
-          "$OUT/graphs/ops$ops-iters100.jsonl" "MLX_MAX_OPS_PER_BUFFER=$ops:" | tee -a "$OUT/graphs/summary.txt"
+          "$OUT/graphs/$setting-iters100.jsonl" "$vars:" | tee -a "$OUT/graphs/summary.txt"
       done
       ;;
     *) echo "unknown stage $stage (prepare, profile, anchor, attention, blocks, graphs)" >&2; exit 2 ;;
