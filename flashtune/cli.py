@@ -18,7 +18,7 @@ def _bench_attention(args) -> int:
     import mlx.core as mx
 
     from flashtune.bench import attention as bench
-    from flashtune.bench.report import attention_table, describe_header
+    from flashtune.bench.report import attention_table, demo_length_note, describe_header
 
     sets = ["memory"] if args.memory else args.sets.split(",")
     for name in sets:
@@ -34,9 +34,14 @@ def _bench_attention(args) -> int:
         status = f"{r['fwdbwd_ms']:.2f} ms fwd+bwd, {r['extra_mb']:.0f} MB" if r["status"] == "ok" else r["status"]
         print(f"  {r['tag']} B{r['batch']} L{r['length']} D{r['head_dim']} {r['impl']}: {status}", file=sys.stderr)
 
-    records = bench.run(sets, impls, dtype, args.warmup, args.repeat, out, progress)
+    # None means the bench's own default, so the defaults live in one place (bench.run)
+    timing = {name: getattr(args, name) for name in ("warmup", "repeat") if getattr(args, name) is not None}
+    records = bench.run(sets, impls, dtype, out=out, progress=progress, anchor=not args.no_anchor, **timing)
     print(describe_header(records[0]))
     print(attention_table(records[1:]))
+    note = demo_length_note(records[1:])
+    if note:
+        print(f"\n{note}")
     if args.memory:
         ok = {r["impl"]: r["extra_mb"] for r in records[1:] if r.get("status") == "ok"}
         if "baseline" in ok:
@@ -120,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     attn.add_argument("--memory", action="store_true", help="peak memory of fwd+bwd at B1 H8/2 L4096 D64")
     attn.add_argument("--impl", help="comma list of implementations (default: all)")
     attn.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on GPU, float32 on CPU")
-    attn.add_argument("--warmup", type=int, default=3)
-    attn.add_argument("--repeat", type=int, default=10)
+    attn.add_argument("--warmup", type=int, help="untimed compiled calls per pass (default: bench.attention.run's)")
+    attn.add_argument("--repeat", type=int, help="timed calls per pass, median kept (default: bench.attention.run's)")
+    attn.add_argument("--no-anchor", action="store_true", help="skip bare mx.fast.scaled_dot_product_attention (impl 'anchor')")
     attn.add_argument("--out", help="JSONL results file")
     attn.set_defaults(run=_bench_attention)
 

@@ -4,6 +4,11 @@ Per shape and implementation it records median milliseconds, TFLOP/s (FLOPs coun
 tokens/s, peak memory of one forward+backward, and the relative error against float32
 ``baseline`` on one batch element (the correctness check runs inside the bench, on the same
 random inputs that are timed). Failures (out of memory, errors) are recorded, not dropped.
+Forward and forward+backward are timed through ``mx.compile``, as training calls attention:
+an implementation's Python wrapper then runs once, at trace time, not in every timed call.
+Before the implementations of each shape it times the ``anchor`` (MLX's fused
+``mx.fast.scaled_dot_product_attention`` with MLX's own gradient, not a registry entry) the
+same way, so every run carries its own reference, measured in the same process.
 Output: JSONL, a ``run_info`` header then one record per (shape, implementation).
 """
 
@@ -63,6 +68,18 @@ SHAPE_SETS: Dict[str, Callable[[], List[Shape]]] = {
 }
 
 
+ANCHOR = "anchor"
+
+
+def fused_sdpa(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None) -> mx.array:
+    """The anchor: MLX's fused attention called bare (no padding, no masked-row handling)."""
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+def _implementation(name: str):
+    return fused_sdpa if name == ANCHOR else attention.get(name)
+
+
 def _median_seconds(fn: Callable[[], None], warmup: int, repeat: int) -> float:
     for _ in range(warmup):
         fn()
@@ -98,35 +115,51 @@ def _relative_error(fn, q, k, v, scale, mask) -> float:
     return float(err.item())
 
 
+def _compiled_passes(fn, scale, mask):
+    """(forward, forward+backward), each compiled once for the shape of the first call.
+
+    The objective is sum(output * d_out) in the inputs' dtype, as the plain-MLX anchor probe
+    times it, so every implementation pays the same extra kernels; the gradient reaching
+    attention is d_out either way.
+    """
+
+    def objective(q, k, v, d_out):
+        return (fn(q, k, v, scale=scale, mask=mask) * d_out).sum()
+
+    forward = mx.compile(lambda q, k, v: fn(q, k, v, scale=scale, mask=mask))
+    backward = mx.compile(mx.grad(objective, argnums=(0, 1, 2)))
+    return forward, backward
+
+
 def measure(
     name: str, shape: Shape, dtype, *, warmup: int, repeat: int, seed: int = 0
 ) -> dict:
-    """One record: timings, throughput, peak memory and error of ``name`` on ``shape``."""
-    fn = attention.get(name)
+    """One record: timings, throughput, peak memory and error of ``name`` on ``shape``.
+
+    Args:
+        name: a registered implementation, or ``ANCHOR`` for bare fused SDPA.
+    """
+    fn = _implementation(name)
     record = {"impl": name, **asdict(shape), "dtype": str(dtype).split(".")[-1]}
     mask = "causal" if shape.causal else None
     scale = 1 / math.sqrt(shape.head_dim)
     try:
         q, k, v, d_out = _inputs(shape, dtype, seed)
         record["rel_err"] = _relative_error(fn, q, k, v, scale, mask)
-        forward = lambda: mx.eval(fn(q, k, v, scale=scale, mask=mask))  # noqa: E731
-        # sum(output * d_out) in the inputs' dtype, as the plain-MLX anchor times it, so both pay
-        # the same extra kernels; the gradient reaching attention is d_out either way.
-        grad = mx.grad(
-            lambda q, k, v: (fn(q, k, v, scale=scale, mask=mask) * d_out).sum(),
-            argnums=(0, 1, 2),
-        )
-        backward = lambda: mx.eval(grad(q, k, v))  # noqa: E731
+        forward, backward = _compiled_passes(fn, scale, mask)
+        mx.eval(forward(q, k, v), backward(q, k, v, d_out))  # trace and compile outside the clock
         mx.synchronize()
         mx.clear_cache()
         before = mx.get_active_memory()
         mx.reset_peak_memory()
-        backward()
+        mx.eval(backward(q, k, v, d_out))
         mx.synchronize()
         record["peak_mb"] = mx.get_peak_memory() / 1e6
         record["extra_mb"] = (mx.get_peak_memory() - before) / 1e6
-        record["fwd_ms"] = 1e3 * _median_seconds(forward, warmup, repeat)
-        record["fwdbwd_ms"] = 1e3 * _median_seconds(backward, warmup, repeat)
+        record["fwd_ms"] = 1e3 * _median_seconds(lambda: mx.eval(forward(q, k, v)), warmup, repeat)
+        record["fwdbwd_ms"] = 1e3 * _median_seconds(
+            lambda: mx.eval(backward(q, k, v, d_out)), warmup, repeat
+        )
         record["fwd_tflops"] = shape.flops(False) / record["fwd_ms"] / 1e9
         record["fwdbwd_tflops"] = shape.flops(True) / record["fwdbwd_ms"] / 1e9
         record["fwdbwd_tokens_per_s"] = shape.batch * shape.length / record["fwdbwd_ms"] * 1e3
@@ -136,8 +169,8 @@ def measure(
         record["error"] = str(error)[:300]
     finally:
         mx.clear_cache()
-    if attention.get(name) is attention.get("poc") and hasattr(fn, "last_path"):
-        record["path"] = fn.last_path
+    if fn is attention.get("poc") and hasattr(fn, "last_path"):
+        record["path"] = fn.last_path  # set while tracing: the route the compiled graph holds
     return record
 
 
@@ -145,12 +178,16 @@ def run(
     shape_sets: Iterable[str],
     impls: Optional[List[str]] = None,
     dtype=None,
-    warmup: int = 3,
-    repeat: int = 10,
+    warmup: int = 5,
+    repeat: int = 30,
     out: Optional[Path] = None,
     progress: Callable[[dict], None] = lambda record: None,
+    anchor: bool = True,
 ) -> List[dict]:
     """Benchmarks ``impls`` (default: every registered name) on the named shape sets.
+
+    Args:
+        anchor: also time bare fused SDPA (impl "anchor") first on every shape.
 
     Returns:
         The records (the run_info header first); also written to ``out`` as JSONL.
@@ -160,7 +197,8 @@ def run(
     if dtype is None:  # bf16 is emulated (slow) on CPUs: compute in float32 there
         dtype = mx.bfloat16 if env.backend() != "cpu" else mx.float32
     header = env.run_info(
-        {"shape_sets": list(shape_sets), "impls": impls, "warmup": warmup, "repeat": repeat},
+        {"shape_sets": list(shape_sets), "impls": impls, "warmup": warmup, "repeat": repeat,
+         "anchor": anchor, "compiled": True},
         dtype=str(dtype).split(".")[-1],
         kind="attention-bench",
     )
@@ -170,7 +208,7 @@ def run(
         if sink:
             sink.write(json.dumps(header) + "\n")
         for shape in shapes:
-            for name in impls:
+            for name in ([ANCHOR] if anchor else []) + impls:
                 record = measure(name, shape, dtype, warmup=warmup, repeat=repeat)
                 records.append(record)
                 progress(record)

@@ -41,7 +41,11 @@ def describe_header(header: dict) -> str:
 
 
 def attention_table(records: List[dict]) -> str:
-    """One row per (shape, implementation), with speedups against ``baseline`` and ``demo``."""
+    """One row per (shape, implementation), with speedups against ``baseline``, ``demo``, ``anchor``.
+
+    Speedups are reference fwd+bwd time / this row's; ``anchor`` is bare fused SDPA, so files
+    from before it was measured show "–" in that column.
+    """
     by_shape: Dict[tuple, Dict[str, dict]] = {}
     for r in records:
         key = (r["tag"], r["batch"], r["n_heads"], r["n_kv_heads"], r["length"], r["head_dim"])
@@ -50,6 +54,7 @@ def attention_table(records: List[dict]) -> str:
     for key, impls in by_shape.items():
         base = impls.get("baseline", {})
         demo = impls.get("demo", {})
+        anchor = impls.get("anchor", {})
         for name, r in impls.items():
             ok = r.get("status") == "ok"
             speed = lambda ref: (  # noqa: E731
@@ -58,14 +63,30 @@ def attention_table(records: List[dict]) -> str:
             rows.append([
                 key[0], f"{key[1]}×{key[4]}", f"{key[2]}/{key[3]}", key[5], name,
                 r.get("fwd_ms") if ok else r.get("status"), r.get("fwdbwd_ms"),
-                r.get("fwd_tflops"), r.get("fwdbwd_tflops"), speed(base), speed(demo),
+                r.get("fwd_tflops"), r.get("fwdbwd_tflops"), speed(base), speed(demo), speed(anchor),
                 r.get("extra_mb"), r.get("rel_err"),
             ])
     columns = [
         "shape", "B×L", "Hq/Hkv", "D", "impl", "fwd ms", "fwd+bwd ms", "fwd TFLOP/s",
-        "fwd+bwd TFLOP/s", "fwd+bwd speedup vs baseline", "vs demo", "fwd+bwd extra MB", "rel err",
+        "fwd+bwd TFLOP/s", "fwd+bwd speedup vs baseline", "vs demo", "vs anchor", "fwd+bwd extra MB",
+        "rel err",
     ]
     return markdown_table(columns, rows)
+
+
+def demo_length_note(records: List[dict], lengths: Tuple[int, int] = (1000, 1024)) -> str:
+    """demo's fwd+bwd time per token at L=1000 over that at L=1024, per shape tag.
+
+    The padding target: a length just short of a multiple of 128 should cost no more per token
+    (ratio <= 1). Returns "" when no tag has demo ok at both lengths.
+    """
+    short, long = lengths
+    per_token: Dict[str, Dict[int, float]] = {}
+    for r in records:
+        if r.get("impl") == "demo" and r.get("status") == "ok" and r["length"] in lengths:
+            per_token.setdefault(r["tag"], {})[r["length"]] = r["fwdbwd_ms"] / (r["batch"] * r["length"])
+    ratios = [f"{tag} {at[short] / at[long]:.2f}" for tag, at in per_token.items() if len(at) == 2]
+    return f"demo L={short} vs {long} per token: {', '.join(ratios)}" if ratios else ""
 
 
 # --- fine-tuning runs (flashtune.bench.finetune) ------------------------------------------------
@@ -362,7 +383,10 @@ def write_report(results: Path) -> Path:
     if attention.is_file():
         att_header, records = read_jsonl(attention)
         png = plots.attention_speedup(records, results / "attention-speedup.png", "Attention fwd+bwd speedup vs baseline")
-        lines += ["## Attention benchmark (attention.jsonl)", "", describe_header(att_header), "", attention_table(records), "", f"![attention speedup]({png.name})", ""]
+        lines += ["## Attention benchmark (attention.jsonl)", "", describe_header(att_header), "", attention_table(records), ""]
+        note = demo_length_note(records)
+        lines += [note, ""] if note else []
+        lines += [f"![attention speedup]({png.name})", ""]
     if len(lines) <= 4:
         lines += ["No results found (run `make reproduce-finetune` or `flashtune bench finetune`)."]
     out = results / "report.md"
