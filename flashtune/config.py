@@ -43,7 +43,7 @@ class TrainConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "most tokens per example (default: the model context); longer is an error unless --truncate"})
     truncate: bool = field(default=False, metadata={"help": "truncate over-long examples instead of failing"})
-    pad_to_multiple: Optional[int] = field(default=None, metadata={"help": "pad batch length to a multiple (default on CUDA: 256 for runs under 500 iterations, else 128; 32 elsewhere)"})
+    pad_to_multiple: Optional[int] = field(default=None, metadata={"help": "pad batch length to a multiple (default: lengths planned per run for few compiles, see flashtune.shapes)"})
     fixed_length: Optional[int] = field(default=None, metadata={"help": "pad every batch to this length (one compiled shape; timing runs)"})
     grad_checkpoint: bool = field(default=False, metadata={"help": "recompute block activations in the backward (less memory)"})
     compile: bool = field(default=True, metadata={"help": "compile the training step (mx.compile)"})

@@ -2,8 +2,8 @@
 
 ``train(config)`` validates everything cheap first (attention name, model name, data files, run
 folder), then loads the model, adds LoRA, swaps attention through the patcher and runs a
-compiled step per batch (one compile per distinct batch shape, as mlx-lm does; batches are padded
-to a multiple, see `default_pad_multiple`, to keep shapes few). Each iteration's wall time is
+compiled step per batch (one compile per distinct batch shape, as mlx-lm does; the padded lengths
+are planned per run to keep shapes few, see flashtune.shapes). Each iteration's wall time is
 recorded (see ``flashtune.records``); evaluation and checkpoint time stay out of it.
 """
 
@@ -14,7 +14,7 @@ import signal
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -22,21 +22,13 @@ import mlx.optimizers as optim
 from mlx.utils import tree_map
 from tqdm import tqdm
 
-from flashtune import attention, checkpoint, data, env, models, records
+from flashtune import attention, checkpoint, data, env, models, records, shapes
 from flashtune.config import TrainConfig
 from flashtune.errors import TrainingError, is_out_of_memory
 from flashtune.generate import answer, held_out_prompts
 from flashtune.lora import adapter_config, apply_lora, enable_grad_checkpoint
 from flashtune.log import logger
 from flashtune.patch import patch
-
-# On CUDA each new batch shape costs a compile of the step (0.28-0.32 s for TinyLlama-1.1B on the
-# H100) while 128 more padded tokens per row cost ~1 ms a step (B 4: 48 ms at 384 tokens, 59 ms
-# at 1024; short steps are bound by kernel dispatch, not FLOPs). On 300-1020-token text,
-# multiples of 256 instead of 128 save 3 of 6 compiles (0.87 s) and cost ~0.13 s per 100 steps,
-# so they win below ~670 iterations. Both keep lengths multiples of 128 for cuDNN's fused backward.
-SHORT_RUN_ITERS = 500
-
 
 def run_dir_for(config: TrainConfig, check: bool = True) -> Path:
     """The run folder; refuses to reuse one that holds a run unless --resume or --overwrite.
@@ -88,11 +80,21 @@ def make_schedule(config: TrainConfig):
     return optim.join_schedules([optim.linear_schedule(0.0, peak, config.warmup), cosine], [config.warmup])
 
 
-def default_pad_multiple(backend: str, iters: int) -> int:
-    """Batch length multiple when none is given: coarse on CUDA for short runs (see above)."""
-    if backend != "cuda":
-        return 32
-    return 256 if iters < SHORT_RUN_ITERS else 128
+def plan_pad_lengths(config: TrainConfig, dataset, backend: str) -> Tuple[Optional[List[int]], int]:
+    """How the run pads its batches: (planned lengths or None, length multiple).
+
+    ``--fixed-length`` gives one length; ``--pad-to-multiple`` a plain multiple (no plan);
+    otherwise `shapes.plan_lengths` over every batch of the whole run, from iteration 1 even
+    when resuming, so a resumed run pads (and compiles) exactly as the uninterrupted one.
+    """
+    costs = shapes.COSTS.get(backend, shapes.COSTS["cpu"])
+    if config.fixed_length:
+        return [config.fixed_length], costs.granularity
+    if config.pad_to_multiple:
+        return None, config.pad_to_multiple
+    n = config.iters * config.grad_accumulation
+    lengths = [data.longest_input(b) for b in data.batch_examples(dataset, config.batch_size, seed=config.seed, num_steps=n)]
+    return shapes.plan_lengths(lengths, costs), costs.granularity
 
 
 def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array):
@@ -157,11 +159,11 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     mx.random.seed(config.seed)
     model, tokenizer, info = models.load_model(spec, init=config.init, dtype=config.dtype, quantized=config.qlora or None, seed=config.seed, tokenizer=config.tokenizer)
     splits = data.load_dataset(config.data, tokenizer, mask_prompt=config.mask_prompt and data_format != "text", max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=info.max_position_embeddings)
-    pad_to = config.pad_to_multiple or default_pad_multiple(env.backend(), config.iters)
     if config.fixed_length:
-        pad_to = config.fixed_length
         if max(splits.train.lengths) - 1 > config.fixed_length:
             raise ValueError(f"fixed_length={config.fixed_length} is shorter than the longest example ({max(splits.train.lengths) - 1} inputs)")
+
+    pad_lengths, pad_to = plan_pad_lengths(config, splits.train, env.backend())
 
     lora = adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout)
     n_trainable = apply_lora(model, lora, config.lora_precision)
@@ -187,7 +189,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     writer = records.RecordWriter(Path(config.records) if config.records else run_dir / "records.jsonl", enabled=is_main)
-    writer.write(env.run_info(config.to_dict(), model=info.to_dict(), dtype=info.dtype, seed=config.seed, world_size=world_size, trainable_params=n_trainable, resumed_from=start or None, pad_to_multiple=pad_to))
+    writer.write(env.run_info(config.to_dict(), model=info.to_dict(), dtype=info.dtype, seed=config.seed, world_size=world_size, trainable_params=n_trainable, resumed_from=start or None, pad_lengths=pad_lengths, pad_to_multiple=None if pad_lengths else pad_to))
     model_label = info.label
     prompts = held_out_prompts(config.data) if config.sample and is_main else []
     before = [answer(model, tokenizer, p, config.sample_tokens) for p in prompts]
@@ -215,7 +217,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     full_step, micro_step, reduce_and_update = wrap(full_step), wrap(micro_step), wrap(reduce_and_update)
 
     micro = config.grad_accumulation
-    batches = data.iterate_batches(splits.train, config.batch_size, seed=config.seed, start_step=start * micro, pad_to_multiple=pad_to)
+    batches = data.iterate_batches(splits.train, config.batch_size, seed=config.seed, start_step=start * micro, pad_to_multiple=pad_to, pad_lengths=pad_lengths)
     seen_shapes = set()
     last_saved = completed = start
     model.train()

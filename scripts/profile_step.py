@@ -1,5 +1,7 @@
 """Where a LoRA training step's time goes: full step, forward, backward, LM head + loss, attention,
-optimizer, and the LoRA branches (the step with mlx-lm's float32 branches vs flashtune's mixed ones).
+optimizer, the LoRA branches (the step with mlx-lm's float32 branches vs flashtune's mixed ones, and
+with bf16 LoRA parameters: no casts), the host's share (time until mx.async_eval returns), and what a
+new batch shape costs (trace + graph compile, then the first run's extra: kernels, cuDNN/cuBLAS plans).
 
     python scripts/profile_step.py --model TinyLlama-1.1B --attn demo --batch 4 --length 1024 [--tokenizer DIR]
 
@@ -36,6 +38,52 @@ def timed(fn, warmup, repeat, state=()):
         mx.eval(fn(), state)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
+
+
+class _NoCastLoRALinear(nn.Module):
+    """Timing only: a LoRA branch whose parameters already are in the activations' dtype (with
+    the scale folded into lora_b), i.e. what float32 master weights kept by the optimizer allow."""
+
+    def __call__(self, x):
+        return self.linear(x) + (x @ self.lora_a) @ self.lora_b
+
+
+def dispatch_ms(fn, state, repeat):
+    """Median ms until mx.async_eval returns: the host's work to encode and launch one step."""
+    times = []
+    for _ in range(repeat):
+        out = fn()
+        start = time.perf_counter()
+        mx.async_eval(out, state)
+        times.append(time.perf_counter() - start)
+        mx.synchronize()
+    return 1e3 * statistics.median(times)
+
+
+def pipelined_ms(fn, state, warmup, repeat):
+    """Mean ms per step when step i+1 is dispatched (mx.async_eval) before waiting for step i,
+    so the host's per-step work overlaps the GPU's."""
+    for _ in range(warmup):
+        mx.eval(fn(), state)
+    start, previous = time.perf_counter(), None
+    for _ in range(repeat):
+        out = fn()
+        mx.async_eval(out, state)
+        if previous is not None:
+            mx.eval(previous)
+        previous = out
+    mx.eval(previous, state)
+    return 1e3 * (time.perf_counter() - start) / repeat
+
+
+def new_shape_ms(step, batch, state, warmup, repeat):
+    """(trace + graph compile, first run minus a steady run) for a batch shape not seen before."""
+    start = time.perf_counter()
+    out = step(*batch)
+    traced = time.perf_counter()
+    mx.eval(out, state)
+    first = time.perf_counter() - traced
+    return 1e3 * (traced - start), 1e3 * first - timed(lambda: step(*batch), warmup, repeat, state)
 
 
 def main():
@@ -120,8 +168,13 @@ def main():
         return fn(q, kv, kv, scale=D**-0.5, mask="causal")
 
     n_layers, n_lora = len(model.layers), 16
+    L_new = L - L // 8  # a shape the step has not been compiled for
+    fresh = tokens[:, : L_new + 1]
+    trace_ms, first_run_ms = new_shape_ms(step, (fresh[:, :-1], fresh[:, 1:], mx.ones((B, L_new))), state, args.warmup, args.repeat)
     parts = {
         "step": timed(lambda: step(inputs, targets, mask), args.warmup, args.repeat, state),
+        "host time to dispatch the step (async_eval returns)": dispatch_ms(lambda: step(inputs, targets, mask), state, args.repeat),
+        "step, pipelined (step i+1 dispatched before step i is waited for)": pipelined_ms(lambda: step(inputs, targets, mask), state, args.warmup, args.repeat),
         "step with float32 LoRA branches (mlx-lm's)": step_float32_lora,
         f"step at B{B}x{L // 8} (1/8 of the tokens: per-step floor)": timed(lambda: step(*short_batch), args.warmup, args.repeat, state),
         "forward+loss": timed(forward_loss, args.warmup, args.repeat),
@@ -134,14 +187,38 @@ def main():
     parts["rest of value_and_grad (linears, LoRA, norms, RoPE)"] = (
         parts["value_and_grad"] - parts["lm head + loss (fwd+bwd)"] - parts[f"attention ({n_lora} fwd+bwd, {n_layers - n_lora} fwd)"]
     )
+    parts[f"new shape (B{B}x{L_new}): trace + graph compile"] = trace_ms
+    parts[f"new shape (B{B}x{L_new}): first run minus a steady one"] = first_run_ms
+    parts["step with bf16 LoRA parameters (no casts)"] = no_cast_step_ms(model, value_and_grad, (inputs, targets, mask), args)
     step_ms = parts["step"]
     print(f"{args.model} ({info.label}), attn {args.attn}, B{B}×L{L}, {info.dtype}, {env.device_name()}")
     print(f"step {step_ms:.1f} ms = {B * L / step_ms * 1e3:,.0f} tokens/s")
     for name, ms in parts.items():
-        print(f"  {name:52s} {ms:8.1f} ms  {100 * ms / step_ms:5.1f}% of the step")
+        print(f"  {name:68s} {ms:8.1f} ms  {100 * ms / step_ms:5.1f}% of the step")
     if args.out:
         with open(args.out, "w") as handle:
             json.dump({**env.run_info(vars(args)), "parts_ms": parts}, handle, indent=1)
+
+
+def no_cast_step_ms(model, value_and_grad, batch, args):
+    """The step with LoRA parameters in bf16 (last: it changes the model), with a fresh
+    optimizer whose state is then bf16 too. Only the time means anything."""
+    dtype = model.layers[0].mlp.gate_proj.weight.dtype if hasattr(model.layers[0].mlp.gate_proj, "weight") else mx.bfloat16
+    for _, module in model.named_modules():
+        if hasattr(module, "lora_a"):
+            module.lora_a = module.lora_a.astype(dtype)
+            module.lora_b = (module.scale * module.lora_b).astype(dtype)
+            module.__class__ = type("NoCastLoRALinear", (_NoCastLoRALinear, type(module)), {})
+    optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
+    state = [model.state, optimizer.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(inputs, targets, mask):
+        (loss, count), grads = value_and_grad(model, inputs, targets, mask)
+        optimizer.update(model, grads)
+        return loss
+
+    return timed(lambda: step(*batch), args.warmup, args.repeat, state)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The LoRA trainer on a tiny local model: learning, exact resume, mlx-lm compatibility, clear errors."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -178,12 +179,15 @@ def test_cli_train_and_generate(tiny, tmp_path, capsys):
     assert capsys.readouterr().out.strip()
 
 
-def test_default_pad_multiple_is_coarse_only_for_short_cuda_runs():
-    from flashtune.train import SHORT_RUN_ITERS, default_pad_multiple
-
-    assert default_pad_multiple("cuda", 100) == 256
-    assert default_pad_multiple("cuda", SHORT_RUN_ITERS) == 128
-    for backend in ("cpu", "metal"):
-        assert default_pad_multiple(backend, 100) == 32
-    # Every CUDA choice keeps lengths on cuDNN's fused-backward multiple.
-    assert all(default_pad_multiple("cuda", n) % 128 == 0 for n in (1, 100, 10_000))
+def test_batches_are_padded_to_the_planned_lengths(tiny):
+    """Every batch shape a run records is one of the lengths planned from the run's own batches,
+    and the plan is the whole run's even when resuming (same padding, same compiles)."""
+    config = make_config(tiny, "unused", iters=40)
+    _, tokenizer, _ = models.load_model(config.model)
+    dataset = data.load_dataset(config.data, tokenizer).train
+    plan, multiple = train_module.plan_pad_lengths(config, dataset, "cuda")
+    assert plan and all(length % 128 == 0 for length in plan) and multiple == 128
+    longest = [data.longest_input(b) for b in data.batch_examples(dataset, 2, seed=config.seed, num_steps=40)]
+    assert plan[-1] == -(-max(longest) // 128) * 128
+    assert train_module.plan_pad_lengths(dataclasses.replace(config, pad_to_multiple=64), dataset, "cuda") == (None, 64)
+    assert train_module.plan_pad_lengths(dataclasses.replace(config, fixed_length=256), dataset, "cpu") == ([256], 32)

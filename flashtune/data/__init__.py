@@ -28,8 +28,10 @@ Batches: `iterate_batches` yields `Batch(inputs, targets, mask)`:
 - ``mask``    mx.array float32 (B, L): 1.0 where the target counts in the loss (a real token and,
   with ``mask_prompt``, not part of the prompt), else 0.0. Loss = sum(ce * mask) / sum(mask).
 
-L is the longest input of the batch rounded up to ``pad_to_multiple`` (the trainer passes 128
-on CUDA, where MLX's fused attention backward needs it), so L may exceed max_seq_length - 1.
+L is the longest input of the batch rounded up to ``pad_to_multiple``, or to the smallest of
+``pad_lengths`` that holds it (the trainer plans these per run, see flashtune.shapes; on CUDA they
+are multiples of 128, which MLX's fused attention backward needs), so L may exceed
+max_seq_length - 1.
 Padding sits at the end and causal attention never lets real positions see it.
 
 Order: examples are sorted by length and cut into fixed batches of ``batch_size`` (the last one
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from .batches import Batch, batch_indices, epoch_order, iterate_batches, make_batch, num_batches
+from .batches import Batch, batch_examples, batch_indices, epoch_order, iterate_batches, longest_input, make_batch, num_batches
 from .jsonl import (
     FORMATS,
     SPLITS,
@@ -71,6 +73,8 @@ __all__ = [
     "detect_format",
     "epoch_order",
     "iterate_batches",
+    "batch_examples",
+    "longest_input",
     "load_dataset",
     "load_jsonl",
     "make_batch",

@@ -5,6 +5,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
+from ..shapes import padded_length, round_up
 from .jsonl import Dataset, Example
 
 
@@ -53,21 +54,25 @@ def epoch_order(n_batches: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_batches)
 
 
-def make_batch(examples: Sequence[Example], pad_id: int = 0, pad_to_multiple: int = 1) -> Batch:
+def make_batch(
+    examples: Sequence[Example], pad_id: int = 0, pad_to_multiple: int = 1, pad_lengths: Optional[Sequence[int]] = None
+) -> Batch:
     """Pad examples into a `Batch`.
 
     Args:
         examples: the examples of the batch.
         pad_id: token used for padding inputs and targets.
         pad_to_multiple: round the input length up to a multiple of this.
+        pad_lengths: instead, pad to the smallest of these lengths that holds the batch
+            (see flashtune.shapes).
 
     Returns:
         The `Batch` (inputs, targets int32; mask float32; all (B, L)).
     """
     if pad_to_multiple < 1:
         raise ValueError(f"pad_to_multiple must be >= 1, got {pad_to_multiple}")
-    longest = max(len(e.tokens) for e in examples) - 1
-    L = -(-longest // pad_to_multiple) * pad_to_multiple
+    longest = longest_input(examples)
+    L = padded_length(longest, pad_lengths) if pad_lengths else round_up(longest, pad_to_multiple)
     inputs = np.full((len(examples), L), pad_id, dtype=np.int32)
     targets = np.full((len(examples), L), pad_id, dtype=np.int32)
     mask = np.zeros((len(examples), L), dtype=np.float32)
@@ -79,6 +84,11 @@ def make_batch(examples: Sequence[Example], pad_id: int = 0, pad_to_multiple: in
     return Batch(mx.array(inputs), mx.array(targets), mx.array(mask))
 
 
+def longest_input(examples: Sequence[Example]) -> int:
+    """The unpadded length of a batch of these examples (inputs are one token shorter)."""
+    return max(len(e.tokens) for e in examples) - 1
+
+
 def iterate_batches(
     dataset: Dataset,
     batch_size: int,
@@ -88,6 +98,7 @@ def iterate_batches(
     num_steps: Optional[int] = None,
     loop: bool = True,
     pad_to_multiple: int = 1,
+    pad_lengths: Optional[Sequence[int]] = None,
     pad_id: Optional[int] = None,
 ) -> Iterator[Batch]:
     """Yield batches in a deterministic, resumable order.
@@ -102,15 +113,30 @@ def iterate_batches(
         loop: go on epoch after epoch; False stops at the end of the epoch holding start_step
             (one pass, e.g. for validation).
         pad_to_multiple: round each batch's length up to a multiple of this.
+        pad_lengths: instead, pad each batch to the smallest of these lengths that holds it.
         pad_id: padding token; None uses the dataset's (the tokenizer's pad or EOS token).
 
     Returns:
         An iterator of `Batch`.
     """
+    pad_id = dataset.pad_id if pad_id is None else pad_id
+    for examples in batch_examples(dataset, batch_size, seed=seed, start_step=start_step, num_steps=num_steps, loop=loop):
+        yield make_batch(examples, pad_id, pad_to_multiple, pad_lengths)
+
+
+def batch_examples(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    start_step: int = 0,
+    num_steps: Optional[int] = None,
+    loop: bool = True,
+) -> Iterator[List[Example]]:
+    """The examples of each batch `iterate_batches` yields (same arguments), unpadded."""
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     plan = batch_indices(dataset.lengths, batch_size)
-    pad_id = dataset.pad_id if pad_id is None else pad_id
     step, produced, order_epoch, order = start_step, 0, None, None
     while num_steps is None or produced < num_steps:
         epoch, position = divmod(step, len(plan))
@@ -118,7 +144,6 @@ def iterate_batches(
             return
         if epoch != order_epoch:
             order, order_epoch = epoch_order(len(plan), seed, epoch), epoch
-        examples = [dataset.examples[i] for i in plan[order[position]]]
-        yield make_batch(examples, pad_id, pad_to_multiple)
+        yield [dataset.examples[i] for i in plan[order[position]]]
         step += 1
         produced += 1
