@@ -12,6 +12,8 @@ import os
 import shutil
 import signal
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -115,6 +117,33 @@ def evaluate(model, dataset, config: TrainConfig, pad_to: int) -> float:
         total, count = total + s, count + c
         mx.eval(total, count)
     return (total / count).item()
+
+
+@dataclass
+class _Pending:
+    """A dispatched iteration whose results the host has not waited for yet."""
+
+    it: int
+    tic: float
+    loss: Optional[mx.array]
+    tokens: Optional[mx.array]
+    lr: Optional[mx.array]
+    shapes: List[tuple]
+
+
+@contextmanager
+def _out_of_memory_names(p: _Pending):
+    """Turns MLX's allocation failure during iteration ``p`` into advice."""
+    try:
+        yield
+    except RuntimeError as error:
+        if is_out_of_memory(error):
+            raise TrainingError(
+                f"out of memory at iteration {p.it} with batch {p.shapes[0]} (batch x length): {error}. "
+                "Try a smaller --batch-size, --grad-accumulation with a smaller batch, "
+                "--grad-checkpoint, or a shorter --max-seq-length."
+            ) from error
+        raise
 
 
 class _StopRequest:
@@ -231,6 +260,46 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             checkpoint.save(run_dir, step, model, optimizer, lora, {"config": config.to_dict(), "model": info.to_dict()})
         last_saved = step
 
+    pending: Optional[_Pending] = None
+    last_done = 0.0  # when the device finished the previous iteration
+
+    def complete(p: "_Pending") -> None:
+        """Waits for iteration ``p`` and records it. Its wall time runs from when its host work
+        began, or from the previous iteration's end when it was dispatched before that ended."""
+        nonlocal completed, last_done
+        with _out_of_memory_names(p):
+            loss_value = p.loss.item()
+        done = time.perf_counter()
+        wall, last_done = done - max(p.tic, last_done), done
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"loss became {loss_value} at iteration {p.it}; stopped. The last good "
+                f"checkpoint is iteration {last_saved} in {run_dir}. Lower --learning-rate "
+                "or check the data."
+            )
+        new_shape = any(s not in seen_shapes for s in p.shapes)
+        seen_shapes.update(p.shapes)
+        n_tokens = int(p.tokens.item())
+        record = {
+            "iter": p.it, "wall_s": wall, "tokens": n_tokens, "tokens_per_s": n_tokens / wall,
+            "loss": loss_value, "lr": float(p.lr.item()),
+            "peak_mem_gb": mx.get_peak_memory() / 1e9, "attn": config.attn, "model": model_label,
+            "shape": list(p.shapes[0]), "padded_tokens": sum(s[0] * s[1] for s in p.shapes) * world_size,
+            "world_size": world_size, "warmup": new_shape and config.compile,
+        }
+        writer.write(record)
+        completed = p.it
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{n_tokens / wall:,.0f}", peak_gb=f"{record['peak_mem_gb']:.2f}")
+
+    def evaluates_at(it: int) -> bool:
+        return splits.valid is not None and (
+            (config.steps_per_eval and it % config.steps_per_eval == 0) or it == config.iters or it == start + 1
+        )
+
+    def saves_at(it: int) -> bool:
+        return it == config.iters or bool(config.steps_per_save and it % config.steps_per_save == 0)
+
     try:
         with _StopRequest() as stop:
             for it in range(start + 1, config.iters + 1):
@@ -244,7 +313,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                         batch = data.Batch(*(x[rank::world_size] for x in batch))
                     shapes.append(tuple(batch.inputs.shape))
                     parts.append(batch)
-                try:
+                current = _Pending(it, tic, None, None, None, shapes)
+                with _out_of_memory_names(current):
                     if micro == 1:
                         loss, tokens = full_step(*parts[0])
                     else:
@@ -254,50 +324,31 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                             grads = g if grads is None else tree_map(mx.add, grads, g)
                             total, count = total + l, count + c
                         loss, tokens = reduce_and_update(grads, total, count)
-                    mx.eval(state, loss, tokens)
-                except RuntimeError as error:
-                    if is_out_of_memory(error):
-                        raise TrainingError(
-                            f"out of memory at iteration {it} with batch {shapes[0]} (batch x length): {error}. "
-                            "Try a smaller --batch-size, --grad-accumulation with a smaller batch, "
-                            "--grad-checkpoint, or a shorter --max-seq-length."
-                        ) from error
-                    raise
-                wall = time.perf_counter() - tic
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"loss became {loss_value} at iteration {it}; stopped. The last good "
-                        f"checkpoint is iteration {last_saved} in {run_dir}. Lower --learning-rate "
-                        "or check the data."
-                    )
-                new_shape = any(s not in seen_shapes for s in shapes)
-                seen_shapes.update(shapes)
-                n_tokens = int(tokens.item())
-                record = {
-                    "iter": it, "wall_s": wall, "tokens": n_tokens, "tokens_per_s": n_tokens / wall,
-                    "loss": loss_value, "lr": float(optimizer.learning_rate.item()),
-                    "peak_mem_gb": mx.get_peak_memory() / 1e9, "attn": config.attn, "model": model_label,
-                    "shape": list(shapes[0]), "padded_tokens": sum(s[0] * s[1] for s in shapes) * world_size,
-                    "world_size": world_size, "warmup": new_shape and config.compile,
-                }
-                writer.write(record)
-                completed = it
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{n_tokens / wall:,.0f}", peak_gb=f"{record['peak_mem_gb']:.2f}")
-                is_last = it == config.iters
-                if splits.valid is not None and ((config.steps_per_eval and it % config.steps_per_eval == 0) or is_last or it == start + 1):
-                    eval_tic = time.perf_counter()
-                    model.eval()
-                    val = evaluate(model, splits.valid, config, pad_to)
-                    model.train()
-                    writer.write({"eval": True, "iter": it, "val_loss": val, "eval_s": time.perf_counter() - eval_tic})
-                    bar.write(f"iteration {it}: validation loss {val:.3f}")
-                if is_last or (config.steps_per_save and it % config.steps_per_save == 0) or stop.requested:
-                    save(it)
-                if stop.requested:
-                    raise KeyboardInterrupt
+                    current.loss, current.tokens, current.lr = loss, tokens, optimizer.learning_rate
+                    # Queued behind the previous step; the host goes on to record that one while
+                    # the device runs this one (or waits right away without --pipeline).
+                    mx.async_eval(state, loss, tokens)
+                if pending is not None:
+                    complete(pending)
+                pending = current
+                if not config.pipeline or evaluates_at(it) or saves_at(it) or stop.requested:
+                    pending = None
+                    complete(current)
+                    if evaluates_at(it):
+                        eval_tic = time.perf_counter()
+                        model.eval()
+                        val = evaluate(model, splits.valid, config, pad_to)
+                        model.train()
+                        writer.write({"eval": True, "iter": it, "val_loss": val, "eval_s": time.perf_counter() - eval_tic})
+                        bar.write(f"iteration {it}: validation loss {val:.3f}")
+                    if saves_at(it) or stop.requested:
+                        save(it)
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    last_done = 0.0  # evaluation and saving stay out of the next wall time
     except KeyboardInterrupt:
+        if pending is not None:  # the model already holds its update: finish and keep it
+            complete(pending)
         if last_saved < completed:
             save(completed)
         bar.close()

@@ -80,6 +80,24 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny, tmp_path, mon
     assert summary["iters"] == 12
 
 
+def test_pipelined_steps_train_and_record_exactly_as_waiting_ones(tiny, tmp_path):
+    """--pipeline dispatches step i+1 before waiting for step i: the same updates, and each record
+    still holds its own iteration's loss, learning rate and tokens."""
+    runs = {}
+    for pipeline in (True, False):
+        out = tmp_path / f"pipeline-{pipeline}"
+        train_module.train(make_config(tiny, out, iters=14, warmup=5, steps_per_eval=6, steps_per_save=4, pipeline=pipeline))
+        steps = [r for r in records.read(out / "records.jsonl") if "wall_s" in r]
+        runs[pipeline] = (adapters(out), steps)
+    (params, steps), (params_sync, steps_sync) = runs[True], runs[False]
+    for name in params_sync:
+        np.testing.assert_array_equal(np.array(params[name]), np.array(params_sync[name]), err_msg=name)
+    for key in ("iter", "loss", "lr", "tokens", "shape"):
+        assert [r[key] for r in steps] == [r[key] for r in steps_sync], key
+    assert len({r["lr"] for r in steps}) > 5  # warm-up and decay: a shifted record would show
+    assert all(r["wall_s"] > 0 for r in steps)
+
+
 def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path):
     from mlx_lm.tuner.utils import load_adapters
     from mlx_lm.utils import load
