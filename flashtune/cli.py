@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from flashtune.bench import ATTENTION_REPEAT, ATTENTION_WARMUP
+
 
 def _env(args) -> int:
     from flashtune import env
@@ -125,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     attn.add_argument("--memory", action="store_true", help="peak memory of fwd+bwd at B1 H8/2 L4096 D64")
     attn.add_argument("--impl", help="comma list of implementations (default: all)")
     attn.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on GPU, float32 on CPU")
-    attn.add_argument("--warmup", type=int, help="untimed compiled calls per pass (default: bench.attention.run's)")
-    attn.add_argument("--repeat", type=int, help="timed calls per pass, median kept (default: bench.attention.run's)")
+    attn.add_argument("--warmup", type=int, default=ATTENTION_WARMUP, help="untimed compiled calls per pass (default %(default)s)")
+    attn.add_argument("--repeat", type=int, default=ATTENTION_REPEAT, help="timed calls per pass, median kept (default %(default)s)")
     attn.add_argument("--no-anchor", action="store_true", help="skip bare mx.fast.scaled_dot_product_attention (impl 'anchor')")
     attn.add_argument("--out", help="JSONL results file")
     attn.set_defaults(run=_bench_attention)

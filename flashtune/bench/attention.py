@@ -23,6 +23,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import mlx.core as mx
 
 from flashtune import attention, env
+from flashtune.bench import ATTENTION_REPEAT, ATTENTION_WARMUP
 from flashtune.errors import is_out_of_memory
 
 
@@ -178,8 +179,8 @@ def run(
     shape_sets: Iterable[str],
     impls: Optional[List[str]] = None,
     dtype=None,
-    warmup: int = 5,
-    repeat: int = 30,
+    warmup: int = ATTENTION_WARMUP,
+    repeat: int = ATTENTION_REPEAT,
     out: Optional[Path] = None,
     progress: Callable[[dict], None] = lambda record: None,
     anchor: bool = True,
