@@ -218,3 +218,24 @@ def test_practical_block_default_per_backend_and_override(monkeypatch):
     monkeypatch.setenv("FLASHTUNE_PRACTICAL_BLOCK", "big")
     with pytest.raises(ValueError, match="FLASHTUNE_PRACTICAL_BLOCK='big'"):
         module.default_block()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.L_q == c.L_k and c.L_q > 1], ids=str)
+def test_demo_cuda_padding_path_matches_float64(case, monkeypatch):
+    """demo pads q, k, v (and array masks) to a multiple of 128 on CUDA. MLX's SDPA runs on any
+    backend, so the padding path is checked here on the CPU with the backend reported as CUDA."""
+    from flashtune.attention import demo as module
+
+    monkeypatch.setattr(module.env, "backend", lambda: "cuda")
+    q, k, v, d_out, mask = make_inputs(case, mx.float16, seed=zlib.crc32(f"demo-pad{case}".encode()))
+    assert module.padded_length(q, k) == -(-case.L_q // 128) * 128 > case.L_q
+    scale = case.head_dim**-0.5
+    expected = reference.attention(q, k, v, scale, mask, d_out)
+
+    def loss(q, k, v):
+        return mx.sum(module.demo(q, k, v, scale=scale, mask=mask).astype(mx.float32) * d_out.astype(mx.float32))
+
+    out = module.demo(q, k, v, scale=scale, mask=mask)
+    assert out.shape == q.shape
+    for name, got, want in zip(("out", "dq", "dk", "dv"), (out, *mx.grad(loss, argnums=(0, 1, 2))(q, k, v)), expected):
+        check(name, got, want, TOLERANCE["float16"][0])
