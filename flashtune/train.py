@@ -193,6 +193,9 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             raise ValueError(f"fixed_length={config.fixed_length} is shorter than the longest example ({max(splits.train.lengths) - 1} inputs)")
 
     pad_lengths, pad_to = plan_pad_lengths(config, splits.train, env.backend())
+    if is_main and pad_lengths:
+        shapes_word = "shape" if len(pad_lengths) == 1 else "shapes"
+        logger.info(f"batches padded to lengths {pad_lengths}: {len(pad_lengths)} compiled {shapes_word} (flashtune.shapes)")
 
     lora = adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout)
     n_trainable = apply_lora(model, lora, config.lora_precision)
