@@ -140,8 +140,8 @@ def _out_of_memory_names(p: _Pending):
         if is_out_of_memory(error):
             raise TrainingError(
                 f"out of memory at iteration {p.it} with batch {p.shapes[0]} (batch x length): {error}. "
-                "Try a smaller --batch-size, --grad-accumulation with a smaller batch, "
-                "--grad-checkpoint, or a shorter --max-seq-length."
+                "Try --no-pipeline (one step in flight instead of two), a smaller --batch-size, "
+                "--grad-accumulation with a smaller batch, --grad-checkpoint, or a shorter --max-seq-length."
             ) from error
         raise
 
