@@ -9,7 +9,7 @@ import pytest
 
 import flashtune  # noqa: F401
 import mlx.core as mx
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 
 from flashtune import config as config_module
 from flashtune import data, models, records, train as train_module
@@ -80,13 +80,14 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny, tmp_path, mon
     assert summary["iters"] == 12
 
 
-def test_pipelined_steps_train_and_record_exactly_as_waiting_ones(tiny, tmp_path):
+@pytest.mark.parametrize("grad_accumulation", [1, 2])
+def test_pipelined_steps_train_and_record_exactly_as_waiting_ones(tiny, tmp_path, grad_accumulation):
     """--pipeline dispatches step i+1 before waiting for step i: the same updates, and each record
     still holds its own iteration's loss, learning rate and tokens."""
     runs = {}
     for pipeline in (True, False):
         out = tmp_path / f"pipeline-{pipeline}"
-        train_module.train(make_config(tiny, out, iters=14, warmup=5, steps_per_eval=6, steps_per_save=4, pipeline=pipeline))
+        train_module.train(make_config(tiny, out, iters=14, warmup=5, steps_per_eval=6, steps_per_save=4, pipeline=pipeline, grad_accumulation=grad_accumulation))
         steps = [r for r in records.read(out / "records.jsonl") if "wall_s" in r]
         runs[pipeline] = (adapters(out), steps)
     (params, steps), (params_sync, steps_sync) = runs[True], runs[False]
@@ -96,6 +97,42 @@ def test_pipelined_steps_train_and_record_exactly_as_waiting_ones(tiny, tmp_path
         assert [r[key] for r in steps] == [r[key] for r in steps_sync], key
     assert len({r["lr"] for r in steps}) > 5  # warm-up and decay: a shifted record would show
     assert all(r["wall_s"] > 0 for r in steps)
+
+
+def test_gradient_accumulation_is_one_update_over_all_micro_batches(tiny, tmp_path):
+    """One iteration with --grad-accumulation 2 equals AdamW applied by hand to the token-weighted
+    mean gradient of the first two batches, from the same seeded model and LoRA init."""
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    from flashtune.lora import adapter_config, apply_lora
+
+    config = make_config(tiny, tmp_path / "run", iters=1, warmup=0, grad_accumulation=2, steps_per_eval=0)
+    train_module.train(config)
+
+    mx.random.seed(config.seed)
+    model, tokenizer, _ = models.load_model(config.model, seed=config.seed)
+    apply_lora(model, adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout))
+    dataset = data.load_dataset(config.data, tokenizer).train
+    micro_batches = list(data.iterate_batches(dataset, config.batch_size, seed=config.seed, num_steps=2))
+    value_and_grad = nn.value_and_grad(model, train_module.loss_sum)
+    grads, tokens = None, 0.0
+    for batch in micro_batches:
+        (_, count), g = value_and_grad(model, *batch)
+        grads = g if grads is None else tree_map(mx.add, grads, g)
+        tokens += count.item()
+    optimizer = optim.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer.update(model, tree_map(lambda g: g / tokens, grads))
+
+    expected = dict(tree_flatten(model.trainable_parameters()))
+    got = adapters(tmp_path / "run")
+    assert set(got) == set(expected)
+    for name in got:
+        # Adam's first step is ~lr * sign(g): where g is near zero, float32 summation order moves
+        # an element by ~1e-7 (of updates ~3e-3). A wrong accumulation is off by the update itself.
+        np.testing.assert_allclose(np.array(got[name]), np.array(expected[name]), rtol=1e-4, atol=1e-6, err_msg=name)
+    record = [r for r in records.read(tmp_path / "run" / "records.jsonl") if "wall_s" in r][0]
+    assert record["tokens"] == int(tokens)
 
 
 def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path):
