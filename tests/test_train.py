@@ -2,6 +2,9 @@
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +154,14 @@ def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path):
     model, _, _ = models.load_model(str(tiny[0]))
     load_adapters(model, str(run))
     np.testing.assert_allclose(np.array(model(tokens)), np.array(with_adapters(tokens)), rtol=1e-5, atol=1e-5)
+    # mlx_lm.fuse folds them into the weights: a plain model with the same logits.
+    fused_dir = tmp_path / "fused"
+    subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "fuse", "--model", str(tiny[0]), "--adapter-path", str(run), "--save-path", str(fused_dir)],
+        check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    fused, _ = load(str(fused_dir))
+    np.testing.assert_allclose(np.array(fused(tokens)), np.array(with_adapters(tokens)), rtol=1e-4, atol=1e-4)
 
 
 def test_existing_run_is_not_overwritten(tiny, tmp_path):
