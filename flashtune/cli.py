@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import List, Optional
 
 from flashtune.bench import ATTENTION_REPEAT, ATTENTION_WARMUP
 

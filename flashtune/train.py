@@ -7,13 +7,10 @@ are planned per run to keep shapes few, see flashtune.shapes). Each iteration's 
 recorded (see ``flashtune.records``); evaluation and checkpoint time stay out of it.
 """
 
-import math
 import os
 import shutil
 import signal
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -24,9 +21,9 @@ import mlx.optimizers as optim
 from mlx.utils import tree_map
 from tqdm import tqdm
 
-from flashtune import attention, checkpoint, data, env, models, records, shapes
+from flashtune import attention, checkpoint, data, env, iterations, models, records, shapes
 from flashtune.config import TrainConfig
-from flashtune.errors import TrainingError, is_out_of_memory
+from flashtune.errors import TrainingError
 from flashtune.generate import answer, held_out_prompts
 from flashtune.lora import adapter_config, apply_lora, enable_grad_checkpoint
 from flashtune.log import logger
@@ -117,33 +114,6 @@ def evaluate(model, dataset, config: TrainConfig, pad_to: int) -> float:
         total, count = total + s, count + c
         mx.eval(total, count)
     return (total / count).item()
-
-
-@dataclass
-class _Pending:
-    """A dispatched iteration whose results the host has not waited for yet."""
-
-    it: int
-    tic: float
-    loss: Optional[mx.array]
-    tokens: Optional[mx.array]
-    lr: Optional[mx.array]
-    shapes: List[tuple]
-
-
-@contextmanager
-def _out_of_memory_names(p: _Pending):
-    """Turns MLX's allocation failure during iteration ``p`` into advice."""
-    try:
-        yield
-    except RuntimeError as error:
-        if is_out_of_memory(error):
-            raise TrainingError(
-                f"out of memory at iteration {p.it} with batch {p.shapes[0]} (batch x length): {error}. "
-                "Try --no-pipeline (one step in flight instead of two), a smaller --batch-size, "
-                "--grad-accumulation with a smaller batch, --grad-checkpoint, or a shorter --max-seq-length."
-            ) from error
-        raise
 
 
 class _StopRequest:
@@ -250,8 +220,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
     micro = config.grad_accumulation
     batches = data.iterate_batches(splits.train, config.batch_size, seed=config.seed, start_step=start * micro, pad_to_multiple=pad_to, pad_lengths=pad_lengths)
-    seen_shapes = set()
-    last_saved = completed = start
+    last_saved = start
     model.train()
     mx.reset_peak_memory()
     quiet = not is_main or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
@@ -263,37 +232,21 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             checkpoint.save(run_dir, step, model, optimizer, lora, {"config": config.to_dict(), "model": info.to_dict()})
         last_saved = step
 
-    pending: Optional[_Pending] = None
-    last_done = 0.0  # when the device finished the previous iteration
+    def stop_on_nan(it: int, loss: float) -> None:
+        raise TrainingError(
+            f"loss became {loss} at iteration {it}; stopped. The last good checkpoint is "
+            f"iteration {last_saved} in {run_dir}. Lower --learning-rate or check the data."
+        )
 
-    def complete(p: "_Pending") -> None:
-        """Waits for iteration ``p`` and records it. Its wall time runs from when its host work
-        began, or from the previous iteration's end when it was dispatched before that ended."""
-        nonlocal completed, last_done
-        with _out_of_memory_names(p):
-            loss_value = p.loss.item()
-        done = time.perf_counter()
-        wall, last_done = done - max(p.tic, last_done), done
-        if not math.isfinite(loss_value):
-            raise TrainingError(
-                f"loss became {loss_value} at iteration {p.it}; stopped. The last good "
-                f"checkpoint is iteration {last_saved} in {run_dir}. Lower --learning-rate "
-                "or check the data."
-            )
-        new_shape = any(s not in seen_shapes for s in p.shapes)
-        seen_shapes.update(p.shapes)
-        n_tokens = int(p.tokens.item())
-        record = {
-            "iter": p.it, "wall_s": wall, "tokens": n_tokens, "tokens_per_s": n_tokens / wall,
-            "loss": loss_value, "lr": float(p.lr.item()),
-            "peak_mem_gb": mx.get_peak_memory() / 1e9, "attn": config.attn, "model": model_label,
-            "shape": list(p.shapes[0]), "padded_tokens": sum(s[0] * s[1] for s in p.shapes) * world_size,
-            "world_size": world_size, "warmup": new_shape and config.compile,
-        }
-        writer.write(record)
-        completed = p.it
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{n_tokens / wall:,.0f}", peak_gb=f"{record['peak_mem_gb']:.2f}")
+    log = iterations.IterationLog(
+        write=writer.write,
+        show=lambda loss, tok_s, peak: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", peak_gb=f"{peak:.2f}")),
+        nan_stop=stop_on_nan,
+        fields={"attn": config.attn, "model": model_label, "world_size": world_size},
+        compiled=config.compile,
+        completed=start,
+    )
+    pending: Optional[iterations.Iteration] = None
 
     def evaluates_at(it: int) -> bool:
         return splits.valid is not None and (
@@ -316,8 +269,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                         batch = data.Batch(*(x[rank::world_size] for x in batch))
                     shapes.append(tuple(batch.inputs.shape))
                     parts.append(batch)
-                current = _Pending(it, tic, None, None, None, shapes)
-                with _out_of_memory_names(current):
+                current = iterations.Iteration(it, tic, shapes)
+                with iterations.out_of_memory_advice(current):
                     if micro == 1:
                         loss, tokens = full_step(*parts[0])
                     else:
@@ -332,11 +285,11 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                     # the device runs this one (or waits right away without --pipeline).
                     mx.async_eval(state, loss, tokens)
                 if pending is not None:
-                    complete(pending)
+                    log.complete(pending)
                 pending = current
                 if not config.pipeline or evaluates_at(it) or saves_at(it) or stop.requested:
                     pending = None
-                    complete(current)
+                    log.complete(current)
                     if evaluates_at(it):
                         eval_tic = time.perf_counter()
                         model.eval()
@@ -348,12 +301,12 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                         save(it)
                     if stop.requested:
                         raise KeyboardInterrupt
-                    last_done = 0.0  # evaluation and saving stay out of the next wall time
+                    log.pause()
     except KeyboardInterrupt:
         if pending is not None:  # the model already holds its update: finish and keep it
-            complete(pending)
-        if last_saved < completed:
-            save(completed)
+            log.complete(pending)
+        if last_saved < log.completed:
+            save(log.completed)
         bar.close()
         writer.close()
         logger.warning(f"stopped; checkpoint at iteration {last_saved} in {run_dir}; continue with --resume --out {run_dir}")
