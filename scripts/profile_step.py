@@ -48,6 +48,51 @@ class _NoCastLoRALinear(nn.Module):
         return self.linear(x) + (x @ self.lora_a) @ self.lora_b
 
 
+class _FusedProjections(nn.Module):
+    """Timing only: q/k/v (or gate/up) as one frozen matmul plus one LoRA branch, A concatenated
+    and B block-diagonal, i.e. what fusing the projections would launch. The module's former
+    projections become closures that return this module's split output for the same input."""
+
+    def __init__(self, loras):
+        super().__init__()
+        self.weight = mx.concatenate([m.linear.weight for m in loras], axis=0)
+        if "bias" in loras[0].linear:
+            self.bias = mx.concatenate([m.linear.bias for m in loras])
+        self.lora_a = mx.concatenate([m.lora_a for m in loras], axis=1)
+        rank, outs = loras[0].lora_a.shape[1], [m.linear.weight.shape[0] for m in loras]
+        blocks = mx.zeros((rank * len(loras), sum(outs)), dtype=loras[0].lora_b.dtype)
+        for i, m in enumerate(loras):
+            start = sum(outs[:i])
+            blocks[i * rank : (i + 1) * rank, start : start + outs[i]] = m.scale * m.lora_b
+        self.lora_b = blocks
+        self.splits = [sum(outs[: i + 1]) for i in range(len(outs) - 1)]
+        self.freeze(keys=["weight", "bias"], strict=False)
+        self._cached = (None, None)
+
+    def outputs(self, x):
+        if self._cached[0] is not x:
+            y = x @ self.weight.T + ((x @ self.lora_a.astype(x.dtype)) @ self.lora_b.astype(x.dtype))
+            if "bias" in self:
+                y = y + self.bias
+            self._cached = (x, mx.split(y, self.splits, axis=-1))
+        return self._cached[1]
+
+
+def fuse_projections(model) -> None:
+    """Swaps q/k/v and gate/up of every LoRA'd block for `_FusedProjections` (timing only)."""
+    for block in model.layers:
+        for owner, names, attr in ((block.self_attn, ("q_proj", "k_proj", "v_proj"), "fused_qkv"),
+                                   (block.mlp, ("gate_proj", "up_proj"), "fused_gate_up")):
+            loras = [getattr(owner, n) for n in names]
+            if not all(hasattr(m, "lora_a") for m in loras):
+                continue
+            fused = _FusedProjections(loras)
+            setattr(owner, attr, fused)
+            for i, n in enumerate(names):
+                delattr(owner, n)
+                object.__setattr__(owner, n, lambda x, fused=fused, i=i: fused.outputs(x)[i])
+
+
 def dispatch_ms(fn, state, repeat):
     """Median ms until mx.async_eval returns: the host's work to encode and launch one step."""
     times = []
@@ -189,7 +234,9 @@ def main():
     )
     parts[f"new shape (B{B}x{L_new}): trace + graph compile"] = trace_ms
     parts[f"new shape (B{B}x{L_new}): first run minus a steady one"] = first_run_ms
-    parts["step with bf16 LoRA parameters (no casts)"] = no_cast_step_ms(model, value_and_grad, (inputs, targets, mask), args)
+    fuse_projections(model)
+    parts["step with q/k/v and gate/up fused (one matmul + one LoRA branch each)"] = fresh_step_ms(model, (inputs, targets, mask), args)
+    parts["step with bf16 LoRA parameters (no casts)"] = no_cast_step_ms(model, (inputs, targets, mask), args)
     step_ms = parts["step"]
     print(f"{args.model} ({info.label}), attn {args.attn}, B{B}×L{L}, {info.dtype}, {env.device_name()}")
     print(f"step {step_ms:.1f} ms = {B * L / step_ms * 1e3:,.0f} tokens/s")
@@ -200,15 +247,10 @@ def main():
             json.dump({**env.run_info(vars(args)), "parts_ms": parts}, handle, indent=1)
 
 
-def no_cast_step_ms(model, value_and_grad, batch, args):
-    """The step with LoRA parameters in bf16 (last: it changes the model), with a fresh
-    optimizer whose state is then bf16 too. Only the time means anything."""
-    dtype = model.layers[0].mlp.gate_proj.weight.dtype if hasattr(model.layers[0].mlp.gate_proj, "weight") else mx.bfloat16
-    for _, module in model.named_modules():
-        if hasattr(module, "lora_a"):
-            module.lora_a = module.lora_a.astype(dtype)
-            module.lora_b = (module.scale * module.lora_b).astype(dtype)
-            module.__class__ = type("NoCastLoRALinear", (_NoCastLoRALinear, type(module)), {})
+def fresh_step_ms(model, batch, args):
+    """The step of ``model`` as it is now, with a fresh optimizer (its state follows the
+    parameters' dtype) and a fresh trace."""
+    value_and_grad = nn.value_and_grad(model, loss_sum)
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
     state = [model.state, optimizer.state]
 
@@ -219,6 +261,20 @@ def no_cast_step_ms(model, value_and_grad, batch, args):
         return loss
 
     return timed(lambda: step(*batch), args.warmup, args.repeat, state)
+
+
+def no_cast_step_ms(model, batch, args):
+    """The step with LoRA parameters in bf16 (last: it changes the model). Only the time means
+    anything."""
+    dtype = model.model.embed_tokens.weight.dtype
+    for _, module in model.named_modules():
+        if "lora_a" in module and isinstance(module, nn.Module) and not isinstance(module, _FusedProjections):
+            module.lora_a = module.lora_a.astype(dtype)
+            module.lora_b = (module.scale * module.lora_b).astype(dtype)
+            module.__class__ = type("NoCastLoRALinear", (_NoCastLoRALinear, type(module)), {})
+        elif isinstance(module, _FusedProjections):
+            module.lora_a, module.lora_b = module.lora_a.astype(dtype), module.lora_b.astype(dtype)
+    return fresh_step_ms(model, batch, args)
 
 
 if __name__ == "__main__":
