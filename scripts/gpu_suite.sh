@@ -13,7 +13,6 @@ OUT=${OUT:-results/gpu}
 PY=${PYTHON:-python3}
 FT="$PY -m flashtune"
 CACHE=${CACHE:-.device/bench-cache}
-TINYLLAMA_TOKENIZER="$CACHE/models/tinyllama-1.1b-random"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
@@ -26,9 +25,12 @@ for stage in "$@"; do
       du -sh "$CACHE"
       ;;
     profile)
-      # Where a TinyLlama-1.1B LoRA step's time goes (B 4 x 1024, bf16, demo), incl. LoRA precision.
-      $PY scripts/profile_step.py --model TinyLlama-1.1B --attn demo --tokenizer "$TINYLLAMA_TOKENIZER" \
-        --out "$OUT/profile-tinyllama-demo.json" | tee "$OUT/profile-tinyllama-demo.txt"
+      # Where a LoRA step's time goes (B 4 x 1024, bf16, demo): parts, host dispatch, pipelining,
+      # new-shape cost, LoRA precision, fused projections (timing-only rows).
+      for m in TinyLlama-1.1B:tinyllama-1.1b Qwen2.5-1.5B:qwen2.5-1.5b; do
+        $PY scripts/profile_step.py --model "${m%%:*}" --attn demo --tokenizer "$CACHE/models/${m#*:}-random" \
+          --out "$OUT/profile-${m#*:}-demo.json" | tee "$OUT/profile-${m#*:}-demo.txt"
+      done
       ;;
     anchor)
       # The plain-MLX LoRA step (mlx-lm's layers, fused vs naive attention) on this machine, now.
