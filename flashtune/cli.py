@@ -36,9 +36,7 @@ def _bench_attention(args) -> int:
         status = f"{r['fwdbwd_ms']:.2f} ms fwd+bwd, {r['extra_mb']:.0f} MB" if r["status"] == "ok" else r["status"]
         print(f"  {r['tag']} B{r['batch']} L{r['length']} D{r['head_dim']} {r['impl']}: {status}", file=sys.stderr)
 
-    # None means the bench's own default, so the defaults live in one place (bench.run)
-    timing = {name: getattr(args, name) for name in ("warmup", "repeat") if getattr(args, name) is not None}
-    records = bench.run(sets, impls, dtype, out=out, progress=progress, anchor=not args.no_anchor, **timing)
+    records = bench.run(sets, impls, dtype, warmup=args.warmup, repeat=args.repeat, out=out, progress=progress, anchor=not args.no_anchor)
     print(describe_header(records[0]))
     print(attention_table(records[1:]))
     note = demo_length_note(records[1:])

@@ -17,8 +17,9 @@ Measured (H100, TinyLlama-1.1B, batch 4, bf16, 100 iterations on 300-1020-token 
 2026-11-24-h100-session3/ablation/no-plan-no-pipeline): a new shape's first step costs 0.34-0.38 s
 more than the next ones, 6-7 steps of 56 ms at 4 x 1024; steps at 4 x 512 and 4 x 768 took 44 and
 46 ms, 0.78-0.81 of the 1024 one (dispatch-bound). Planned lengths took that run from 7.0 s to
-6.2 s (same folder, plan-no-pipeline). On the Linux CPU the step is compute-bound and compiling is cheap next to a
-step of seconds. No Apple hardware was available to measure Metal: it gets the CPU's model.
+6.2 s (same folder, plan-no-pipeline). On the Linux CPU the step is compute-bound and compiling
+is cheap next to a step of seconds. No Apple hardware was available to measure Metal: it gets the
+CPU's model.
 """
 
 from dataclasses import dataclass

@@ -93,6 +93,19 @@ def fuse_projections(model) -> None:
                 object.__setattr__(owner, n, lambda x, fused=fused, i=i: fused.outputs(x)[i])
 
 
+def compiled_step(model, value_and_grad, optimizer, state):
+    """The training step, compiled with ``state`` as inputs and outputs. Each call traces anew,
+    so it picks up the LoRA classes and parameters the model has at the time."""
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(inputs, targets, mask):
+        (loss, count), grads = value_and_grad(model, inputs, targets, mask)
+        optimizer.update(model, grads)
+        return loss
+
+    return step
+
+
 def dispatch_ms(fn, state, repeat):
     """Median ms until mx.async_eval returns: the host's work to encode and launch one step."""
     times = []
@@ -154,20 +167,11 @@ def main():
     value_and_grad = nn.value_and_grad(model, loss_sum)
     state = [model.state, optimizer.state]
 
-    def compiled_step():  # traced anew, so it picks up the LoRA classes set at the time
-        @partial(mx.compile, inputs=state, outputs=state)
-        def step(inputs, targets, mask):
-            (loss, count), grads = value_and_grad(model, inputs, targets, mask)
-            optimizer.update(model, grads)
-            return loss
-
-        return step
-
     set_lora_precision(model, "float32")
-    step_float32 = compiled_step()
+    step_float32 = compiled_step(model, value_and_grad, optimizer, state)
     step_float32_lora = timed(lambda: step_float32(inputs, targets, mask), args.warmup, args.repeat, state)
     set_lora_precision(model, "mixed")
-    step = compiled_step()
+    step = compiled_step(model, value_and_grad, optimizer, state)
     # A step with 8x fewer tokens: what stays is the per-step floor (kernel dispatch, launches).
     short = tokens[:, : L // 8 + 1]
     short_batch = (short[:, :-1], short[:, 1:], mx.ones((B, L // 8)))
@@ -250,16 +254,9 @@ def main():
 def fresh_step_ms(model, batch, args):
     """The step of ``model`` as it is now, with a fresh optimizer (its state follows the
     parameters' dtype) and a fresh trace."""
-    value_and_grad = nn.value_and_grad(model, loss_sum)
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
     state = [model.state, optimizer.state]
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step(inputs, targets, mask):
-        (loss, count), grads = value_and_grad(model, inputs, targets, mask)
-        optimizer.update(model, grads)
-        return loss
-
+    step = compiled_step(model, nn.value_and_grad(model, loss_sum), optimizer, state)
     return timed(lambda: step(*batch), args.warmup, args.repeat, state)
 
 

@@ -93,34 +93,26 @@ def iterate_batches(
     dataset: Dataset,
     batch_size: int,
     *,
-    seed: int = 0,
-    start_step: int = 0,
-    num_steps: Optional[int] = None,
-    loop: bool = True,
     pad_to_multiple: int = 1,
     pad_lengths: Optional[Sequence[int]] = None,
     pad_id: Optional[int] = None,
+    **order,
 ) -> Iterator[Batch]:
-    """Yield batches in a deterministic, resumable order.
+    """Yield padded batches in a deterministic, resumable order.
 
     Args:
         dataset: a tokenized split (checked with `check_lengths` already).
         batch_size: examples per batch.
-        seed: decides the order of batches in each epoch.
-        start_step: index of the first batch to yield (the number of steps already done when
-            resuming); the k-th batch yielded is step ``start_step + k``.
-        num_steps: stop after this many batches (None: no limit with ``loop``).
-        loop: go on epoch after epoch; False stops at the end of the epoch holding start_step
-            (one pass, e.g. for validation).
         pad_to_multiple: round each batch's length up to a multiple of this.
         pad_lengths: instead, pad each batch to the smallest of these lengths that holds it.
         pad_id: padding token; None uses the dataset's (the tokenizer's pad or EOS token).
+        **order: ``seed``, ``start_step``, ``num_steps``, ``loop``: see `batch_examples`.
 
     Returns:
         An iterator of `Batch`.
     """
     pad_id = dataset.pad_id if pad_id is None else pad_id
-    for examples in batch_examples(dataset, batch_size, seed=seed, start_step=start_step, num_steps=num_steps, loop=loop):
+    for examples in batch_examples(dataset, batch_size, **order):
         yield make_batch(examples, pad_id, pad_to_multiple, pad_lengths)
 
 
@@ -133,7 +125,18 @@ def batch_examples(
     num_steps: Optional[int] = None,
     loop: bool = True,
 ) -> Iterator[List[Example]]:
-    """The examples of each batch `iterate_batches` yields (same arguments), unpadded."""
+    """The examples of each batch, unpadded, in a deterministic, resumable order.
+
+    Args:
+        dataset: a tokenized split.
+        batch_size: examples per batch.
+        seed: decides the order of batches in each epoch.
+        start_step: index of the first batch to yield (the number of steps already done when
+            resuming); the k-th batch yielded is step ``start_step + k``.
+        num_steps: stop after this many batches (None: no limit with ``loop``).
+        loop: go on epoch after epoch; False stops at the end of the epoch holding start_step
+            (one pass, e.g. for validation).
+    """
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     plan = batch_indices(dataset.lengths, batch_size)
