@@ -47,7 +47,7 @@ class TrainConfig:
     fixed_length: Optional[int] = field(default=None, metadata={"help": "pad every batch to this length (one compiled shape; timing runs)"})
     grad_checkpoint: bool = field(default=False, metadata={"help": "recompute block activations in the backward (less memory)"})
     compile: bool = field(default=True, metadata={"help": "compile the training step (mx.compile)"})
-    pipeline: bool = field(default=True, metadata={"help": "dispatch each step before waiting for the previous one, so the host's work overlaps the device's (costs memory: two steps in flight)"})
+    pipeline: bool = field(default=True, metadata={"help": "on GPUs, dispatch each step before waiting for the previous one, so the host's work overlaps the device's (costs memory: two steps in flight)"})
     mask_prompt: bool = field(default=True, metadata={"help": "no loss on prompt tokens (completions/chat data)"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, LoRA init, dropout)"})
     # Evaluation, checkpoints, output.

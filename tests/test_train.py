@@ -84,9 +84,12 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny, tmp_path, mon
 
 
 @pytest.mark.parametrize("grad_accumulation", [1, 2])
-def test_pipelined_steps_train_and_record_exactly_as_waiting_ones(tiny, tmp_path, grad_accumulation):
+def test_pipelined_steps_train_and_record_exactly_as_waiting_ones(tiny, tmp_path, grad_accumulation, monkeypatch):
     """--pipeline dispatches step i+1 before waiting for step i: the same updates, and each record
     still holds its own iteration's loss, learning rate and tokens."""
+    # Pipelining is for GPUs; the trainer is told it runs on one, so the pipelined path runs here.
+    monkeypatch.setattr(train_module.env, "backend", lambda: "cuda")
+    assert train_module.pipelines(make_config(tiny, "unused"), train_module.env.backend())
     runs = {}
     for pipeline in (True, False):
         out = tmp_path / f"pipeline-{pipeline}"
@@ -100,6 +103,13 @@ def test_pipelined_steps_train_and_record_exactly_as_waiting_ones(tiny, tmp_path
         assert [r[key] for r in steps] == [r[key] for r in steps_sync], key
     assert len({r["lr"] for r in steps}) > 5  # warm-up and decay: a shifted record would show
     assert all(r["wall_s"] > 0 for r in steps)
+
+
+def test_pipelining_is_for_gpus_only(tiny):
+    config = make_config(tiny, "unused")
+    assert train_module.pipelines(config, "cuda") and train_module.pipelines(config, "metal")
+    assert not train_module.pipelines(config, "cpu")
+    assert not train_module.pipelines(dataclasses.replace(config, pipeline=False), "cuda")
 
 
 def test_gradient_accumulation_is_one_update_over_all_micro_batches(tiny, tmp_path):
