@@ -11,7 +11,10 @@ with the same model, LoRA setup and dtype as `flashtune train --init random`.
 
 import argparse
 import json
+import os
+import re
 import statistics
+import tempfile
 import time
 from functools import partial
 
@@ -19,6 +22,7 @@ import flashtune  # noqa: F401
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+from mlx.utils import tree_flatten
 
 from flashtune import attention, env, models
 from flashtune.lora import adapter_config, apply_lora, set_lora_precision
@@ -238,26 +242,49 @@ def main():
     )
     parts[f"new shape (B{B}x{L_new}): trace + graph compile"] = trace_ms
     parts[f"new shape (B{B}x{L_new}): first run minus a steady one"] = first_run_ms
+    graph = {"step": graph_size(step, (inputs, targets, mask), state)}
     fuse_projections(model)
-    parts["step with q/k/v and gate/up fused (one matmul + one LoRA branch each)"] = fresh_step_ms(model, (inputs, targets, mask), args)
+    fused_step, fused_state = fresh_step(model)
+    graph["step with q/k/v and gate/up fused"] = graph_size(fused_step, (inputs, targets, mask), fused_state)
+    parts["step with q/k/v and gate/up fused (one matmul + one LoRA branch each)"] = timed(
+        lambda: fused_step(inputs, targets, mask), args.warmup, args.repeat, fused_state)
+    parts["  fused: host time to dispatch the step"] = dispatch_ms(lambda: fused_step(inputs, targets, mask), fused_state, args.repeat)
+    parts[f"  fused: step at B{B}x{L // 8} (per-step floor)"] = timed(lambda: fused_step(*short_batch), args.warmup, args.repeat, fused_state)
     parts["step with bf16 LoRA parameters (no casts)"] = no_cast_step_ms(model, (inputs, targets, mask), args)
     step_ms = parts["step"]
     print(f"{args.model} ({info.label}), attn {args.attn}, B{B}×L{L}, {info.dtype}, {env.device_name()}")
     print(f"step {step_ms:.1f} ms = {B * L / step_ms * 1e3:,.0f} tokens/s")
     for name, ms in parts.items():
         print(f"  {name:68s} {ms:8.1f} ms  {100 * ms / step_ms:5.1f}% of the step")
+    for name, (nodes, kernels) in graph.items():
+        print(f"graph of the {name}: {nodes} nodes, {kernels} of them not views (about the kernels launched)")
     if args.out:
         with open(args.out, "w") as handle:
-            json.dump({**env.run_info(vars(args)), "parts_ms": parts}, handle, indent=1)
+            json.dump({**env.run_info(vars(args)), "parts_ms": parts, "graph_nodes": graph}, handle, indent=1)
 
 
-def fresh_step_ms(model, batch, args):
-    """The step of ``model`` as it is now, with a fresh optimizer (its state follows the
-    parameters' dtype) and a fresh trace."""
+# Primitives that are (usually) views or metadata: they launch no kernel.
+VIEW_PRIMITIVES = {"Transpose", "Broadcast", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Reshape", "Slice", "AsStrided"}
+
+
+def graph_size(step, batch, state):
+    """(nodes, nodes that are not views) of one compiled step's graph, after MLX's compile
+    fusion: the host dispatches about one kernel per non-view node."""
+    outputs = [step(*batch)] + [v for _, v in tree_flatten(state) if isinstance(v, mx.array)]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "step.dot")
+        mx.export_to_dot(path, *outputs)
+        labels = re.findall(r'label ="([^"]+)"', open(path).read())
+    mx.eval(outputs)
+    return len(labels), sum(label.split(" ")[0] not in VIEW_PRIMITIVES for label in labels)
+
+
+def fresh_step(model):
+    """(compiled step, its state) of ``model`` as it is now, with a fresh optimizer (its state
+    follows the parameters' dtype) and a fresh trace."""
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
     state = [model.state, optimizer.state]
-    step = compiled_step(model, nn.value_and_grad(model, loss_sum), optimizer, state)
-    return timed(lambda: step(*batch), args.warmup, args.repeat, state)
+    return compiled_step(model, nn.value_and_grad(model, loss_sum), optimizer, state), state
 
 
 def no_cast_step_ms(model, batch, args):
@@ -271,7 +298,8 @@ def no_cast_step_ms(model, batch, args):
             module.__class__ = type("NoCastLoRALinear", (_NoCastLoRALinear, type(module)), {})
         elif isinstance(module, _FusedProjections):
             module.lora_a, module.lora_b = module.lora_a.astype(dtype), module.lora_b.astype(dtype)
-    return fresh_step_ms(model, batch, args)
+    step, state = fresh_step(model)
+    return timed(lambda: step(*batch), args.warmup, args.repeat, state)
 
 
 if __name__ == "__main__":

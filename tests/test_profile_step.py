@@ -40,3 +40,18 @@ def test_fused_projections_give_the_same_loss(tmp_path, model_type):
     assert loss_sum(model, *batch)[0].item() == pytest.approx(before, rel=1e-5)
     # 2 blocks x (fused q/k/v, fused gate/up, o_proj, down_proj) x (A, B)
     assert len(tree_flatten(model.trainable_parameters())) == 16
+
+
+def test_fused_projections_launch_fewer_kernels(tmp_path):
+    profile_step = load_script()
+    model, _, _ = models.load_model(str(write_tiny_hf_model(tmp_path / "llama", model_type="llama")))
+    apply_lora(model, adapter_config(2, 4, 20.0, 0.0))
+    tokens = mx.random.randint(0, 100, (2, 17))
+    batch = (tokens[:, :-1], tokens[:, 1:], mx.ones((2, 16)))
+    step, state = profile_step.fresh_step(model)
+    nodes, kernels = profile_step.graph_size(step, batch, state)
+    assert 0 < kernels < nodes
+    profile_step.fuse_projections(model)
+    step, state = profile_step.fresh_step(model)
+    fused_nodes, fused_kernels = profile_step.graph_size(step, batch, state)
+    assert fused_kernels < kernels
