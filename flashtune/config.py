@@ -47,6 +47,7 @@ class TrainConfig:
     fixed_length: Optional[int] = field(default=None, metadata={"help": "pad every batch to this length (one compiled shape; timing runs)"})
     grad_checkpoint: bool = field(default=False, metadata={"help": "recompute block activations in the backward (less memory)"})
     compile: bool = field(default=True, metadata={"help": "compile the training step (mx.compile)"})
+    fuse_projections: bool = field(default=True, metadata={"help": "compute each LoRA'd block's q/k/v and gate/up as one matmul + one LoRA branch each (same math and adapters; fewer kernels per step)"})
     pipeline: bool = field(default=True, metadata={"help": "on GPUs, dispatch each step before waiting for the previous one, so the host's work overlaps the device's (costs memory: two steps in flight)"})
     mask_prompt: bool = field(default=True, metadata={"help": "no loss on prompt tokens (completions/chat data)"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, LoRA init, dropout)"})

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from flashtune import attention, checkpoint, data, env, iterations, models, records, shapes
 from flashtune.config import TrainConfig
 from flashtune.errors import TrainingError
+from flashtune.fused_projections import fuse_projections
 from flashtune.generate import answer, held_out_prompts
 from flashtune.lora import adapter_config, apply_lora, enable_grad_checkpoint
 from flashtune.log import logger
@@ -180,6 +181,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     lora = adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout)
     n_trainable = apply_lora(model, lora, config.lora_precision)
     patch(model, config.attn)
+    fused_groups = fuse_projections(model) if config.fuse_projections else 0
     if config.grad_checkpoint:
         enable_grad_checkpoint(model)
     # Random-init weights are lazy: materialize them now, as loading, not inside step 1's timing.
@@ -201,7 +203,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     writer = records.RecordWriter(Path(config.records) if config.records else run_dir / "records.jsonl", enabled=is_main)
-    writer.write(env.run_info(config.to_dict(), model=info.to_dict(), dtype=info.dtype, seed=config.seed, world_size=world_size, trainable_params=n_trainable, resumed_from=start or None, pad_lengths=pad_lengths, pad_to_multiple=None if pad_lengths else pad_to))
+    writer.write(env.run_info(config.to_dict(), model=info.to_dict(), dtype=info.dtype, seed=config.seed, world_size=world_size, trainable_params=n_trainable, fused_projection_groups=fused_groups, resumed_from=start or None, pad_lengths=pad_lengths, pad_to_multiple=None if pad_lengths else pad_to))
     model_label = info.label
     prompts = held_out_prompts(config.data) if config.sample and is_main else []
     before = [answer(model, tokenizer, p, config.sample_tokens) for p in prompts]

@@ -1,7 +1,8 @@
 """Where a LoRA training step's time goes: full step, forward, backward, LM head + loss, attention,
-optimizer, the LoRA branches (the step with mlx-lm's float32 branches vs flashtune's mixed ones, and
-with bf16 LoRA parameters: no casts), the host's share (time until mx.async_eval returns), and what a
-new batch shape costs (trace + graph compile, then the first run's extra: kernels, cuDNN/cuBLAS plans).
+optimizer, the LoRA branches (the step with mlx-lm's float32 branches vs flashtune's mixed ones), the
+host's share (time until mx.async_eval returns), what a new batch shape costs (trace + graph compile,
+then the first run's extra: kernels, cuDNN/cuBLAS plans), and the step with q/k/v and gate/up fused
+(flashtune.fused_projections, the trainer's default; "step" is with separate projections).
 
     python scripts/profile_step.py --model TinyLlama-1.1B --attn demo --batch 4 --length 1024 [--tokenizer DIR]
 
@@ -25,6 +26,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
 from flashtune import attention, env, models
+from flashtune.fused_projections import fuse_projections
 from flashtune.lora import adapter_config, apply_lora, set_lora_precision
 from flashtune.patch import patch
 from flashtune.train import loss_sum
@@ -42,59 +44,6 @@ def timed(fn, warmup, repeat, state=()):
         mx.eval(fn(), state)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
-
-
-class _NoCastLoRALinear(nn.Module):
-    """Timing only: a LoRA branch whose parameters already are in the activations' dtype (with
-    the scale folded into lora_b), i.e. what float32 master weights kept by the optimizer allow."""
-
-    def __call__(self, x):
-        return self.linear(x) + (x @ self.lora_a) @ self.lora_b
-
-
-class _FusedProjections(nn.Module):
-    """Timing only: q/k/v (or gate/up) as one frozen matmul plus one LoRA branch, A concatenated
-    and B block-diagonal, i.e. what fusing the projections would launch. The module's former
-    projections become closures that return this module's split output for the same input."""
-
-    def __init__(self, loras):
-        super().__init__()
-        self.weight = mx.concatenate([m.linear.weight for m in loras], axis=0)
-        if "bias" in loras[0].linear:
-            self.bias = mx.concatenate([m.linear.bias for m in loras])
-        self.lora_a = mx.concatenate([m.lora_a for m in loras], axis=1)
-        rank, outs = loras[0].lora_a.shape[1], [m.linear.weight.shape[0] for m in loras]
-        blocks = mx.zeros((rank * len(loras), sum(outs)), dtype=loras[0].lora_b.dtype)
-        for i, m in enumerate(loras):
-            start = sum(outs[:i])
-            blocks[i * rank : (i + 1) * rank, start : start + outs[i]] = m.scale * m.lora_b
-        self.lora_b = blocks
-        self.splits = [sum(outs[: i + 1]) for i in range(len(outs) - 1)]
-        self.freeze(keys=["weight", "bias"], strict=False)
-        self._cached = (None, None)
-
-    def outputs(self, x):
-        if self._cached[0] is not x:
-            y = x @ self.weight.T + ((x @ self.lora_a.astype(x.dtype)) @ self.lora_b.astype(x.dtype))
-            if "bias" in self:
-                y = y + self.bias
-            self._cached = (x, mx.split(y, self.splits, axis=-1))
-        return self._cached[1]
-
-
-def fuse_projections(model) -> None:
-    """Swaps q/k/v and gate/up of every LoRA'd block for `_FusedProjections` (timing only)."""
-    for block in model.layers:
-        for owner, names, attr in ((block.self_attn, ("q_proj", "k_proj", "v_proj"), "fused_qkv"),
-                                   (block.mlp, ("gate_proj", "up_proj"), "fused_gate_up")):
-            loras = [getattr(owner, n) for n in names]
-            if not all(hasattr(m, "lora_a") for m in loras):
-                continue
-            fused = _FusedProjections(loras)
-            setattr(owner, attr, fused)
-            for i, n in enumerate(names):
-                delattr(owner, n)
-                object.__setattr__(owner, n, lambda x, fused=fused, i=i: fused.outputs(x)[i])
 
 
 def compiled_step(model, value_and_grad, optimizer, state):
@@ -246,11 +195,10 @@ def main():
     fuse_projections(model)
     fused_step, fused_state = fresh_step(model)
     graph["step with q/k/v and gate/up fused"] = graph_size(fused_step, (inputs, targets, mask), fused_state)
-    parts["step with q/k/v and gate/up fused (one matmul + one LoRA branch each)"] = timed(
+    parts["step with q/k/v and gate/up fused (flashtune.fused_projections)"] = timed(
         lambda: fused_step(inputs, targets, mask), args.warmup, args.repeat, fused_state)
     parts["  fused: host time to dispatch the step"] = dispatch_ms(lambda: fused_step(inputs, targets, mask), fused_state, args.repeat)
     parts[f"  fused: step at B{B}x{L // 8} (per-step floor)"] = timed(lambda: fused_step(*short_batch), args.warmup, args.repeat, fused_state)
-    parts["step with bf16 LoRA parameters (no casts)"] = no_cast_step_ms(model, (inputs, targets, mask), args)
     step_ms = parts["step"]
     print(f"{args.model} ({info.label}), attn {args.attn}, B{B}×L{L}, {info.dtype}, {env.device_name()}")
     print(f"step {step_ms:.1f} ms = {B * L / step_ms * 1e3:,.0f} tokens/s")
@@ -285,21 +233,6 @@ def fresh_step(model):
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
     state = [model.state, optimizer.state]
     return compiled_step(model, nn.value_and_grad(model, loss_sum), optimizer, state), state
-
-
-def no_cast_step_ms(model, batch, args):
-    """The step with LoRA parameters in bf16 (last: it changes the model). Only the time means
-    anything."""
-    dtype = model.model.embed_tokens.weight.dtype
-    for _, module in model.named_modules():
-        if "lora_a" in module and isinstance(module, nn.Module) and not isinstance(module, _FusedProjections):
-            module.lora_a = module.lora_a.astype(dtype)
-            module.lora_b = (module.scale * module.lora_b).astype(dtype)
-            module.__class__ = type("NoCastLoRALinear", (_NoCastLoRALinear, type(module)), {})
-        elif isinstance(module, _FusedProjections):
-            module.lora_a, module.lora_b = module.lora_a.astype(dtype), module.lora_b.astype(dtype)
-    step, state = fresh_step(model)
-    return timed(lambda: step(*batch), args.warmup, args.repeat, state)
 
 
 if __name__ == "__main__":

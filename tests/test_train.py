@@ -105,6 +105,21 @@ def test_pipelined_steps_train_and_record_exactly_as_waiting_ones(tiny, tmp_path
     assert all(r["wall_s"] > 0 for r in steps)
 
 
+def test_fused_projections_train_like_separate_ones(tiny, tmp_path):
+    """--fuse-projections (the default) is a speed choice: same updates, same adapter names."""
+    runs = {}
+    for fuse in (True, False):
+        out = tmp_path / f"fuse-{fuse}"
+        train_module.train(make_config(tiny, out, iters=8, steps_per_save=100, fuse_projections=fuse))
+        runs[fuse] = adapters(out), records.read(out / "records.jsonl")
+    (fused, fused_rows), (separate, separate_rows) = runs[True], runs[False]
+    assert fused_rows[0]["fused_projection_groups"] == 4 and separate_rows[0]["fused_projection_groups"] == 0
+    assert set(fused) == set(separate)
+    for name in separate:
+        expected = np.array(separate[name])
+        np.testing.assert_allclose(np.array(fused[name]), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max(), err_msg=name)
+
+
 def test_pipelining_is_for_gpus_only(tiny):
     config = make_config(tiny, "unused")
     assert train_module.pipelines(config, "cuda") and train_module.pipelines(config, "metal")

@@ -37,16 +37,19 @@ __all__ = ["SUPPORTED", "Arch", "patch", "unpatch", "patched", "patch_info"]
 AttentionFn = Callable[..., mx.array]
 _ATTN_ATTR = "_flashtune_attn"  # instance attribute holding the attention function
 _ORIGINAL_ATTR = "_flashtune_original"  # class attribute of a patched subclass
+FUSED_QKV_ATTR = "_flashtune_fused_qkv"  # instance attribute: q/k/v in one (flashtune.fused_projections)
 
 
 def llama_forward(self, x: mx.array, mask, cache, attn: AttentionFn) -> mx.array:
     """mlx-lm's Llama attention forward (qwen2's is the same; its biases live in the Linears).
 
     Mirrors ``mlx_lm.models.llama.Attention.__call__`` (mlx-lm 0.32) except for the call to
-    ``attn`` where mlx-lm calls its module-level ``scaled_dot_product_attention``.
+    ``attn`` where mlx-lm calls its module-level ``scaled_dot_product_attention``, and the
+    q/k/v projections, computed as one where the trainer fused them.
     """
     B, L, _ = x.shape
-    queries, keys, values = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    fused = self.__dict__.get(FUSED_QKV_ATTR)
+    queries, keys, values = fused(x) if fused is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
     queries = queries.reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)  # (B, H, L, D)
     keys = keys.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)  # (B, Hkv, L, D)
     values = values.reshape(B, L, self.n_kv_heads, -1).transpose(0, 2, 1, 3)  # (B, Hkv, L, D)

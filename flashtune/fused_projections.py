@@ -1,0 +1,128 @@
+"""Fused LoRA projections: a block's q/k/v (and gate/up) as one frozen matmul plus one LoRA branch.
+
+Why: on a GPU a LoRA training step of a 1-1.5B model at batch 4 x <=1024 tokens is bound by the
+host launching ~1,900 kernels, not by the GPU (H100, TinyLlama-1.1B: a step at 1/8 of the tokens
+took 58 of the full step's 63 ms). Three LoRA'd projections of the same input cost three base
+matmuls, three low-rank branches, three adds, and as many again in the backward; fused they cost
+one of each (see results/2026-11-24-h100-session4/profile/).
+
+How, without changing anything a user or mlx-lm sees:
+- The parameter tree is untouched: ``q_proj``, ``k_proj``, ``v_proj`` stay mlx-lm LoRALinear
+  modules with their own ``lora_a``/``lora_b``, so adapters, optimizer state and checkpoints
+  keep mlx-lm's names and resume across fused and unfused runs.
+- The frozen base weights are concatenated once, and each projection's ``linear.weight`` (and
+  bias) becomes a row slice of the concatenation: a view of the same memory, same values.
+- Each step the LoRA parameters are concatenated (tiny: A is in x n*rank) and the B matrices
+  placed on a block diagonal by a constant mask, so the branch is ``(x @ A_cat) @ B_diag`` and
+  the off-diagonal gradient is exactly zero.
+- The patched attention forward (flashtune.patch.llama_forward) and the MLP (its class swapped
+  per instance, as the patcher does for attention) call the fused projections when present.
+
+Fused only where it is the same computation: plain (not quantized) Linear bases, LoRA in
+flashtune's mixed precision, no LoRA dropout (mlx-lm draws independent dropout per projection),
+one scale per group. Other groups keep their separate projections.
+"""
+
+from typing import Dict, List
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.activations import swiglu
+
+from flashtune.lora import MixedPrecisionLoRALinear
+from flashtune.patch import FUSED_QKV_ATTR as QKV_ATTR  # on attention modules: FusedProjections of q/k/v
+
+GATE_UP_ATTR = "_flashtune_fused_gate_up"  # on MLP modules: FusedProjections of gate/up
+_ORIGINAL_ATTR = "_flashtune_original_mlp"  # class attribute of a fused-MLP subclass
+_GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj"), QKV_ATTR), ("mlp", ("gate_proj", "up_proj"), GATE_UP_ATTR))
+_fused_mlp_classes: Dict[type, type] = {}
+
+
+class FusedProjections:
+    """The outputs of several LoRA'd projections of one input, computed as one.
+
+    A plain object (not an nn.Module), so it adds nothing to the parameter tree; it reads the
+    members' LoRA parameters at call time, so it follows training and checkpoint loads.
+    """
+
+    def __init__(self, members: List[MixedPrecisionLoRALinear]):
+        self.members = members
+        linears = [m.linear for m in members]
+        self.weight = mx.concatenate([l.weight for l in linears], axis=0)
+        self.bias = mx.concatenate([l.bias for l in linears]) if "bias" in linears[0] else None
+        mx.eval(self.weight, self.bias)
+        sizes = [l.weight.shape[0] for l in linears]
+        self.splits = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+        starts = [0] + self.splits
+        for linear, start, size in zip(linears, starts, sizes):  # views of the concatenation
+            linear.weight = self.weight[start : start + size]
+            if self.bias is not None:
+                linear.bias = self.bias[start : start + size]
+        mx.eval([l.parameters() for l in linears])
+        # mask[i, j] = 1 where output column j belongs to projection i.
+        column = mx.arange(sum(sizes))
+        self.mask = mx.stack([(column >= s) & (column < s + n) for s, n in zip(starts, sizes)]).astype(self.weight.dtype)
+        self.scale = members[0].scale
+
+    def __call__(self, x: mx.array) -> List[mx.array]:
+        rank = self.members[0].lora_a.shape[1]
+        lora_a = mx.concatenate([m.lora_a for m in self.members], axis=1).astype(x.dtype)
+        lora_b = (self.scale * mx.concatenate([m.lora_b for m in self.members], axis=1)).astype(x.dtype)
+        n, width = self.mask.shape
+        block_diagonal = (lora_b[None] * self.mask[:, None, :]).reshape(n * rank, width)
+        y = x @ self.weight.T if self.bias is None else mx.addmm(self.bias, x, self.weight.T)
+        y = y + (x @ lora_a) @ block_diagonal
+        return mx.split(y, self.splits, axis=-1)
+
+
+def _fusable(members: List[nn.Module]) -> bool:
+    return (
+        all(type(m) is MixedPrecisionLoRALinear for m in members)
+        and all(type(m.linear) is nn.Linear for m in members)
+        and all(isinstance(m.dropout, nn.Dropout) and m.dropout._p_1 == 1.0 for m in members)
+        and len({m.scale for m in members}) == 1
+        and len({m.lora_a.shape[1] for m in members}) == 1
+        and len({("bias" in m.linear) for m in members}) == 1
+    )
+
+
+def _fused_mlp_class(original: type) -> type:
+    cls = _fused_mlp_classes.get(original)
+    if cls is None:
+
+        def __call__(self, x: mx.array) -> mx.array:
+            gate, up = getattr(self, GATE_UP_ATTR)(x)
+            return self.down_proj(swiglu(gate, up))  # mlx-lm's Llama/Qwen2 MLP
+
+        cls = type(f"Fused{original.__name__}", (original,), {"__call__": __call__, "__module__": __name__, _ORIGINAL_ATTR: original})
+        _fused_mlp_classes[original] = cls
+    return cls
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Fuses q/k/v and gate/up of every block of ``model`` where that is the same computation.
+
+    Attention modules must be patched (flashtune.patch) for their q/k/v fusion to be used; the
+    MLPs use theirs right away. Returns the number of fused groups.
+    """
+    count = 0
+    for block in model.layers:
+        for owner_name, names, attr in _GROUPS:
+            owner = getattr(block, owner_name, None)
+            members = [getattr(owner, n, None) for n in names]
+            if owner is None or attr in owner.__dict__ or not _fusable(members):
+                continue
+            object.__setattr__(owner, attr, FusedProjections(members))
+            if attr == GATE_UP_ATTR:
+                owner.__class__ = _fused_mlp_class(type(owner))
+            count += 1
+    return count
+
+
+def unfuse_projections(model: nn.Module) -> None:
+    """Back to separate projections (same parameter values; the base weights stay views)."""
+    for block in model.layers:
+        for owner_name, _, attr in _GROUPS:
+            owner = getattr(block, owner_name, None)
+            if owner is not None and owner.__dict__.pop(attr, None) is not None and attr == GATE_UP_ATTR:
+                owner.__class__ = getattr(type(owner), _ORIGINAL_ATTR)
