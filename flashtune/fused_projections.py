@@ -62,6 +62,7 @@ class FusedProjections:
         # mask[i, j] = 1 where output column j belongs to projection i.
         column = mx.arange(sum(sizes))
         self.mask = mx.stack([(column >= s) & (column < s + n) for s, n in zip(starts, sizes)]).astype(self.weight.dtype)
+        mx.eval(self.mask)  # a constant: left lazy, every step would rebuild it (10 kernels)
         self.scale = members[0].scale
 
     def __call__(self, x: mx.array) -> List[mx.array]:

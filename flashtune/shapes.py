@@ -5,21 +5,23 @@ The trainer compiles its step once per distinct batch shape (as mlx-lm does), an
 padded to any length at or above its longest example without changing the loss (padding is
 masked out and sits after the real tokens). Batch order is a pure function of the seed, so the
 lengths of every batch of a run are known before it starts; `plan_lengths` picks the set of
-padded lengths ("buckets") that minimizes a cost model of the run:
+padded lengths ("buckets") that minimizes a cost model of the run, in units of one token of step
+work:
 
-    sum over buckets of compile_steps + sum over batches of step(bucket) / step(longest)
+    compile_tokens per bucket + sum over batches of max(floor_tokens, rows x bucket length)
 
-with ``step(L) / step(longest) = max(floor, L / longest)``: a step's time grows with its length
-until it hits a per-step floor (kernel dispatch on a GPU). Both numbers are in units of one step
-at the longest length, so they carry over between models of similar size on one device.
+A step's time grows with its tokens until it hits a per-step floor: on a GPU the host dispatching
+the step's ~1,800 kernels, which the pipelined trainer overlaps with the device's work, so below
+the floor padding is free. Both numbers are per device, measured with the trainer's defaults.
 
-Measured (H100, TinyLlama-1.1B, batch 4, bf16, 100 iterations on 300-1020-token text; results/
-2026-11-24-h100-session3/ablation/no-plan-no-pipeline): a new shape's first step costs 0.34-0.38 s
-more than the next ones, 6-7 steps of 56 ms at 4 x 1024; steps at 4 x 512 and 4 x 768 took 44 and
-46 ms, 0.78-0.81 of the 1024 one (dispatch-bound). Planned lengths took that run from 7.0 s to
-6.2 s (same folder, plan-no-pipeline). On the Linux CPU the step is compute-bound and compiling
-is cheap next to a step of seconds. No Apple hardware was available to measure Metal: it gets the
-CPU's model.
+Measured on the H100 (TinyLlama-1.1B and Qwen2.5-1.5B, batch 4, bf16, pipelined, fused
+projections; results/2026-11-24-h100-session4/finetune/main): steps padded to 4 x 768 and 4 x 1024
+took the same time (medians 44.3 vs 45.2 ms TinyLlama, 54.5 vs 49.9 ms Qwen), and 4 x 1024 =
+4,096 tokens is still dispatch-bound: floor_tokens = 4096. A new shape's first step cost ~310 ms
+more than the next (iteration 2, 358 ms against 44 ms), ~7 floor steps: compile_tokens = 7 x 4096.
+(Before pipelining, session3/ablation: 4 x 768 cost 0.78-0.81 of 4 x 1024 and two shapes won.)
+On the Linux CPU the step is compute-bound and compiling is cheap next to a step of seconds. No
+Apple hardware was available to measure Metal: it gets the CPU's model.
 """
 
 from dataclasses import dataclass
@@ -28,17 +30,17 @@ from typing import Dict, List, Sequence
 
 @dataclass(frozen=True)
 class ShapeCosts:
-    """A device's cost model, in units of one step at the run's longest length."""
+    """A device's cost model, in units of one token of step work."""
 
-    compile_steps: float  # what a new shape's compile costs
-    floor: float  # a step never gets cheaper than this
+    compile_tokens: float  # what a new shape's compile costs
+    floor_tokens: float  # a step never costs less than one of this many tokens
     granularity: int  # padded lengths are multiples of this (CUDA: 128, for cuDNN's backward)
 
 
 COSTS: Dict[str, ShapeCosts] = {
-    "cuda": ShapeCosts(compile_steps=6.0, floor=0.75, granularity=128),
-    "cpu": ShapeCosts(compile_steps=0.3, floor=0.0, granularity=32),
-    "metal": ShapeCosts(compile_steps=0.3, floor=0.0, granularity=32),
+    "cuda": ShapeCosts(compile_tokens=7 * 4096, floor_tokens=4096, granularity=128),
+    "cpu": ShapeCosts(compile_tokens=64, floor_tokens=0, granularity=32),
+    "metal": ShapeCosts(compile_tokens=64, floor_tokens=0, granularity=32),
 }
 
 
@@ -46,12 +48,13 @@ def round_up(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
 
 
-def plan_lengths(batch_lengths: Sequence[int], costs: ShapeCosts) -> List[int]:
+def plan_lengths(batch_lengths: Sequence[int], costs: ShapeCosts, rows: int = 1) -> List[int]:
     """The padded lengths that minimize the cost model for batches of these lengths.
 
     Args:
         batch_lengths: the longest input of each batch the run will see, in any order.
         costs: the device's `ShapeCosts`.
+        rows: sequences per step (the batch a process computes at once).
 
     Returns:
         Sorted padded lengths; every batch fits the smallest one at or above its length, and the
@@ -64,10 +67,9 @@ def plan_lengths(batch_lengths: Sequence[int], costs: ShapeCosts) -> List[int]:
         rounded = round_up(max(int(length), 1), costs.granularity)
         counts[rounded] = counts.get(rounded, 0) + 1
     lengths = sorted(counts)
-    longest = lengths[-1]
 
     def step(length: int) -> float:
-        return max(costs.floor, length / longest)
+        return max(costs.floor_tokens, rows * length)
 
     # best[i]: cheapest plan for lengths[:i] whose largest bucket is lengths[i - 1]. Exact
     # dynamic programming over at most a few dozen distinct lengths.
@@ -77,7 +79,7 @@ def plan_lengths(batch_lengths: Sequence[int], costs: ShapeCosts) -> List[int]:
         batches = 0
         for j in range(i - 1, -1, -1):  # bucket (lengths[j], lengths[i - 1]]
             batches += counts[lengths[j]]
-            cost = best[j] + costs.compile_steps + batches * edge_cost
+            cost = best[j] + costs.compile_tokens + batches * edge_cost
             if cost < best[i]:
                 best[i], choice[i] = cost, j
     plan, i = [], len(lengths)

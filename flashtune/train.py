@@ -80,7 +80,7 @@ def make_schedule(config: TrainConfig):
     return optim.join_schedules([optim.linear_schedule(0.0, peak, config.warmup), cosine], [config.warmup])
 
 
-def plan_pad_lengths(config: TrainConfig, dataset, backend: str) -> Tuple[Optional[List[int]], int]:
+def plan_pad_lengths(config: TrainConfig, dataset, backend: str, world_size: int = 1) -> Tuple[Optional[List[int]], int]:
     """How the run pads its batches: (planned lengths or None, length multiple).
 
     ``--fixed-length`` gives one length; ``--pad-to-multiple`` a plain multiple (no plan);
@@ -94,7 +94,7 @@ def plan_pad_lengths(config: TrainConfig, dataset, backend: str) -> Tuple[Option
         return None, config.pad_to_multiple
     n = config.iters * config.grad_accumulation
     lengths = [data.longest_input(b) for b in data.batch_examples(dataset, config.batch_size, seed=config.seed, num_steps=n)]
-    return shapes.plan_lengths(lengths, costs), costs.granularity
+    return shapes.plan_lengths(lengths, costs, rows=config.batch_size // world_size), costs.granularity
 
 
 def pipelines(config: TrainConfig, backend: str) -> bool:
@@ -173,7 +173,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         if max(splits.train.lengths) - 1 > config.fixed_length:
             raise ValueError(f"fixed_length={config.fixed_length} is shorter than the longest example ({max(splits.train.lengths) - 1} inputs)")
 
-    pad_lengths, pad_to = plan_pad_lengths(config, splits.train, env.backend())
+    pad_lengths, pad_to = plan_pad_lengths(config, splits.train, env.backend(), world_size)
     if is_main and pad_lengths:
         shapes_word = "shape" if len(pad_lengths) == 1 else "shapes"
         logger.info(f"batches padded to lengths {pad_lengths}: {len(pad_lengths)} compiled {shapes_word} (flashtune.shapes)")
