@@ -4,8 +4,11 @@ Suites (each run a fresh subprocess, its per-iteration JSONL under the results f
 - ``main``: 100 LoRA iterations per model with each implementation (``flashtune train``) and
   with mlx-lm's own trainer (``mlx_lm lora`` through `flashtune.bench.peer`), same data, seed,
   LoRA and optimizer settings, from ``recipes/finetune-<model>.yaml``. On a GPU each measured
-  run follows a short warm-up run of the same tool (``main/<model>/cold/``, kept and reported
-  on its own) so MLX's on-disk kernel cache is warm for every tool alike.
+  run follows a warm-up run of the same tool (``main/<model>/cold/``, kept and reported on its
+  own), by default just as long, so MLX's on-disk kernel cache holds the kernels of every batch
+  shape the measured run compiles, for every tool alike. (A 5-iteration warm-up left mlx_lm.lora,
+  which compiles ~16 shapes, partly cold: its 100 iterations took 19.0, 16.4 and 14.6 s in
+  three runs in a row on one H100, results/2026-11-24-h100-session4/repeats/.)
 - ``sweep``: ``fixed_length`` runs at several sequence lengths with the same tokens per step
   (8x512 ... 1x4096), from ``recipes/sweep-<model>.yaml``.
 
@@ -36,7 +39,7 @@ IMPLS = ("baseline", "practical", "demo", "poc")
 GPU_MODELS = ("TinyLlama-1.1B", "Qwen2.5-1.5B")
 CPU_MODELS = ("SmolLM2-135M",)
 DEFAULTS = {  # per device kind: what `make reproduce-finetune` runs with no options
-    "gpu": {"models": GPU_MODELS, "lengths": (512, 1024, 2048, 4096), "sweep_tokens": 4096, "warmup_iters": 5},
+    "gpu": {"models": GPU_MODELS, "lengths": (512, 1024, 2048, 4096), "sweep_tokens": 4096, "warmup_iters": -1},
     "cpu": {"models": CPU_MODELS, "lengths": (64, 128, 256), "sweep_tokens": 256, "warmup_iters": 0},
 }
 
@@ -48,8 +51,8 @@ def plan(models: List[str], impls: List[str], suites: List[str], lengths: List[i
     for model in models:
         if "main" in suites:
             for impl in impls:
-                if warmup_iters:
-                    runs.append(Run("cold", model, impl, iters=warmup_iters))
+                if warmup_iters:  # < 0: as long as the measured run
+                    runs.append(Run("cold", model, impl, iters=iters if warmup_iters < 0 else warmup_iters))
                 runs.append(Run("main", model, impl, iters=iters))
         if "sweep" in suites:
             for length in lengths:
@@ -77,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-impls", help=f"comma list for the sweep (default: {', '.join(IMPLS)})")
     parser.add_argument("--sweep-iters", type=int, help="sweep iterations (default: the sweep recipe's)")
     parser.add_argument("--iters", type=int, help="main-suite iterations (default: the recipe's, 100)")
-    parser.add_argument("--warmup-iters", type=int, help="iterations of the warm-up run before each main run (0: none; default 5 GPU, 0 CPU)")
+    parser.add_argument("--warmup-iters", type=int, help="iterations of the warm-up run before each main run (0: none, -1: as many as the measured run; default -1 GPU, 0 CPU)")
     parser.add_argument("--random-init", action="store_true", help="random weights even where real ones are available")
     parser.add_argument("--shipped-data", action="store_true", help="main suite on the shipped dataset instead of 300-1020-token text")
     parser.add_argument("--skip-existing", action="store_true", help="skip runs whose JSONL is already there (resume)")

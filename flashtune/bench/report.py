@@ -368,9 +368,10 @@ def write_report(results: Path) -> Path:
             lines += [f"- {s['impl']} failed: `{(s.get('error') or '').splitlines()[-1:] or ['?']}`" for s in failed] + ([""] if failed else [])
         warm = sorted((s for s in cold if s["model"] == model), key=lambda s: _order(s["impl"]))
         if warm:
-            lines += ["### Warm-up runs", "", "Each measured run above follows a short run of the same tool in the same call, "
-                      "so MLX's on-disk kernel cache (CUDA kernels are JIT-compiled on first use) is warm for every tool "
-                      "alike; the first run of a call on a fresh machine pays the one-time compilation.", "", cold_table(warm), ""]
+            lines += ["### Warm-up runs", "", "Each measured run above follows a warm-up run of the same tool in the same call (by default "
+                      "as long as the measured one), so MLX's on-disk kernel cache (CUDA kernels are JIT-compiled on first "
+                      "use) holds the kernels of every batch shape the measured run compiles, for every tool alike; the first "
+                      "run of a call on a fresh machine pays the one-time compilation.", "", cold_table(warm), ""]
         swept = [s for s in sweep if s["model"] == model]
         if swept:
             label = swept[0]["label"]

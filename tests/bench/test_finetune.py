@@ -22,6 +22,9 @@ def test_plan_pairs_each_warm_up_with_its_run_and_keeps_tokens_per_step():
     assert str(sweep[0].relpath) == "sweep/M/L512-baseline.jsonl"
     assert str(main[0].relpath) == "main/M/cold/baseline.jsonl"
     assert not any(r.suite == "cold" for r in plan(["M"], ["demo"], ["main"], [], 1, 0, None, []))
+    # -1 (the GPU default): the warm-up is as long as the measured run, so it compiles every shape
+    full = plan(["M"], ["demo"], ["main"], [], 1, -1, None, [], iters=100)
+    assert [(r.suite, r.iters) for r in full] == [("cold", 100), ("main", 100)]
 
 
 def test_skip_existing_and_retry_failed(tmp_path):
