@@ -80,6 +80,7 @@ def _fusable(members: List[nn.Module]) -> bool:
     return (
         all(type(m) is MixedPrecisionLoRALinear for m in members)
         and all(type(m.linear) is nn.Linear for m in members)
+        # nn.Dropout keeps 1 - p as _p_1 (no public p); 1.0 means no dropout.
         and all(isinstance(m.dropout, nn.Dropout) and m.dropout._p_1 == 1.0 for m in members)
         and len({m.scale for m in members}) == 1
         and len({m.lora_a.shape[1] for m in members}) == 1

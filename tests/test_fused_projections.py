@@ -9,7 +9,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from flashtune.fused_projections import FusedProjections, fuse_projections, unfuse_projections
-from flashtune.lora import adapter_config, apply_lora
+from flashtune.lora import adapter_config, apply_lora, enable_grad_checkpoint
 from flashtune.patch import patch
 from flashtune.train import loss_sum
 from tests.tiny_models import tiny_model
@@ -99,6 +99,19 @@ def test_only_the_same_computation_is_fused(case):
     else:
         model = tiny_model("llama")
     assert fuse_projections(model) == 0
+
+
+def test_fused_projections_with_gradient_checkpointing():
+    """Checkpointed blocks re-run their forward from updated parameters: the fused projections
+    read the members' LoRA parameters at call time, so gradients stay the same."""
+    model = lora_model("llama")
+    loss, grads = loss_and_grads(model)
+    fuse_projections(model)
+    enable_grad_checkpoint(model)
+    fused_loss, fused_grads = loss_and_grads(model)
+    assert fused_loss == pytest.approx(loss, rel=1e-6)
+    for name in grads:
+        assert_close(fused_grads[name], grads[name], name)
 
 
 def test_compiled_fused_step_matches_uncompiled():
