@@ -25,6 +25,7 @@ time (from the durations seen so far) and stops one that overruns, leaving it fo
 
 import argparse
 import os
+import shlex
 import sys
 import tarfile
 from datetime import date
@@ -42,6 +43,19 @@ DEFAULTS = {  # per device kind: what `make reproduce-finetune` runs with no opt
     "gpu": {"models": GPU_MODELS, "lengths": (512, 1024, 2048, 4096), "sweep_tokens": 4096, "warmup_iters": -1},
     "cpu": {"models": CPU_MODELS, "lengths": (64, 128, 256), "sweep_tokens": 256, "warmup_iters": 0},
 }
+
+
+def check_train_flags(text: str) -> List[str]:
+    """Splits --train-flags and checks them against `flashtune train`'s own parser, before any run."""
+    from flashtune import config as config_module
+
+    flags = shlex.split(text)
+    parser = argparse.ArgumentParser(prog="flashtune train", add_help=False)
+    config_module.add_arguments(parser)
+    _, unknown = parser.parse_known_args(flags)
+    if unknown:
+        raise SystemExit(f"--train-flags: {' '.join(unknown)} not understood by flashtune train; see flashtune train -h")
+    return flags
 
 
 def plan(models: List[str], impls: List[str], suites: List[str], lengths: List[int], sweep_tokens: int,
@@ -90,6 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-dir", help="where mlx_lm's model folders with weights go (default: <cache-dir>/exports)")
     parser.add_argument("--recipes", default=str(REPO / "recipes"), help="recipe folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the timing data and random weights")
+    parser.add_argument("--train-flags", default="", help="extra `flashtune train` flags for every flashtune run, e.g. "
+                        "'--no-fuse-projections' (ablations; mlx_lm.lora runs are unchanged; recorded in each run's command)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip report.md and plots at the end")
     parser.add_argument("--pack", help="also write the results folder as this .tar.gz (to carry it off a device)")
@@ -111,6 +127,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     suites = split(args.suites)
     for name in {*impls, *sweep_impls} - {*IMPLS, TOOL}:
         raise SystemExit(f"unknown implementation {name!r}; choose from {', '.join([*IMPLS, TOOL])}")
+    train_flags = check_train_flags(args.train_flags)
     results = Path(args.results) if args.results else default_results_dir()
     cache = Path(args.cache_dir or os.environ.get("FLASHTUNE_BENCH_CACHE", "~/.cache/flashtune/bench")).expanduser()
     recipes = Path(args.recipes)
@@ -132,7 +149,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     dtype = str(resolve_dtype(None)).split(".")[-1]
     max_length = max(lengths) if "sweep" in suites else 0
     setups = {m: prepare_model(m, cache, dtype, args.seed, max_length, args.random_init, args.export_dir) for m in models}
-    bench = Bench(results, cache, recipes, setups, {}, args.skip_existing, args.retry_failed, args.budget_s)
+    bench = Bench(results, cache, recipes, setups, {}, args.skip_existing, args.retry_failed, args.budget_s, train_flags)
     for i, run in enumerate(runs):
         if run.suite == "cold" and bench.should_skip(runs[i + 1]):  # a warm-up belongs to its measured run
             continue

@@ -86,6 +86,7 @@ class Bench:
     skip_existing: bool = False
     retry_failed: bool = False
     budget_s: Optional[float] = None
+    train_flags: List[str] = field(default_factory=list)  # added to every `flashtune train` (ablations)
     started: float = field(default_factory=time.perf_counter)
     durations: Dict[tuple, List[float]] = field(default_factory=dict)
     counts: Dict[str, int] = field(default_factory=lambda: {"done": 0, "skipped": 0, "left": 0, "failed": 0})
@@ -203,6 +204,7 @@ class Bench:
             command += ["--iters", str(run.iters)]
         if run.suite == "sweep":
             command += ["--fixed-length", str(run.length), "--batch-size", str(run.batch), "--max-seq-length", str(run.length + 1)]
+        command += self.train_flags
         _append(partial, self._header(run, config, command))
         log = self._log(run)
         tic = time.perf_counter()

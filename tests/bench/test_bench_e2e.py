@@ -25,7 +25,7 @@ def test_runs_record_alike_and_failures_are_results(tmp_path):
     (recipes / "finetune-tiny.yaml").write_text(RECIPE)
     setup = ModelSetup("tiny", "pretrained", str(folder), "pretrained", folder, folder, "tiny word-level")
     results = tmp_path / "results"
-    bench = Bench(results, tmp_path, recipes, {"tiny": setup}, {("main", "tiny", None): data})
+    bench = Bench(results, tmp_path, recipes, {"tiny": setup}, {("main", "tiny", None): data}, train_flags=["--no-fuse-projections"])
     assert bench.execute(Run("main", "tiny", "demo")) == "ok"
     assert bench.execute(Run("main", "tiny", "mlx_lm.lora")) == "ok"
     bench.data[("main", "tiny", None)] = broken
@@ -41,6 +41,7 @@ def test_runs_record_alike_and_failures_are_results(tmp_path):
     assert peer["first_to_last_report_s"] > 0 and peer["final_val_loss"] is not None
     assert failed["status"] == "failed" and failed["error"].startswith("DataFormatError: ") and "train.jsonl:2" in failed["error"], failed["error"]
     assert read_run(results / "main" / "tiny" / "baseline.jsonl")["run_info"]["run_info"]  # written by the bench
+    assert ours["bench"]["command"][-1] == "--no-fuse-projections" and ours["run_info"]["config"]["fuse_projections"] is False
     assert not list(results.rglob("*.partial"))
 
     bench.skip_existing = True

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from flashtune.bench import finetune, timing_data
-from flashtune.bench.finetune import IMPLS, TOOL, Bench, Run, plan  # noqa: F401
+from flashtune.bench.finetune import IMPLS, TOOL, Bench, Run, check_train_flags, plan  # noqa: F401
 from flashtune.config import TrainConfig
 
 from .fixtures import write_run
@@ -73,3 +73,10 @@ def test_word_tokenizer_data_hits_exact_token_counts(tmp_path):
     assert not (tmp_path / "fixed" / "valid.jsonl").exists()
     again = timing_data.make_dataset(tmp_path / "var2", tokenizer, kind="variable", lo=30, hi=60, n_train=20, n_valid=4, seed=1)
     assert again["train"]["sha256"] == meta["train"]["sha256"]  # deterministic
+
+
+def test_train_flags_are_checked_before_any_run():
+    assert check_train_flags("--no-fuse-projections --lora-rank 4") == ["--no-fuse-projections", "--lora-rank", "4"]
+    assert check_train_flags("") == []
+    with pytest.raises(SystemExit, match="--bogus 1 not understood by flashtune train"):
+        check_train_flags("--no-pipeline --bogus 1")
