@@ -285,14 +285,14 @@ def train(config: TrainConfig) -> Dict[str, Any]:
                 tic = time.perf_counter()
                 # Dropout noise is a function of (seed, iteration), so a resumed run repeats it.
                 mx.random.seed(config.seed * 1_000_003 + it)
-                shapes, parts = [], []
+                batch_shapes, parts = [], []
                 for _ in range(micro):
                     batch = next(batches)
                     if world_size > 1:
                         batch = data.Batch(*(x[rank::world_size] for x in batch))
-                    shapes.append(tuple(batch.inputs.shape))
+                    batch_shapes.append(tuple(batch.inputs.shape))
                     parts.append(batch)
-                current = iterations.Iteration(it, tic, shapes)
+                current = iterations.Iteration(it, tic, batch_shapes)
                 with iterations.out_of_memory_advice(current):
                     if micro == 1:
                         loss, tokens = full_step(*parts[0])
