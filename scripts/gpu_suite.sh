@@ -3,7 +3,7 @@
 # results under $OUT (default results/gpu).
 #   bash scripts/gpu_suite.sh prepare                    # here: model folders + timing data in $CACHE
 #   bash scripts/gpu_suite.sh profile anchor attention blocks graphs   # on the GPU machine
-#   REPEATS=3 bash scripts/gpu_suite.sh compare          # demo vs mlx_lm.lora only, repeated
+#   REPEATS=3 bash scripts/gpu_suite.sh compare          # demo vs mlx_lm.lora only (IMPLS=...), repeated
 # prepare writes $CACHE (default .device/bench-cache, git-ignored; the same folder that
 # scripts/reproduce_finetune.py --cache-dir reads), so the GPU machine needs neither the embedded
 # wheel nor a model hub. The anchor stage runs ../shared/anchors/lora_probe.py, copied into
@@ -34,11 +34,11 @@ for stage in "$@"; do
       done
       ;;
     compare)
-      # The headline comparison alone (TinyLlama-1.1B demo vs mlx_lm.lora, 100 iterations, each after
-      # a warm-up run as long), REPEATS times in a row; packed, because the device tool does not
-      # bring back folders nested as deep as the results tree.
+      # The headline comparison alone (TinyLlama-1.1B, IMPLS (default demo vs mlx_lm.lora), 100
+      # iterations, each after a warm-up run as long), REPEATS times in a row; packed, because the
+      # device tool does not bring back folders nested as deep as the results tree.
       for rep in $(seq 1 "${REPEATS:-1}"); do
-        $PY scripts/reproduce_finetune.py --device gpu --suites main --models TinyLlama-1.1B --impls demo,mlx_lm.lora \
+        $PY scripts/reproduce_finetune.py --device gpu --suites main --models TinyLlama-1.1B --impls "${IMPLS:-demo,mlx_lm.lora}" \
           --cache-dir "$CACHE" --export-dir /tmp/flashtune-exports --results "/tmp/flashtune-compare/rep$rep" --no-report | tail -3
       done
       tar czf "$OUT/compare.tgz" -C /tmp flashtune-compare

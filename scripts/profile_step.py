@@ -231,6 +231,7 @@ def fresh_step(model):
     """(compiled step, its state) of ``model`` as it is now, with a fresh optimizer (its state
     follows the parameters' dtype) and a fresh trace."""
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
+    optimizer.init(model.trainable_parameters())  # as the trainer does: one trace per shape
     state = [model.state, optimizer.state]
     return compiled_step(model, nn.value_and_grad(model, loss_sum), optimizer, state), state
 

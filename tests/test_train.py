@@ -120,6 +120,33 @@ def test_fused_projections_train_like_separate_ones(tiny, tmp_path):
         np.testing.assert_allclose(np.array(fused[name]), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max(), err_msg=name)
 
 
+def test_each_batch_shape_is_traced_once(tiny, tmp_path, monkeypatch):
+    """The compiled step traces (runs its Python) once per batch shape: the optimizer's state
+    exists before step 1, so step 2 does not see new inputs and compile again."""
+    traced, validating = [], [False]
+    original_loss, original_evaluate = train_module.loss_sum, train_module.evaluate
+
+    def counting_loss(model, inputs, *rest):
+        if not validating[0]:
+            traced.append(tuple(inputs.shape))
+        return original_loss(model, inputs, *rest)
+
+    def flagged_evaluate(*args, **kwargs):
+        validating[0] = True
+        try:
+            return original_evaluate(*args, **kwargs)
+        finally:
+            validating[0] = False
+
+    monkeypatch.setattr(train_module, "loss_sum", counting_loss)
+    monkeypatch.setattr(train_module, "evaluate", flagged_evaluate)
+    out = tmp_path / "run"
+    train_module.train(make_config(tiny, out, iters=6, steps_per_save=100))
+    shapes = [tuple(r["shape"]) for r in records.read(out / "records.jsonl") if "wall_s" in r]
+    assert len(shapes) == 6
+    assert sorted(traced) == sorted(set(shapes))
+
+
 def test_pipelining_is_for_gpus_only(tiny):
     config = make_config(tiny, "unused")
     assert train_module.pipelines(config, "cuda") and train_module.pipelines(config, "metal")
