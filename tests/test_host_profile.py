@@ -1,0 +1,41 @@
+"""scripts/host_profile.py: its first-step split runs end to end, and its py-spy summary counts
+only the samples inside the pipelined loop."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.tiny_models import write_tiny_hf_model
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import host_profile  # noqa: E402
+
+
+def test_first_step_reports_every_lap(tmp_path):
+    model = write_tiny_hf_model(tmp_path / "llama", model_type="llama")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "host_profile.py"), "first-step", "--model", str(model), "--batch", "2", "--length", "64"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    laps = json.loads(done.stdout)["ms"]
+    for step in ("step 1", "step 2", "steady step", "new shape 2x56"):
+        for part in ("trace", "dispatch", "wait"):
+            assert laps[f"{step}: {part}"] >= 0
+    assert any(name.startswith("cuDNN SDPA") for name in laps) and "1 GB allocation (cache cleared): second call" in laps
+
+
+def test_summary_counts_only_the_steady_loop(tmp_path):
+    raw = tmp_path / "steady.txt"
+    raw.write_text(
+        "<module> (x.py:1);steady_loop (x.py:9);mlx::core::eval_impl;mlx::core::gpu::eval;mlx::core::Matmul::eval_gpu;cublasLtMatmul 3\n"
+        "<module> (x.py:1);steady_loop (x.py:9);mlx::core::eval_impl;mlx::core::gpu::eval;mlx::core::Compiled::eval_gpu 1\n"
+        "<module> (x.py:1);build (x.py:5);load_model 96\n"
+    )
+    text = host_profile.summarize(raw)
+    assert text.startswith("4 samples inside steady_loop")
+    assert " 75.0%  mlx::core::Matmul::eval_gpu" in text and " 25.0%  mlx::core::Compiled::eval_gpu" in text
+    assert "load_model" not in text
