@@ -97,7 +97,7 @@ def first_step(args):
     timed_step("steady step", batch)
     timed_step(f"new shape {B}x{L - L // 8}", random_batch(info, B, L - L // 8, 2))
 
-    # What one new shape costs by kind (first call minus nothing: the second call shows steady).
+    # What one new shape costs by kind: the first call builds its plans, the second is steady.
     heads, kv_heads, D, L_new = model.args.num_attention_heads, model.args.num_key_value_heads, model.args.hidden_size // model.args.num_attention_heads, L + 128
     q = mx.random.normal((B, heads, L_new, D)).astype(mx.bfloat16)
     kv = mx.random.normal((B, kv_heads, L_new, D)).astype(mx.bfloat16)
