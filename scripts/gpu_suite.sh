@@ -2,7 +2,7 @@
 # flashtune's GPU measurements besides the fine-tuning comparison, one stage per argument,
 # results under $OUT (default results/gpu).
 #   bash scripts/gpu_suite.sh prepare                    # here: model folders + timing data in $CACHE
-#   bash scripts/gpu_suite.sh profile anchor attention blocks graphs   # on the GPU machine
+#   bash scripts/gpu_suite.sh profile anchor attention blocks graphs host   # on the GPU machine
 #   REPEATS=3 bash scripts/gpu_suite.sh compare          # demo vs mlx_lm.lora only (IMPLS=...), repeated
 # prepare writes $CACHE (default .device/bench-cache, git-ignored; the same folder that
 # scripts/reproduce_finetune.py --cache-dir reads), so the GPU machine needs neither the embedded
@@ -83,6 +83,18 @@ for stage in "$@"; do
           "$OUT/graphs/$setting-iters100.jsonl" "$vars:" | tee -a "$OUT/graphs/summary.txt"
       done
       ;;
-    *) echo "unknown stage $stage (prepare, profile, compare, anchor, attention, blocks, graphs)" >&2; exit 2 ;;
+    host)
+      # Where the host's time goes (scripts/host_profile.py): a process's first steps, the
+      # dispatch cost per kind of op, and, where py-spy is installed (a carried wheel), a native
+      # profile of pipelined steps summarized per MLX primitive.
+      TOKENIZER="$CACHE/models/tinyllama-1.1b-random"
+      $PY scripts/host_profile.py first-step --tokenizer "$TOKENIZER" > "$OUT/host-first-step.json"
+      $PY scripts/host_profile.py op-costs --out "$OUT/host-op-costs.json" | tee "$OUT/host-op-costs.txt"
+      if command -v py-spy > /dev/null; then
+        py-spy record --native -r 500 -f raw -o /tmp/flashtune-steady.txt -- $PY scripts/host_profile.py steady --tokenizer "$TOKENIZER"
+        $PY scripts/host_profile.py summarize /tmp/flashtune-steady.txt | tee "$OUT/host-pyspy-steady-summary.txt"
+      fi
+      ;;
+    *) echo "unknown stage $stage (prepare, profile, compare, anchor, attention, blocks, graphs, host)" >&2; exit 2 ;;
   esac
 done
