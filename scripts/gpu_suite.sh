@@ -85,11 +85,12 @@ for stage in "$@"; do
       ;;
     host)
       # Where the host's time goes (scripts/host_profile.py): a process's first steps, the
-      # dispatch cost per kind of op, and, where py-spy is installed (a carried wheel), a native
-      # profile of pipelined steps summarized per MLX primitive.
+      # dispatch cost per kind of op, the step graph's primitives, and, where py-spy is installed
+      # (a carried wheel), a native profile of pipelined steps summarized per MLX primitive.
       TOKENIZER="$CACHE/models/tinyllama-1.1b-random"
       $PY scripts/host_profile.py first-step --tokenizer "$TOKENIZER" > "$OUT/host-first-step.json"
       $PY scripts/host_profile.py op-costs --out "$OUT/host-op-costs.json" | tee "$OUT/host-op-costs.txt"
+      $PY scripts/host_profile.py graph --tokenizer "$TOKENIZER" > "$OUT/host-step-graph.txt"
       if command -v py-spy > /dev/null; then
         py-spy record --native -r 500 -f raw -o /tmp/flashtune-steady.txt -- $PY scripts/host_profile.py steady --tokenizer "$TOKENIZER"
         $PY scripts/host_profile.py summarize /tmp/flashtune-steady.txt | tee "$OUT/host-pyspy-steady-summary.txt"

@@ -3,6 +3,7 @@
 
     python scripts/host_profile.py first-step [--model M --tokenizer DIR --batch 4 --length 1024]
     python scripts/host_profile.py op-costs
+    python scripts/host_profile.py graph
     py-spy record --native -r 500 -f raw -o steady.txt -- python scripts/host_profile.py steady --steps 150
     python scripts/host_profile.py summarize steady.txt
 
@@ -13,6 +14,7 @@ first-step: a process's first steps, as the trainer runs them (validation forwar
 op-costs: host microseconds per op when a compiled function of 200 independent ops of one kind is
   traced (call) and dispatched (async_eval), per kind (LoRA-shaped matmuls, elementwise, cast,
   reduction, RMSNorm, concatenation).
+graph: how many nodes of each primitive the compiled step's graph has (views marked).
 steady: pipelined steps of the trainer's step (demo, fused projections), for a sampling profiler;
   summarize: the share of samples inside that loop per native frame (py-spy's raw format), and
   which primitive's eval_gpu each sample of MLX's gpu::eval was in.
@@ -32,7 +34,7 @@ from flashtune.fused_projections import fuse_projections
 from flashtune.lora import adapter_config, apply_lora
 from flashtune.patch import patch
 from flashtune.train import loss_sum
-from profile_step import fresh_step
+from profile_step import VIEW_PRIMITIVES, fresh_step, graph_primitives
 
 
 def build(args):
@@ -164,6 +166,16 @@ def op_costs(args):
             json.dump({"ops": n, "device": str(mx.default_device()), "mlx": mx.__version__, "rows": rows}, handle, indent=1)
 
 
+def graph(args):
+    model, info = build(args)
+    step, state = fresh_step(model)
+    counts = graph_primitives(step, random_batch(info, args.batch, args.length, 1), state)
+    kernels = sum(n for name, n in counts.items() if name not in VIEW_PRIMITIVES)
+    print(f"{sum(counts.values())} nodes, {kernels} of them not views (about the kernels launched)")
+    for name, n in counts.most_common():
+        print(f"{n:6d} {name}{'  (view)' if name in VIEW_PRIMITIVES else ''}")
+
+
 def steady_loop(step, batch, state, steps):
     """Pipelined steps, as the trainer runs them on GPUs; the frame a profile is cut to."""
     previous = None
@@ -212,7 +224,7 @@ def summarize(path, top=40):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["first-step", "op-costs", "steady", "summarize"])
+    parser.add_argument("mode", choices=["first-step", "op-costs", "graph", "steady", "summarize"])
     parser.add_argument("path", nargs="?", help="summarize: py-spy raw output")
     parser.add_argument("--model", default="TinyLlama-1.1B")
     parser.add_argument("--tokenizer")
@@ -228,7 +240,7 @@ def main():
             parser.error("summarize needs the py-spy raw file")
         print(summarize(args.path))
     else:
-        {"first-step": first_step, "op-costs": op_costs, "steady": steady}[args.mode](args)
+        {"first-step": first_step, "op-costs": op_costs, "graph": graph, "steady": steady}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ with the same model, LoRA setup and dtype as `flashtune train --init random`.
 """
 
 import argparse
+import collections
 import json
 import os
 import re
@@ -215,16 +216,23 @@ def main():
 VIEW_PRIMITIVES = {"Transpose", "Broadcast", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Reshape", "Slice", "AsStrided"}
 
 
-def graph_size(step, batch, state):
-    """(nodes, nodes that are not views) of one compiled step's graph, after MLX's compile
-    fusion: the host dispatches about one kernel per non-view node."""
+def graph_primitives(step, batch, state):
+    """How many nodes of each primitive one compiled step's graph has, after MLX's compile
+    fusion (fused elementwise kernels show as Compiled... nodes). The step runs once."""
     outputs = [step(*batch)] + [v for _, v in tree_flatten(state) if isinstance(v, mx.array)]
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "step.dot")
         mx.export_to_dot(path, *outputs)
         labels = re.findall(r'label ="([^"]+)"', open(path).read())
     mx.eval(outputs)
-    return len(labels), sum(label.split(" ")[0] not in VIEW_PRIMITIVES for label in labels)
+    return collections.Counter(label.split(" ")[0] for label in labels)
+
+
+def graph_size(step, batch, state):
+    """(nodes, nodes that are not views) of one compiled step's graph: the host dispatches
+    about one kernel per non-view node."""
+    counts = graph_primitives(step, batch, state)
+    return sum(counts.values()), sum(n for name, n in counts.items() if name not in VIEW_PRIMITIVES)
 
 
 def fresh_step(model):
@@ -232,6 +240,7 @@ def fresh_step(model):
     follows the parameters' dtype) and a fresh trace."""
     optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
     optimizer.init(model.trainable_parameters())  # as the trainer does: one trace per shape
+    mx.eval(optimizer.state)  # its zeros are inputs, not part of the step's graph
     state = [model.state, optimizer.state]
     return compiled_step(model, nn.value_and_grad(model, loss_sum), optimizer, state), state
 

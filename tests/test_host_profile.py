@@ -28,6 +28,22 @@ def test_first_step_reports_every_lap(tmp_path):
     assert any(name.startswith("cuDNN SDPA") for name in laps) and "1 GB allocation (cache cleared): second call" in laps
 
 
+def test_graph_counts_the_fused_steps_primitives(tmp_path):
+    model = write_tiny_hf_model(tmp_path / "llama", model_type="llama")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "host_profile.py"), "graph", "--model", str(model), "--batch", "2", "--length", "32"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    nodes, kernels = int(lines[0].split()[0]), int(lines[0].split()[2])
+    counts = {line.split()[1]: int(line.split()[0]) for line in lines[1:]}
+    assert sum(counts.values()) == nodes and 0 < kernels < nodes
+    # Two LoRA'd blocks of four projection groups (q/k/v, o, gate/up, down), each a base matmul
+    # and two LoRA matmuls forward, more backward; elementwise work fused by mx.compile.
+    assert counts["Matmul"] >= 2 * 4 * 3 and any(name.startswith("Compiled") for name in counts)
+
+
 def test_summary_counts_only_the_steady_loop(tmp_path):
     raw = tmp_path / "steady.txt"
     raw.write_text(
