@@ -14,14 +14,19 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import host_profile  # noqa: E402
 
 
-def test_first_step_reports_every_lap(tmp_path):
+def run_on_tiny_model(tmp_path, mode, length):
+    """The script's stdout for ``mode`` on a tiny random Llama, batch 2 x ``length``."""
     model = write_tiny_hf_model(tmp_path / "llama", model_type="llama")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "host_profile.py"), "first-step", "--model", str(model), "--batch", "2", "--length", "64"],
+        [sys.executable, str(ROOT / "scripts" / "host_profile.py"), mode, "--model", str(model), "--batch", "2", "--length", str(length)],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    laps = json.loads(done.stdout)["ms"]
+    return done.stdout
+
+
+def test_first_step_reports_every_lap(tmp_path):
+    laps = json.loads(run_on_tiny_model(tmp_path, "first-step", 64))["ms"]
     for step in ("step 1", "step 2", "steady step", "new shape 2x56"):
         for part in ("trace", "dispatch", "wait"):
             assert laps[f"{step}: {part}"] >= 0
@@ -29,13 +34,7 @@ def test_first_step_reports_every_lap(tmp_path):
 
 
 def test_graph_counts_the_fused_steps_primitives(tmp_path):
-    model = write_tiny_hf_model(tmp_path / "llama", model_type="llama")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "host_profile.py"), "graph", "--model", str(model), "--batch", "2", "--length", "32"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
+    lines = run_on_tiny_model(tmp_path, "graph", 32).splitlines()
     nodes, kernels = int(lines[0].split()[0]), int(lines[0].split()[2])
     counts = {line.split()[1]: int(line.split()[0]) for line in lines[1:]}
     assert sum(counts.values()) == nodes and 0 < kernels < nodes
