@@ -23,6 +23,7 @@ steady: pipelined steps of the trainer's step (demo, fused projections), for a s
 import argparse
 import collections
 import json
+import statistics
 import sys
 import time
 
@@ -34,7 +35,7 @@ from flashtune.fused_projections import fuse_projections
 from flashtune.lora import adapter_config, apply_lora
 from flashtune.patch import patch
 from flashtune.train import loss_sum
-from profile_step import VIEW_PRIMITIVES, fresh_step, graph_primitives
+from profile_step import VIEW_PRIMITIVES, fresh_step, graph_primitives, pipelined_ms
 
 
 def build(args):
@@ -158,8 +159,8 @@ def op_costs(args):
             mx.synchronize()
             calls.append(traced - start)
             dispatches.append(dispatched - traced)
-        per_op = lambda seconds: round(1e6 * sorted(seconds)[len(seconds) // 2] / n, 2)  # noqa: E731
-        rows[name] = {"call_us_per_op": per_op(calls), "dispatch_us_per_op": per_op(dispatches)}
+        rows[name] = {"call_us_per_op": round(1e6 * statistics.median(calls) / n, 2),
+                      "dispatch_us_per_op": round(1e6 * statistics.median(dispatches) / n, 2)}
         print(f"{name:44s} call {rows[name]['call_us_per_op']:6.1f} us/op   dispatch {rows[name]['dispatch_us_per_op']:6.1f} us/op", flush=True)
     if args.out:
         with open(args.out, "w") as handle:
@@ -177,25 +178,16 @@ def graph(args):
 
 
 def steady_loop(step, batch, state, steps):
-    """Pipelined steps, as the trainer runs them on GPUs; the frame a profile is cut to."""
-    previous = None
-    for _ in range(steps):
-        out = step(*batch)
-        mx.async_eval(out, state)
-        if previous is not None:
-            mx.eval(previous)
-        previous = out
-    mx.eval(previous, state)
+    """ms per pipelined step (after 10 warm-up steps), as the trainer runs them on GPUs; its
+    name is the frame a profile is cut to."""
+    return pipelined_ms(lambda: step(*batch), state, 10, steps)
 
 
 def steady(args):
     model, info = build(args)
     step, state = fresh_step(model)
-    batch = random_batch(info, args.batch, args.length, 1)
-    steady_loop(step, batch, state, 10)
-    start = time.perf_counter()
-    steady_loop(step, batch, state, args.steps)
-    print(f"{1e3 * (time.perf_counter() - start) / args.steps:.1f} ms per pipelined step")
+    ms = steady_loop(step, random_batch(info, args.batch, args.length, 1), state, args.steps)
+    print(f"{ms:.1f} ms per pipelined step")
 
 
 def summarize(path, top=40):

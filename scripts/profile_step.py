@@ -114,7 +114,7 @@ def main():
     apply_lora(model, adapter_config(16, 8, 20.0, 0.0), "mixed")
     patch(model, args.attn)
     mx.eval(model.parameters())
-    optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
+    optimizer = initialized_optimizer(model)
     B, L = args.batch, args.length
     tokens = mx.random.randint(0, info.config["vocab_size"], (B, L + 1))
     inputs, targets, mask = tokens[:, :-1], tokens[:, 1:], mx.ones((B, L))
@@ -235,12 +235,19 @@ def graph_size(step, batch, state):
     return sum(counts.values()), sum(n for name, n in counts.items() if name not in VIEW_PRIMITIVES)
 
 
+def initialized_optimizer(model):
+    """AdamW with its state already made, as the trainer does (so a step traces once per shape)
+    and evaluated (its zeros are inputs, not part of the step's graph)."""
+    optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
+    optimizer.init(model.trainable_parameters())
+    mx.eval(optimizer.state)
+    return optimizer
+
+
 def fresh_step(model):
     """(compiled step, its state) of ``model`` as it is now, with a fresh optimizer (its state
     follows the parameters' dtype) and a fresh trace."""
-    optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
-    optimizer.init(model.trainable_parameters())  # as the trainer does: one trace per shape
-    mx.eval(optimizer.state)  # its zeros are inputs, not part of the step's graph
+    optimizer = initialized_optimizer(model)
     state = [model.state, optimizer.state]
     return compiled_step(model, nn.value_and_grad(model, loss_sum), optimizer, state), state
 
