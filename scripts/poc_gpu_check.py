@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -210,11 +211,16 @@ def variants(log, deadline):
         cot = mx.random.normal(q.shape, key=keys[3]).astype(mx.bfloat16)
         out, lse = cuda_kernels.forward(q, k, v, D**-0.5, True)
         mx.eval(out, lse)
-        for config in ((4, 1), (4, 2), (8, 1), (8, 2)):
+        launches = [("sm80", c) for c in ((4, 1), (4, 2), (8, 1), (8, 2))]
+        if cuda_kernels.is_sm90():
+            launches += [("sm90", (n,)) for n in (64, 128)]
+        for kernel, config in launches:
             if time.time() > deadline:
                 return
-            t = timed(lambda: cuda_kernels.forward(q, k, v, D**-0.5, True, config=config))
-            log(f"{layout} L={L} forward (warps, row tiles)={config}: {t * 1e3:.3f} ms "
+            t = timed(lambda: cuda_kernels.forward(
+                q, k, v, D**-0.5, True, config=config, kernel=kernel))
+            what = "(warps, row tiles)" if kernel == "sm80" else "(keys per tile,)"
+            log(f"{layout} L={L} forward {kernel} {what}={config}: {t * 1e3:.3f} ms "
                 f"({causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
         for nw in (4, 8) if D == 64 else (4,):  # 8 warps at D=128: over 227 KB of smem
             if time.time() > deadline:
@@ -235,13 +241,19 @@ def nvcc_report(log):
     header = cuda_kernels._header()
     work = Path("/tmp/poc_nvcc")
     work.mkdir(exist_ok=True)
-    for kind in ("fwd", "bwd"):
+    launches = {"fwd": [(4, 1), (4, 2), (8, 2)], "bwd": [(4, 1), (8, 1)],
+                "fwd_sm90": [(64, 0), (128, 0)]}  # sm90: (BLOCK_N, unused)
+    bodies = {"fwd": cuda_kernels._FWD_BODY, "bwd": cuda_kernels._BWD_BODY,
+              "fwd_sm90": cuda_kernels._FWD_SM90_BODY}
+    for kind in ("fwd", "fwd_sm90", "bwd"):
         for D in cuda_kernels.HEAD_DIMS:
-            for nw, mt in ([(4, 1), (4, 2), (8, 2)] if kind == "fwd" else [(4, 1), (8, 1)]):
-                body = cuda_kernels._FWD_BODY if kind == "fwd" else cuda_kernels._BWD_BODY
-                ins = (["q", "k", "v", "params"] if kind == "fwd"
+            if kind == "fwd_sm90" and D not in cuda_kernels.FWD_SM90_BLOCK_N:
+                continue
+            for nw, mt in launches[kind]:
+                body = bodies[kind]
+                ins = (["q", "k", "v", "params"] if kind.startswith("fwd")
                        else ["q", "k", "v", "dout", "lse", "delta", "params"])
-                outs = ["out", "lse"] if kind == "fwd" else ["dq", "dk", "dv"]
+                outs = ["out", "lse"] if kind.startswith("fwd") else ["dq", "dk", "dv"]
                 types = {"params": "float", "lse": "float", "delta": "float"}
                 sig = []
                 for n in ins:
@@ -254,7 +266,7 @@ def nvcc_report(log):
                        + header + "\nnamespace mlx::core::cu {\nusing T = __nv_bfloat16;\n"
                        + f"__global__ void k_{kind}({', '.join(sig)}) {{\n"
                        + f"constexpr int HEAD_DIM = {D}; constexpr int NWARPS = {nw}; "
-                       + f"constexpr int MTILES = {mt}; "
+                       + f"constexpr int MTILES = {mt}; constexpr int BLOCK_N = {nw}; "
                        + "constexpr bool CAUSAL = true;\n" + body + "}\n}\n")
                 path = work / f"{kind}_{D}_{nw}_{mt}.cu"
                 path.write_text(src)
@@ -265,7 +277,12 @@ def nvcc_report(log):
                 )
                 report = [line.split("info    : ")[-1].strip() for line in result.stderr.splitlines()
                           if "registers" in line or "spill" in line or "error" in line]
-                log(f"{kind} D={D} warps={nw} tiles={mt}: " + "; ".join(report))
+                if shutil.which("cuobjdump") and result.returncode == 0:  # which tensor-core path
+                    sass = subprocess.run(["cuobjdump", "--dump-sass", str(path.with_suffix(".o"))],
+                                          capture_output=True, text=True).stdout
+                    report.append(f"SASS HGMMA {sass.count('HGMMA')}, HMMA {sass.count('HMMA')}")
+                label = f"BLOCK_N={nw}" if kind == "fwd_sm90" else f"warps={nw} tiles={mt}"
+                log(f"{kind} D={D} {label}: " + "; ".join(report))
 
 
 def main():

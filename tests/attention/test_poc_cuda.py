@@ -7,6 +7,7 @@ through ``poc`` to see that the routing picks them.
 
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
 import mlx.core as mx
+import numpy as np
 import pytest
 
 from flashtune.attention import get
@@ -95,12 +96,41 @@ def test_other_head_dims(D, causal):
 @pytest.mark.parametrize("config", [(4, 1), (4, 2), (8, 1), (8, 2)], ids=str)
 @pytest.mark.parametrize("D", [64, 128])
 def test_forward_launch_shapes(config, D):
-    """Every (warps, row tiles) forward launch shape, not only the default ones."""
-    for shape, causal in [((1, 8, 2, 1000, 1000), True), ((2, 4, 2, 127, 300), False)]:
-        q, k, v, cot = random_inputs(shape, D, mx.bfloat16, 6)
-        out, _ = cuda_kernels.forward(q, k, v, D**-0.5, causal, config=config)
+    """Every (warps, row tiles) launch of the mma.sync forward (the one off Hopper)."""
+    check_forward(D, kernel="sm80", config=config)
+
+
+@pytest.mark.skipif(not cuda_kernels.is_sm90(), reason="the wgmma forward needs sm_90")
+@pytest.mark.parametrize("block_n", [64, 128])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
+def test_sm90_forward_tile_sizes(dtype, D, block_n):
+    """The wgmma forward with each K/V tile size, not only the default one."""
+    check_forward(D, kernel="sm90", config=(block_n,), dtype=dtype)
+
+
+def test_hopper_runs_the_wgmma_forward():
+    expected = "sm90" if cuda_kernels.is_sm90() else "sm80"
+    assert [cuda_kernels.forward_kernel(D) for D in (64, 128)] == [expected] * 2
+    assert [cuda_kernels.forward_kernel(D) for D in (32, 80, 96)] == ["sm80"] * 3
+
+
+def check_forward(D, dtype=mx.bfloat16, **launch):
+    """Output and log-sum-exp of one forward launch against float64, on awkward shapes."""
+    cases = [((1, 8, 2, 1000, 1000), True), ((2, 4, 2, 127, 300), False),
+             ((1, 4, 1, 65, 200), True), ((2, 2, 2, 1, 1), True), ((1, 4, 4, 129, 129), False)]
+    for shape, causal in cases:
+        q, k, v, cot = random_inputs(shape, D, dtype, 6)
+        out, lse = cuda_kernels.forward(q, k, v, D**-0.5, causal, **launch)
         want = reference(q, k, v, cot, D**-0.5, causal)[0]
-        assert ref.relative_error(out, want) < TOLERANCE[mx.bfloat16], (shape, causal)
+        assert ref.relative_error(out, want) < TOLERANCE[dtype], (shape, causal)
+        # lse (log2 units) of the same rows, float64 from the scores
+        qd, kd = ref.to64(q), np.repeat(ref.to64(k), shape[1] // shape[2], axis=1)
+        keep, _ = ref.keep_matrix("causal" if causal else None, *out.shape[:3], shape[4])
+        scores = np.where(keep, qd @ kd.swapaxes(-1, -2) * D**-0.5, -np.inf)
+        peak = scores.max(-1, keepdims=True)
+        want_lse = (np.log(np.exp(scores - peak).sum(-1)) + peak[..., 0]) / np.log(2)
+        assert np.allclose(np.array(lse), want_lse, atol=2e-3, rtol=0), (shape, causal)
 
 
 @pytest.mark.parametrize("n_warps", [4, 8])

@@ -18,16 +18,25 @@ BLOCK_N_FWD = 64  # keys per forward tile (BN in flash_fwd)
 # Backward warps: 16 * warps keys (and query rows per step) per CTA. Measured on the H100
 # (kernels/NOTES.md); callers may pass others for experiments.
 FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
+# Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims: keys
+# per K/V tile, chosen so that 3 (D=64) or 2 (D=128) CTAs fit an SM's shared memory.
+FWD_SM90_BLOCK_N = {64: 128, 128: 64}
+FWD_SM90_BLOCK_M = 64  # query rows per CTA: one warpgroup
 BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
 # The backward runs one query head per CTA (float32 dK/dV partials, summed over the GQA
 # group by MLX) unless one CTA per KV head gives at least this many CTAs. Looping over the
 # group inside the CTA was 13-26% slower on the H100 at L=2048, so it is off by default.
 GROUPED_MIN_CTAS = 10**9
 
-_SOURCE = Path(__file__).with_name("flash_attention.cu")
+_SOURCES = [Path(__file__).with_name(n) for n in ("flash_attention.cu", "flash_forward_sm90.cu")]
 
 _FWD_BODY = """
     ftpoc::flash_fwd<T, HEAD_DIM, NWARPS, MTILES, CAUSAL>(
+        q, k, v, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
+"""
+
+_FWD_SM90_BODY = """
+    ftpoc::flash_fwd_sm90<T, HEAD_DIM, BLOCK_N, CAUSAL>(
         q, k, v, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
 """
 
@@ -40,7 +49,14 @@ _BWD_BODY = """
 
 @functools.lru_cache(maxsize=None)
 def _header() -> str:
-    return _SOURCE.read_text()
+    return "\n".join(path.read_text() for path in _SOURCES)
+
+
+@functools.lru_cache(maxsize=None)
+def is_sm90() -> bool:
+    """True on a compute capability 9.x GPU, where MLX compiles for sm_90a (wgmma)."""
+    info = mx.device_info() if mx.cuda.is_available() else {}
+    return info.get("compute_capability_major") == 9 or str(info.get("architecture")) == "sm_90"
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,6 +69,18 @@ def _fwd_kernel(D: int, n_warps: int, m_tiles: int):
         source=_FWD_BODY,
         header=_header(),
         shared_memory=fwd_smem_bytes(D, n_warps, m_tiles),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _fwd_sm90_kernel(D: int, block_n: int):
+    return mx.fast.cuda_kernel(
+        name="ftpoc_flash_fwd_sm90",
+        input_names=["q", "k", "v", "params"],
+        output_names=["out", "lse"],
+        source=_FWD_SM90_BODY,
+        header=_header(),
+        shared_memory=fwd_sm90_smem_bytes(D, block_n),
     )
 
 
@@ -78,6 +106,16 @@ def fwd_smem_bytes(D: int, n_warps: int, m_tiles: int) -> int:
     return (16 * n_warps * m_tiles + 4 * BLOCK_N_FWD) * (D + 8) * 2
 
 
+def fwd_sm90_smem_bytes(D: int, block_n: int) -> int:
+    """1 KB alignment slack, two K and two V tiles (swizzled, unpadded), a padded Q tile."""
+    return 1024 + 4 * block_n * D * 2 + FWD_SM90_BLOCK_M * (D + 8) * 2
+
+
+def forward_kernel(D: int) -> str:
+    """Which forward runs for head dim D on this GPU: "sm90" (wgmma) or "sm80" (mma.sync)."""
+    return "sm90" if D in FWD_SM90_BLOCK_N and is_sm90() else "sm80"
+
+
 def bwd_smem_bytes(D: int, n_warps: int) -> int:
     """K, V, two Q and two dO tiles, dS^T, and two buffers of LSE and delta."""
     block = 16 * n_warps
@@ -96,13 +134,27 @@ def forward(
     causal: bool,
     config: Optional[Tuple[int, int]] = None,
     poison: Optional[float] = None,
+    kernel: Optional[str] = None,
 ) -> Tuple[mx.array, mx.array]:
     """Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32, log2 units.
 
-    ``config`` is (warps, row tiles per warp), default ``FWD_CONFIG``; ``poison`` (tests)
-    pre-fills the outputs, e.g. with NaN, to show that every element is written.
+    ``kernel`` is "sm90" or "sm80", default ``forward_kernel(D)``; ``config`` is, for sm80,
+    (warps, row tiles per warp), default ``FWD_CONFIG``, and for sm90 (keys per tile,),
+    default ``FWD_SM90_BLOCK_N``; ``poison`` (tests) pre-fills the outputs, e.g. with NaN,
+    to show that every element is written.
     """
     B, n_heads, L_q, D = q.shape
+    if (kernel or forward_kernel(D)) == "sm90":
+        (block_n,) = config or (FWD_SM90_BLOCK_N[D],)
+        return _fwd_sm90_kernel(D, block_n)(
+            inputs=[q, k, v, _params(scale)],
+            template=[("T", q.dtype), ("HEAD_DIM", D), ("BLOCK_N", block_n), ("CAUSAL", causal)],
+            grid=(-(-L_q // FWD_SM90_BLOCK_M) * 128, n_heads, B),
+            threadgroup=(128, 1, 1),
+            output_shapes=[q.shape, (B, n_heads, L_q)],
+            output_dtypes=[q.dtype, mx.float32],
+            init_value=poison,
+        )
     n_warps, m_tiles = config or FWD_CONFIG[D]
     block_m = 16 * n_warps * m_tiles
     out, lse = _fwd_kernel(D, n_warps, m_tiles)(

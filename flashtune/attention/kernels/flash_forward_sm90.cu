@@ -1,0 +1,290 @@
+// FlashAttention forward for Hopper (sm_90a): warpgroup MMAs (wgmma) instead of mma.sync.
+//
+// Appended to flash_attention.cu (it uses that file's helpers). One warpgroup (4 warps)
+// per CTA owns BM = 64 query rows; K and V tiles of BN keys are double-buffered in shared
+// memory with cp.async in the 128-byte-swizzled layout that wgmma reads through matrix
+// descriptors. Q is held in registers as wgmma's A operand, so S = Q K^T reads only K from
+// shared memory; P = softmax(S) stays in registers as the A operand of O += P V.
+//
+// wgmma's accumulator layout for m64nNk16 gives warp w of the warpgroup rows 16w..16w+15
+// in exactly mma.sync's C-fragment layout, one 8-column tile per 4 registers, and its A
+// register layout per warp is mma.sync's A fragment: the softmax code of flash_fwd carries
+// over unchanged.
+//
+// Shared-memory layout of a K or V tile (BN rows of D elements): D / 64 panels of 64 columns
+// (128 bytes per row); inside a panel row r's 16-byte chunk c sits at chunk c ^ (r % 8)
+// (the 128-byte swizzle), 8 rows make a 1024-byte atom. K is read K-major (S = Q K^T:
+// reduction over D, contiguous); V is read MN-major (O = P V: reduction over keys, rows).
+
+namespace ftpoc {
+
+// Matrix descriptor: start address, leading and stride byte offsets (all >> 4), 128B swizzle.
+__device__ __forceinline__ unsigned long long sw128_desc(unsigned addr, unsigned lbo,
+                                                         unsigned sbo) {
+  return (unsigned long long)((addr & 0x3FFFF) >> 4) |
+         ((unsigned long long)((lbo >> 4) & 0x3FFF) << 16) |
+         ((unsigned long long)((sbo >> 4) & 0x3FFF) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Writes by cp.async (generic proxy) become visible to wgmma (async proxy).
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Keeps the compiler from touching accumulators across an in-flight wgmma.
+template <int N>
+__device__ __forceinline__ void pin(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+#define FTPOC_D32(d)                                                                         \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),       \
+      "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), \
+      "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),          \
+      "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),          \
+      "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define FTPOC_WGMMA_64x64x16(TYPE)                                                            \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"                                              \
+  "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                                 \
+  " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,"    \
+  "%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, %37;\n}\n"
+
+// d (64 x 64, this thread's 32 floats) += A (64 x 16, registers) * B (16 x 64, descriptor);
+// TRANS_B 0: B is K-major, 1: MN-major. accumulate 0 overwrites d.
+template <typename T, int TRANS_B>
+struct Wgmma;
+
+template <int TRANS_B>
+struct Wgmma<__nv_bfloat16, TRANS_B> {
+  static __device__ __forceinline__ void run(float (&d)[32], const unsigned (&a)[4],
+                                             unsigned long long desc_b, int accumulate) {
+#ifdef __CUDA_ARCH_FEAT_SM90_ALL
+    asm volatile(FTPOC_WGMMA_64x64x16("bf16")
+                 : FTPOC_D32(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(TRANS_B),
+                   "r"(accumulate));
+#else
+    __trap();
+#endif
+  }
+};
+
+template <int TRANS_B>
+struct Wgmma<__half, TRANS_B> {
+  static __device__ __forceinline__ void run(float (&d)[32], const unsigned (&a)[4],
+                                             unsigned long long desc_b, int accumulate) {
+#ifdef __CUDA_ARCH_FEAT_SM90_ALL
+    asm volatile(FTPOC_WGMMA_64x64x16("f16")
+                 : FTPOC_D32(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(TRANS_B),
+                   "r"(accumulate));
+#else
+    __trap();
+#endif
+  }
+};
+
+// Rows [row0, row0 + ROWS) of a row-major (L, D) matrix into the swizzled panel layout,
+// zero-filling rows at or past L. dst is 1024-byte aligned.
+template <typename T, int ROWS, int D, int NT>
+__device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* src, int row0, int L) {
+  constexpr int CPR = D / 8;  // 16-byte chunks per row
+#pragma unroll
+  for (int c = threadIdx.x; c < ROWS * CPR; c += NT) {
+    const int r = c / CPR, ch = c % CPR;
+    const int panel = ch / 8, chunk = ch % 8;
+    const bool valid = row0 + r < L;
+    const T* g = src + (size_t)(valid ? row0 + r : 0) * D + ch * 8;
+    cp_async16(dst + panel * ROWS * 128 + r * 128 + ((chunk ^ (r & 7)) << 4), g, valid);
+  }
+}
+
+// Forward, grid (ceil(Lq / 64), Hq, B), 128 threads. Same outputs as flash_fwd:
+// out (B, Hq, Lq, D) and lse (B, Hq, Lq) in log2 units (+inf on empty rows).
+template <typename T, int D, int BN, bool CAUSAL>
+__device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* v,
+                                               const float* params, int Hq, int Lq, int Hkv,
+                                               int Lk, T* out, float* lse) {
+  static_assert(D % 64 == 0 && BN % 64 == 0, "64-column panels, 64-key wgmma tiles");
+  constexpr int BM = 64, NT = 128, SQ = D + 8, NB = BN / 64, NP = D / 64;
+  constexpr int TILE_BYTES = BN * D * 2;
+  extern __shared__ uint4 ftpoc_smem[];
+  // K/V tiles need 1024-byte alignment (swizzle atoms); the launcher adds 1 KB of slack.
+  const unsigned raw = smem_u32(ftpoc_smem);
+  const unsigned kv_base = (raw + 1023u) & ~1023u;  // [K0, K1, V0, V1]
+  T* Qs = reinterpret_cast<T*>(reinterpret_cast<char*>(ftpoc_smem) + (kv_base - raw) +
+                               4 * TILE_BYTES);
+
+  const float scale_log2 = params[0] * kLog2e;
+  const int mb = gridDim.x - 1 - blockIdx.x;  // longest causal rows first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int hk = h / (Hq / Hkv);
+  const int m0 = mb * BM;
+  const int offset = Lk - Lq;
+  const T* qg = q + (size_t)(b * Hq + h) * Lq * D;
+  const T* kg = k + (size_t)(b * Hkv + hk) * Lk * D;
+  const T* vg = v + (size_t)(b * Hkv + hk) * Lk * D;
+  const int n_end = CAUSAL ? min(Lk, m0 + BM + offset) : Lk;
+  const int n_blocks = n_end > 0 ? (n_end + BN - 1) / BN : 0;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane >> 2, t = lane & 3;
+  const int row_a = m0 + warp * 16 + g, row_b = row_a + 8;
+
+  auto k_tile = [&](int buf) { return kv_base + buf * TILE_BYTES; };
+  auto v_tile = [&](int buf) { return kv_base + (2 + buf) * TILE_BYTES; };
+
+  load_tile<T, BM, D, NT>(Qs, qg, m0, Lq);
+  if (n_blocks > 0) {
+    load_tile_sw128<T, BN, D, NT>(k_tile(0), kg, 0, Lk);
+    load_tile_sw128<T, BN, D, NT>(v_tile(0), vg, 0, Lk);
+  }
+  cp_async_commit();
+
+  float o[NP][32];
+#pragma unroll
+  for (int p = 0; p < NP; ++p)
+#pragma unroll
+    for (int i = 0; i < 32; ++i) o[p][i] = 0.f;
+  float m_a = -pos_inf(), m_b = -pos_inf(), l_a = 0.f, l_b = 0.f;
+  unsigned qf[D / 16][4];
+
+  for (int j = 0; j < n_blocks; ++j) {
+    if (j + 1 < n_blocks) {
+      load_tile_sw128<T, BN, D, NT>(k_tile((j + 1) & 1), kg, (j + 1) * BN, Lk);
+      load_tile_sw128<T, BN, D, NT>(v_tile((j + 1) & 1), vg, (j + 1) * BN, Lk);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    fence_proxy_async();
+    __syncthreads();
+    if (j == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        ldsm_x4(qf[kk], smem_u32(Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SQ +
+                                 kk * 16 + (lane >> 4) * 8));
+    }
+
+    // S = Q K^T: for each 64-key slice, D / 16 steps of 16 along the head dim.
+    float s[NB][32];
+    wgmma_fence();
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const unsigned addr = k_tile(j & 1) + (kk / 4) * BN * 128 + nb * 64 * 128 + (kk % 4) * 32;
+        Wgmma<T, 0>::run(s[nb], qf[kk], sw128_desc(addr, 16, 1024), kk > 0);
+      }
+    wgmma_commit();
+    wgmma_wait_all();
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) pin(s[nb]);
+
+    // Online softmax in log2 units, rows row_a (e = 0, 1) and row_b (e = 2, 3).
+    const int n0 = j * BN;
+    const bool need_mask = (n0 + BN > Lk) || (CAUSAL && n0 + BN - 1 > m0 + offset);
+    float mx_a = -pos_inf(), mx_b = -pos_inf();
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        float x = s[nb][i] * scale_log2;
+        if (need_mask) {
+          const int col = n0 + nb * 64 + (i / 4) * 8 + 2 * t + (i & 1);
+          const int row = (i & 2) ? row_b : row_a;
+          if (col >= Lk || (CAUSAL && col > row + offset)) x = -pos_inf();
+        }
+        s[nb][i] = x;
+        if (i & 2) mx_b = fmaxf(mx_b, x);
+        else mx_a = fmaxf(mx_a, x);
+      }
+    const float new_a = fmaxf(m_a, quad_max(mx_a)), new_b = fmaxf(m_b, quad_max(mx_b));
+    const float base_a = new_a == -pos_inf() ? 0.f : new_a;
+    const float base_b = new_b == -pos_inf() ? 0.f : new_b;
+    const float corr_a = fast_exp2(m_a - base_a), corr_b = fast_exp2(m_b - base_b);
+    m_a = new_a;
+    m_b = new_b;
+    float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) {
+        const float p = fast_exp2(s[nb][i] - ((i & 2) ? base_b : base_a));
+        s[nb][i] = p;
+        if (i & 2) sum_b += p;
+        else sum_a += p;
+      }
+    l_a = l_a * corr_a + sum_a;  // per-thread partial sums; quads summed at the end
+    l_b = l_b * corr_b + sum_b;
+#pragma unroll
+    for (int p = 0; p < NP; ++p)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) o[p][i] *= (i & 2) ? corr_b : corr_a;
+
+    // P as wgmma A fragments: keys 16kk..16kk+15 are C tiles 2kk and 2kk+1.
+    unsigned pa[BN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const float* c0 = &s[kk / 4][(kk % 4) * 8];
+      pa[kk][0] = Mma<T>::pack(c0[0], c0[1]);
+      pa[kk][1] = Mma<T>::pack(c0[2], c0[3]);
+      pa[kk][2] = Mma<T>::pack(c0[4], c0[5]);
+      pa[kk][3] = Mma<T>::pack(c0[6], c0[7]);
+    }
+
+    // O += P V: V read MN-major, 16 keys (two 8-row atoms, 2048 bytes) per step.
+    wgmma_fence();
+#pragma unroll
+    for (int p = 0; p < NP; ++p)
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        const unsigned addr = v_tile(j & 1) + p * BN * 128 + kk * 2048;
+        Wgmma<T, 1>::run(o[p], pa[kk], sw128_desc(addr, 1024, 1024), 1);
+      }
+    wgmma_commit();
+    wgmma_wait_all();
+#pragma unroll
+    for (int p = 0; p < NP; ++p) pin(o[p]);
+    __syncthreads();  // the next iteration's prefetch overwrites this buffer's twin
+  }
+  cp_async_wait<0>();
+
+  T* og = out + (size_t)(b * Hq + h) * Lq * D;
+  float* lg = lse + (size_t)(b * Hq + h) * Lq;
+  const float la = quad_sum(l_a), lb = quad_sum(l_b);
+  const float inv_a = la > 0.f ? 1.f / la : 0.f;
+  const float inv_b = lb > 0.f ? 1.f / lb : 0.f;
+#pragma unroll
+  for (int p = 0; p < NP; ++p)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int col = p * 64 + i * 8 + 2 * t;
+      if (row_a < Lq)
+        *reinterpret_cast<unsigned*>(og + (size_t)row_a * D + col) =
+            Mma<T>::pack(o[p][4 * i] * inv_a, o[p][4 * i + 1] * inv_a);
+      if (row_b < Lq)
+        *reinterpret_cast<unsigned*>(og + (size_t)row_b * D + col) =
+            Mma<T>::pack(o[p][4 * i + 2] * inv_b, o[p][4 * i + 3] * inv_b);
+    }
+  if (t == 0) {
+    if (row_a < Lq) lg[row_a] = la > 0.f ? m_a + log2f(la) : pos_inf();
+    if (row_b < Lq) lg[row_b] = lb > 0.f ? m_b + log2f(lb) : pos_inf();
+  }
+}
+
+}  // namespace ftpoc
