@@ -39,11 +39,22 @@ __device__ __forceinline__ void wgmma_wait_all() {
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
-// Keeps the compiler from touching accumulators across an in-flight wgmma.
+// wgmma reads its register operands and writes its accumulators asynchronously, but the
+// compiler sees them consumed and produced at issue. Passing them through an empty asm
+// after wgmma.wait_group keeps them live (A fragments) and unread (accumulators) until the
+// MMAs are done; without it the tightest build (D=64, 64-key tiles, 112 registers) reused
+// registers of in-flight operands and computed wrong outputs on the H100.
 template <int N>
 __device__ __forceinline__ void pin(float (&r)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void pin(unsigned (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(r[i][e])::"memory");
 }
 
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -194,6 +205,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     wgmma_wait_all();
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) pin(s[nb]);
+    pin(qf);
 
     // Online softmax in log2 units, rows row_a (e = 0, 1) and row_b (e = 2, 3).
     const int n0 = j * BN;
@@ -260,6 +272,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     wgmma_wait_all();
 #pragma unroll
     for (int p = 0; p < NP; ++p) pin(o[p]);
+    pin(pa);
     __syncthreads();  // the next iteration's prefetch overwrites this buffer's twin
   }
   cp_async_wait<0>();
