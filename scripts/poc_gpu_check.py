@@ -213,13 +213,15 @@ def variants(log, deadline):
         mx.eval(out, lse)
         launches = [("sm80", c) for c in ((4, 1), (4, 2), (8, 1), (8, 2))]
         if cuda_kernels.is_sm90():
-            launches += [("sm90", (n,)) for n in (64, 128)]
+            launches += [("sm90", (n, wg, st)) for n in (64, 128)
+                         for wg in (1, 2) for st in (2, 3)
+                         if cuda_kernels.fwd_sm90_smem_bytes(D, n, wg, st) <= 227 * 1024]
         for kernel, config in launches:
             if time.time() > deadline:
                 return
             t = timed(lambda: cuda_kernels.forward(
                 q, k, v, D**-0.5, True, config=config, kernel=kernel))
-            what = "(warps, row tiles)" if kernel == "sm80" else "(keys per tile,)"
+            what = "(warps, row tiles)" if kernel == "sm80" else "(keys per tile, warpgroups, stages)"
             log(f"{layout} L={L} forward {kernel} {what}={config}: {t * 1e3:.3f} ms "
                 f"({causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
         for nw in (4, 8) if D == 64 else (4,):  # 8 warps at D=128: over 227 KB of smem
@@ -242,7 +244,7 @@ def nvcc_report(log):
     work = Path("/tmp/poc_nvcc")
     work.mkdir(exist_ok=True)
     launches = {"fwd": [(4, 1), (4, 2), (8, 2)], "bwd": [(4, 1), (8, 1)],
-                "fwd_sm90": [(64, 0), (128, 0)]}  # sm90: (BLOCK_N, unused)
+                "fwd_sm90": [(64, 1), (128, 1), (64, 2), (128, 2)]}  # sm90: (BLOCK_N, WARPGROUPS)
     bodies = {"fwd": cuda_kernels._FWD_BODY, "bwd": cuda_kernels._BWD_BODY,
               "fwd_sm90": cuda_kernels._FWD_SM90_BODY}
     for kind in ("fwd", "fwd_sm90", "bwd"):
@@ -267,6 +269,7 @@ def nvcc_report(log):
                        + f"__global__ void k_{kind}({', '.join(sig)}) {{\n"
                        + f"constexpr int HEAD_DIM = {D}; constexpr int NWARPS = {nw}; "
                        + f"constexpr int MTILES = {mt}; constexpr int BLOCK_N = {nw}; "
+                       + f"constexpr int WARPGROUPS = {mt}; constexpr int STAGES = 2; "
                        + "constexpr bool CAUSAL = true;\n" + body + "}\n}\n")
                 path = work / f"{kind}_{D}_{nw}_{mt}.cu"
                 path.write_text(src)
@@ -281,7 +284,7 @@ def nvcc_report(log):
                     sass = subprocess.run(["cuobjdump", "--dump-sass", str(path.with_suffix(".o"))],
                                           capture_output=True, text=True).stdout
                     report.append(f"SASS HGMMA {sass.count('HGMMA')}, HMMA {sass.count('HMMA')}")
-                label = f"BLOCK_N={nw}" if kind == "fwd_sm90" else f"warps={nw} tiles={mt}"
+                label = f"BLOCK_N={nw} WARPGROUPS={mt}" if kind == "fwd_sm90" else f"warps={nw} tiles={mt}"
                 log(f"{kind} D={D} {label}: " + "; ".join(report))
 
 

@@ -100,13 +100,17 @@ def test_forward_launch_shapes(config, D):
     check_forward(D, kernel="sm80", config=config)
 
 
+SM90_LAUNCHES = [(D, (n, wg, st)) for D in (64, 128) for n in (64, 128) for wg in (1, 2)
+                 for st in (2, 3)
+                 if cuda_kernels.fwd_sm90_smem_bytes(D, n, wg, st) <= 227 * 1024]
+
+
 @pytest.mark.skipif(not cuda_kernels.is_sm90(), reason="the wgmma forward needs sm_90")
-@pytest.mark.parametrize("block_n", [64, 128])
-@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("D, config", SM90_LAUNCHES, ids=str)
 @pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
-def test_sm90_forward_tile_sizes(dtype, D, block_n):
-    """The wgmma forward with each K/V tile size, not only the default one."""
-    check_forward(D, kernel="sm90", config=(block_n,), dtype=dtype)
+def test_sm90_forward_launches(dtype, D, config):
+    """The wgmma forward with each (keys per tile, warpgroups, stages), not only the default."""
+    check_forward(D, kernel="sm90", config=config, dtype=dtype)
 
 
 def test_hopper_runs_the_wgmma_forward():

@@ -18,10 +18,9 @@ BLOCK_N_FWD = 64  # keys per forward tile (BN in flash_fwd)
 # Backward warps: 16 * warps keys (and query rows per step) per CTA. Measured on the H100
 # (kernels/NOTES.md); callers may pass others for experiments.
 FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
-# Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims: keys
-# per K/V tile, chosen so that 3 (D=64) or 2 (D=128) CTAs fit an SM's shared memory.
-FWD_SM90_BLOCK_N = {64: 128, 128: 64}
-FWD_SM90_BLOCK_M = 64  # query rows per CTA: one warpgroup
+# Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims, with
+# (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tiles in flight).
+FWD_SM90_CONFIG = {64: (128, 1, 2), 128: (64, 1, 2)}
 BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
 # The backward runs one query head per CTA (float32 dK/dV partials, summed over the GQA
 # group by MLX) unless one CTA per KV head gives at least this many CTAs. Looping over the
@@ -36,7 +35,7 @@ _FWD_BODY = """
 """
 
 _FWD_SM90_BODY = """
-    ftpoc::flash_fwd_sm90<T, HEAD_DIM, BLOCK_N, CAUSAL>(
+    ftpoc::flash_fwd_sm90<T, HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL>(
         q, k, v, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
 """
 
@@ -73,14 +72,14 @@ def _fwd_kernel(D: int, n_warps: int, m_tiles: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_sm90_kernel(D: int, block_n: int):
+def _fwd_sm90_kernel(D: int, config: Tuple[int, int, int]):
     return mx.fast.cuda_kernel(
         name="ftpoc_flash_fwd_sm90",
         input_names=["q", "k", "v", "params"],
         output_names=["out", "lse"],
         source=_FWD_SM90_BODY,
         header=_header(),
-        shared_memory=fwd_sm90_smem_bytes(D, block_n),
+        shared_memory=fwd_sm90_smem_bytes(D, *config),
     )
 
 
@@ -106,14 +105,14 @@ def fwd_smem_bytes(D: int, n_warps: int, m_tiles: int) -> int:
     return (16 * n_warps * m_tiles + 4 * BLOCK_N_FWD) * (D + 8) * 2
 
 
-def fwd_sm90_smem_bytes(D: int, block_n: int) -> int:
-    """1 KB alignment slack, two K and two V tiles (swizzled, unpadded), a padded Q tile."""
-    return 1024 + 4 * block_n * D * 2 + FWD_SM90_BLOCK_M * (D + 8) * 2
+def fwd_sm90_smem_bytes(D: int, block_n: int, warpgroups: int, stages: int) -> int:
+    """1 KB alignment slack, K and V tiles per stage (swizzled, unpadded), a padded Q tile."""
+    return 1024 + 2 * stages * block_n * D * 2 + 64 * warpgroups * (D + 8) * 2
 
 
 def forward_kernel(D: int) -> str:
     """Which forward runs for head dim D on this GPU: "sm90" (wgmma) or "sm80" (mma.sync)."""
-    return "sm90" if D in FWD_SM90_BLOCK_N and is_sm90() else "sm80"
+    return "sm90" if D in FWD_SM90_CONFIG and is_sm90() else "sm80"
 
 
 def bwd_smem_bytes(D: int, n_warps: int) -> int:
@@ -139,18 +138,19 @@ def forward(
     """Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32, log2 units.
 
     ``kernel`` is "sm90" or "sm80", default ``forward_kernel(D)``; ``config`` is, for sm80,
-    (warps, row tiles per warp), default ``FWD_CONFIG``, and for sm90 (keys per tile,),
-    default ``FWD_SM90_BLOCK_N``; ``poison`` (tests) pre-fills the outputs, e.g. with NaN,
-    to show that every element is written.
+    (warps, row tiles per warp), default ``FWD_CONFIG``, and for sm90 (keys per tile,
+    warpgroups, stages), default ``FWD_SM90_CONFIG``; ``poison`` (tests) pre-fills the
+    outputs, e.g. with NaN, to show that every element is written.
     """
     B, n_heads, L_q, D = q.shape
     if (kernel or forward_kernel(D)) == "sm90":
-        (block_n,) = config or (FWD_SM90_BLOCK_N[D],)
-        return _fwd_sm90_kernel(D, block_n)(
+        block_n, warpgroups, stages = config = tuple(config or FWD_SM90_CONFIG[D])
+        return _fwd_sm90_kernel(D, config)(
             inputs=[q, k, v, _params(scale)],
-            template=[("T", q.dtype), ("HEAD_DIM", D), ("BLOCK_N", block_n), ("CAUSAL", causal)],
-            grid=(-(-L_q // FWD_SM90_BLOCK_M) * 128, n_heads, B),
-            threadgroup=(128, 1, 1),
+            template=[("T", q.dtype), ("HEAD_DIM", D), ("BLOCK_N", block_n),
+                      ("WARPGROUPS", warpgroups), ("STAGES", stages), ("CAUSAL", causal)],
+            grid=(-(-L_q // (64 * warpgroups)) * 128 * warpgroups, n_heads, B),
+            threadgroup=(128 * warpgroups, 1, 1),
             output_shapes=[q.shape, (B, n_heads, L_q)],
             output_dtypes=[q.dtype, mx.float32],
             init_value=poison,

@@ -1,12 +1,12 @@
 // FlashAttention forward for Hopper (sm_90a): warpgroup MMAs (wgmma) instead of mma.sync.
 //
-// Appended to flash_attention.cu (it uses that file's helpers). One warpgroup (4 warps)
-// per CTA owns BM = 64 query rows; K and V tiles of BN keys are double-buffered in shared
-// memory with cp.async in the 128-byte-swizzled layout that wgmma reads through matrix
-// descriptors. Q is held in registers as wgmma's A operand, so S = Q K^T reads only K from
+// Appended to flash_attention.cu (it uses that file's helpers). Each warpgroup (4 warps)
+// of a CTA owns 64 query rows; K and V tiles of BN keys, shared by the CTA's warpgroups, are
+// multi-buffered in shared memory with cp.async in the 128-byte-swizzled layout that wgmma
+// reads through matrix descriptors. Q is held in registers as wgmma's A operand, so S = Q K^T reads only K from
 // shared memory; P = softmax(S) stays in registers as the A operand of O += P V.
 //
-// wgmma's accumulator layout for m64nNk16 gives warp w of the warpgroup rows 16w..16w+15
+// wgmma's accumulator layout for m64nNk16 gives warp w of a warpgroup rows 16w..16w+15
 // in exactly mma.sync's C-fragment layout, one 8-column tile per 4 registers, and its A
 // register layout per warp is mma.sync's A fragment: the softmax code of flash_fwd carries
 // over unchanged.
@@ -40,10 +40,10 @@ __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 // wgmma reads its register operands and writes its accumulators asynchronously, but the
-// compiler sees them consumed and produced at issue. Passing them through an empty asm
-// after wgmma.wait_group keeps them live (A fragments) and unread (accumulators) until the
-// MMAs are done; without it the tightest build (D=64, 64-key tiles, 112 registers) reused
-// registers of in-flight operands and computed wrong outputs on the H100.
+// compiler sees them consumed and produced at issue, and may move plain arithmetic on them
+// across the (register-less) fence and wait instructions. Passing them through an empty
+// volatile asm before wgmma.fence (their last writes land before the fence) and after
+// wgmma.wait_group (they stay live, and unread, until the MMAs are done) pins them.
 template <int N>
 __device__ __forceinline__ void pin(float (&r)[N]) {
 #pragma unroll
@@ -125,21 +125,22 @@ __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* src, int 
   }
 }
 
-// Forward, grid (ceil(Lq / 64), Hq, B), 128 threads. Same outputs as flash_fwd:
-// out (B, Hq, Lq, D) and lse (B, Hq, Lq) in log2 units (+inf on empty rows).
-template <typename T, int D, int BN, bool CAUSAL>
+// Forward, grid (ceil(Lq / BM), Hq, B), 128 * WG threads: WG warpgroups of 64 query rows
+// each (BM = 64 * WG) share the K/V tiles, STAGES of them in flight. Same outputs as
+// flash_fwd: out (B, Hq, Lq, D) and lse (B, Hq, Lq) in log2 units (+inf on empty rows).
+template <typename T, int D, int BN, int WG, int STAGES, bool CAUSAL>
 __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* v,
                                                const float* params, int Hq, int Lq, int Hkv,
                                                int Lk, T* out, float* lse) {
   static_assert(D % 64 == 0 && BN % 64 == 0, "64-column panels, 64-key wgmma tiles");
-  constexpr int BM = 64, NT = 128, SQ = D + 8, NB = BN / 64, NP = D / 64;
+  constexpr int BM = 64 * WG, NT = 128 * WG, SQ = D + 8, NB = BN / 64, NP = D / 64;
   constexpr int TILE_BYTES = BN * D * 2;
   extern __shared__ uint4 ftpoc_smem[];
   // K/V tiles need 1024-byte alignment (swizzle atoms); the launcher adds 1 KB of slack.
   const unsigned raw = smem_u32(ftpoc_smem);
-  const unsigned kv_base = (raw + 1023u) & ~1023u;  // [K0, K1, V0, V1]
+  const unsigned kv_base = (raw + 1023u) & ~1023u;  // [K 0..STAGES-1, V 0..STAGES-1]
   T* Qs = reinterpret_cast<T*>(reinterpret_cast<char*>(ftpoc_smem) + (kv_base - raw) +
-                               4 * TILE_BYTES);
+                               2 * STAGES * TILE_BYTES);
 
   const float scale_log2 = params[0] * kLog2e;
   const int mb = gridDim.x - 1 - blockIdx.x;  // longest causal rows first
@@ -153,19 +154,23 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
   const int n_end = CAUSAL ? min(Lk, m0 + BM + offset) : Lk;
   const int n_blocks = n_end > 0 ? (n_end + BN - 1) / BN : 0;
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;  // warp / 4: warpgroup
   const int g = lane >> 2, t = lane & 3;
   const int row_a = m0 + warp * 16 + g, row_b = row_a + 8;
 
-  auto k_tile = [&](int buf) { return kv_base + buf * TILE_BYTES; };
-  auto v_tile = [&](int buf) { return kv_base + (2 + buf) * TILE_BYTES; };
+  auto k_tile = [&](int block) { return kv_base + (block % STAGES) * TILE_BYTES; };
+  auto v_tile = [&](int block) { return kv_base + (STAGES + block % STAGES) * TILE_BYTES; };
+  auto load_block = [&](int block) {
+    if (block < n_blocks) {
+      load_tile_sw128<T, BN, D, NT>(k_tile(block), kg, block * BN, Lk);
+      load_tile_sw128<T, BN, D, NT>(v_tile(block), vg, block * BN, Lk);
+    }
+    cp_async_commit();  // one group per block, empty past the end: the waits count groups
+  };
 
   load_tile<T, BM, D, NT>(Qs, qg, m0, Lq);
-  if (n_blocks > 0) {
-    load_tile_sw128<T, BN, D, NT>(k_tile(0), kg, 0, Lk);
-    load_tile_sw128<T, BN, D, NT>(v_tile(0), vg, 0, Lk);
-  }
-  cp_async_commit();
+#pragma unroll
+  for (int block = 0; block < STAGES - 1; ++block) load_block(block);
 
   float o[NP][32];
 #pragma unroll
@@ -176,12 +181,8 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
   unsigned qf[D / 16][4];
 
   for (int j = 0; j < n_blocks; ++j) {
-    if (j + 1 < n_blocks) {
-      load_tile_sw128<T, BN, D, NT>(k_tile((j + 1) & 1), kg, (j + 1) * BN, Lk);
-      load_tile_sw128<T, BN, D, NT>(v_tile((j + 1) & 1), vg, (j + 1) * BN, Lk);
-    }
-    cp_async_commit();
-    cp_async_wait<1>();
+    load_block(j + STAGES - 1);  // its buffer last held block j - 1, done before the barrier
+    cp_async_wait<STAGES - 1>();
     fence_proxy_async();
     __syncthreads();
     if (j == 0) {
@@ -193,12 +194,13 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
 
     // S = Q K^T: for each 64-key slice, D / 16 steps of 16 along the head dim.
     float s[NB][32];
+    pin(qf);
     wgmma_fence();
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        const unsigned addr = k_tile(j & 1) + (kk / 4) * BN * 128 + nb * 64 * 128 + (kk % 4) * 32;
+        const unsigned addr = k_tile(j) + (kk / 4) * BN * 128 + nb * 64 * 128 + (kk % 4) * 32;
         Wgmma<T, 0>::run(s[nb], qf[kk], sw128_desc(addr, 16, 1024), kk > 0);
       }
     wgmma_commit();
@@ -260,12 +262,15 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     }
 
     // O += P V: V read MN-major, 16 keys (two 8-row atoms, 2048 bytes) per step.
+#pragma unroll
+    for (int p = 0; p < NP; ++p) pin(o[p]);  // the rescale above lands before the fence
+    pin(pa);
     wgmma_fence();
 #pragma unroll
     for (int p = 0; p < NP; ++p)
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk) {
-        const unsigned addr = v_tile(j & 1) + p * BN * 128 + kk * 2048;
+        const unsigned addr = v_tile(j) + p * BN * 128 + kk * 2048;
         Wgmma<T, 1>::run(o[p], pa[kk], sw128_desc(addr, 1024, 1024), 1);
       }
     wgmma_commit();
@@ -273,7 +278,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
 #pragma unroll
     for (int p = 0; p < NP; ++p) pin(o[p]);
     pin(pa);
-    __syncthreads();  // the next iteration's prefetch overwrites this buffer's twin
+    __syncthreads();  // the next iteration's prefetch overwrites this block's buffers
   }
   cp_async_wait<0>();
 
