@@ -20,7 +20,7 @@ BLOCK_N_FWD = 64  # keys per forward tile (BN in flash_fwd)
 FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
 # Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims, with
 # (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tiles in flight).
-FWD_SM90_CONFIG = {64: (128, 1, 2), 128: (64, 1, 2)}
+FWD_SM90_CONFIG = {64: (128, 1, 2), 128: (128, 2, 3)}
 BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
 # The backward runs one query head per CTA (float32 dK/dV partials, summed over the GQA
 # group by MLX) unless one CTA per KV head gives at least this many CTAs. Looping over the
