@@ -100,8 +100,8 @@ def test_forward_launch_shapes(config, D):
     check_forward(D, kernel="sm80", config=config)
 
 
-SM90_LAUNCHES = [(D, (n, wg, st)) for D in (64, 128) for n in (64, 128) for wg in (1, 2)
-                 for st in (2, 3)
+SM90_LAUNCHES = [(D, (n, wg, st)) for D, tiles in cuda_kernels.FWD_SM90_BLOCK_N.items()
+                 for n in tiles for wg in (1, 2) for st in (2, 3)
                  if cuda_kernels.fwd_sm90_smem_bytes(D, n, wg, st) <= 227 * 1024]
 
 
@@ -111,6 +111,13 @@ SM90_LAUNCHES = [(D, (n, wg, st)) for D in (64, 128) for n in (64, 128) for wg i
 def test_sm90_forward_launches(dtype, D, config):
     """The wgmma forward with each (keys per tile, warpgroups, stages), not only the default."""
     check_forward(D, kernel="sm90", config=config, dtype=dtype)
+
+
+@pytest.mark.skipif(not cuda_kernels.is_sm90(), reason="the wgmma forward needs sm_90")
+def test_sm90_forward_refuses_tiles_that_failed():
+    q = mx.zeros((1, 1, 8, 64), dtype=mx.bfloat16)
+    with pytest.raises(ValueError, match="64 keys per tile at head dim 64"):
+        cuda_kernels.forward(q, q, q, 0.125, True, config=(64, 1, 2), kernel="sm90")
 
 
 def test_hopper_runs_the_wgmma_forward():

@@ -21,6 +21,10 @@ FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
 # Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims, with
 # (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tiles in flight).
 FWD_SM90_CONFIG = {64: (128, 1, 2), 128: (128, 2, 3)}
+# Keys per tile that passed the float64 checks on the H100, per head dim. At D=64, 64-key
+# tiles read V rows shifted for every block past the first (kernels/NOTES.md; cause not
+# found), so they are refused.
+FWD_SM90_BLOCK_N = {64: (128,), 128: (64, 128)}
 BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
 # The backward runs one query head per CTA (float32 dK/dV partials, summed over the GQA
 # group by MLX) unless one CTA per KV head gives at least this many CTAs. Looping over the
@@ -145,6 +149,9 @@ def forward(
     B, n_heads, L_q, D = q.shape
     if (kernel or forward_kernel(D)) == "sm90":
         block_n, warpgroups, stages = config = tuple(config or FWD_SM90_CONFIG[D])
+        if block_n not in FWD_SM90_BLOCK_N[D]:
+            raise ValueError(f"sm90 forward: {block_n} keys per tile at head dim {D} gives "
+                             f"wrong results; valid: {FWD_SM90_BLOCK_N[D]}")
         return _fwd_sm90_kernel(D, config)(
             inputs=[q, k, v, _params(scale)],
             template=[("T", q.dtype), ("HEAD_DIM", D), ("BLOCK_N", block_n),
