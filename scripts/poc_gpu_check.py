@@ -213,7 +213,7 @@ def variants(log, deadline):
         mx.eval(out, lse)
         launches = [("sm80", c) for c in ((4, 1), (4, 2), (8, 1), (8, 2))]
         if cuda_kernels.is_sm90():
-            launches += [("sm90", (n, wg, st)) for n in (64, 128)
+            launches += [("sm90", (n, wg, st)) for n in cuda_kernels.FWD_SM90_BLOCK_N[D]
                          for wg in (1, 2) for st in (2, 3)
                          if cuda_kernels.fwd_sm90_smem_bytes(D, n, wg, st) <= 227 * 1024]
         for kernel, config in launches:
