@@ -1,0 +1,57 @@
+"""scripts/loss_agreement.py: distances between loss curves and the noise-band verdict."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("loss_agreement", ROOT / "scripts" / "loss_agreement.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(folder: Path, name: str, losses):
+    with open(folder / f"{name}.jsonl", "w") as f:
+        for i, loss in enumerate(losses, 1):
+            f.write(json.dumps({"iter": i, "loss": loss, "wall_s": 0.1}) + "\n")
+        f.write(json.dumps({"iter": len(losses), "eval": True, "val_loss": 1.0}) + "\n")
+
+
+def test_distances_and_verdict(tmp_path):
+    script = load_script()
+    ref = [4.0 - 0.02 * i for i in range(100)]
+    write_run(tmp_path, "demo", ref)
+    write_run(tmp_path, "baseline", [x * 1.02 for x in ref])  # 2% off everywhere
+    write_run(tmp_path, "poc", [x * (1.01 if i % 2 else 0.99) for i, x in enumerate(ref)])  # 1%
+    assert script.main([str(tmp_path)]) == 0
+    table = script.compare(tmp_path, "demo", "poc")
+    assert table["poc"]["mean"] == pytest.approx(0.01)
+    assert table["baseline"]["max"] == pytest.approx(0.02)
+    assert table["poc"]["final_loss"] == pytest.approx(sum(ref[-10:]) / 10, rel=1e-3)
+    text = (tmp_path / "loss-agreement.md").read_text()
+    assert "within the bf16 noise band" in text and (tmp_path / "loss-agreement.png").stat().st_size > 0
+
+
+def test_a_diverging_candidate_is_outside_the_band(tmp_path):
+    script = load_script()
+    ref = [3.0] * 20
+    write_run(tmp_path, "demo", ref)
+    write_run(tmp_path, "practical", [3.03] * 20)
+    write_run(tmp_path, "poc", [3.0 + 0.1 * i for i in range(20)])
+    assert "outside" in script.verdict(script.compare(tmp_path, "demo", "poc"), "poc")
+
+
+def test_missing_run_and_length_mismatch_are_named(tmp_path):
+    script = load_script()
+    write_run(tmp_path, "demo", [1.0] * 5)
+    with pytest.raises(SystemExit, match="no poc.jsonl"):
+        script.compare(tmp_path, "demo", "poc")
+    write_run(tmp_path, "poc", [1.0] * 4)
+    with pytest.raises(ValueError, match="5 vs 4|4 vs 5"):
+        script.compare(tmp_path, "demo", "poc")
