@@ -199,42 +199,42 @@ def timing(log, deadline, out_dir):
     return rows
 
 
-def variants(log, deadline):
-    """Kernel-only timings of launch shapes (cuda.FWD_CONFIG / BWD_WARPS candidates)."""
+def variants(log, deadline, lengths=(2048,)):
+    """Kernel-only timings of launch shapes (cuda.FWD_CONFIG / FWD_SM90_CONFIG / BWD_WARPS candidates)."""
     log("\n## Warp-count variants, bf16 causal, kernels only, median ms")
     for layout, (B, n_heads, n_kv_heads, D) in LAYOUTS.items():
-        L = 2048
-        keys = mx.random.split(mx.random.key(7), 4)
-        q = mx.random.normal((B, n_heads, L, D), key=keys[0]).astype(mx.bfloat16)
-        k = mx.random.normal((B, n_kv_heads, L, D), key=keys[1]).astype(mx.bfloat16)
-        v = mx.random.normal((B, n_kv_heads, L, D), key=keys[2]).astype(mx.bfloat16)
-        cot = mx.random.normal(q.shape, key=keys[3]).astype(mx.bfloat16)
-        out, lse = cuda_kernels.forward(q, k, v, D**-0.5, True)
-        mx.eval(out, lse)
-        launches = [("sm80", c) for c in ((4, 1), (4, 2), (8, 1), (8, 2))]
-        if cuda_kernels.is_sm90():
-            launches += [("sm90", (n, wg, st)) for n in cuda_kernels.FWD_SM90_BLOCK_N[D]
-                         for wg in (1, 2) for st in (2, 3)
-                         if cuda_kernels.fwd_sm90_smem_bytes(D, n, wg, st) <= 227 * 1024]
-        for kernel, config in launches:
-            if time.time() > deadline:
-                return
-            t = timed(lambda: cuda_kernels.forward(
-                q, k, v, D**-0.5, True, config=config, kernel=kernel))
-            what = "(warps, row tiles)" if kernel == "sm80" else "(keys per tile, warpgroups, stages)"
-            log(f"{layout} L={L} forward {kernel} {what}={config}: {t * 1e3:.3f} ms "
-                f"({causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
-        for nw in (4, 8) if D == 64 else (4,):  # 8 warps at D=128: over 227 KB of smem
-            if time.time() > deadline:
-                return
-            for grouped_min in (10**9, 0):
-                cuda_kernels.GROUPED_MIN_CTAS = grouped_min
-                t = timed(lambda: cuda_kernels.backward(
-                    q, k, v, out, lse, cot, D**-0.5, True, n_warps=nw))
-                log(f"{layout} L={L} backward NW={nw} "
-                    f"{'per-q-head' if grouped_min else 'grouped'}: {t * 1e3:.3f} ms "
-                    f"({2.5 * causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
-        cuda_kernels.GROUPED_MIN_CTAS = 10**9
+        for L in lengths:
+            keys = mx.random.split(mx.random.key(7), 4)
+            q = mx.random.normal((B, n_heads, L, D), key=keys[0]).astype(mx.bfloat16)
+            k = mx.random.normal((B, n_kv_heads, L, D), key=keys[1]).astype(mx.bfloat16)
+            v = mx.random.normal((B, n_kv_heads, L, D), key=keys[2]).astype(mx.bfloat16)
+            cot = mx.random.normal(q.shape, key=keys[3]).astype(mx.bfloat16)
+            out, lse = cuda_kernels.forward(q, k, v, D**-0.5, True)
+            mx.eval(out, lse)
+            launches = [("sm80", c) for c in ((4, 1), (4, 2), (8, 1), (8, 2))]
+            if cuda_kernels.is_sm90():
+                launches += [("sm90", (n, wg, st)) for n in cuda_kernels.FWD_SM90_BLOCK_N[D]
+                             for wg in (1, 2) for st in (2, 3)
+                             if cuda_kernels.fwd_sm90_smem_bytes(D, n, wg, st) <= 227 * 1024]
+            for kernel, config in launches:
+                if time.time() > deadline:
+                    return
+                t = timed(lambda: cuda_kernels.forward(
+                    q, k, v, D**-0.5, True, config=config, kernel=kernel))
+                what = "(warps, row tiles)" if kernel == "sm80" else "(keys per tile, warpgroups, stages)"
+                log(f"{layout} L={L} forward {kernel} {what}={config}: {t * 1e3:.3f} ms "
+                    f"({causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
+            for nw in (4, 8) if D == 64 else (4,):  # 8 warps at D=128: over 227 KB of smem
+                if time.time() > deadline:
+                    return
+                for grouped_min in (10**9, 0):
+                    cuda_kernels.GROUPED_MIN_CTAS = grouped_min
+                    t = timed(lambda: cuda_kernels.backward(
+                        q, k, v, out, lse, cot, D**-0.5, True, n_warps=nw))
+                    log(f"{layout} L={L} backward NW={nw} "
+                        f"{'per-q-head' if grouped_min else 'grouped'}: {t * 1e3:.3f} ms "
+                        f"({2.5 * causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
+            cuda_kernels.GROUPED_MIN_CTAS = 10**9
 
 
 def nvcc_report(log):
@@ -294,6 +294,8 @@ def main():
     parser.add_argument("--budget-s", type=float, default=420, help="stop timing after this")
     parser.add_argument("--nvcc", action="store_true", help="only build with nvcc (no GPU)")
     parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--variant-lengths", default="2048",
+                        help="comma-separated sequence lengths for the launch-shape timings")
     args = parser.parse_args()
     start = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -320,7 +322,7 @@ def main():
         log(f"\ncorrectness failures: {failures}  ({time.time() - start:.0f} s so far)")
     deadline = start + args.budget_s
     timing(log, deadline, args.out)
-    variants(log, deadline)
+    variants(log, deadline, [int(x) for x in args.variant_lengths.split(",")])
     log(f"\ntotal {time.time() - start:.0f} s; correctness failures: {failures}")
     return 1 if failures else 0
 

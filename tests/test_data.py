@@ -1,6 +1,5 @@
 """flashtune.data: formats, malformed lines, length limits, batching, resumable order, shipped data."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from flashtune import data
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.scripts import load_script  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +65,7 @@ def test_shipped_dataset_is_small_real_and_split(shipped, tokenizer):
 
 
 def test_shipped_dataset_regenerates_identically():
-    spec = importlib.util.spec_from_file_location("make_dataset", ROOT / "scripts" / "make_dataset.py")
-    make_dataset = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_dataset)
+    make_dataset = load_script("make_dataset")
     for name, text in make_dataset.build().items():
         target = data.default_dataset_dir() / (name if name.endswith(".md") else f"{name}.jsonl")
         assert target.read_text() == text, f"{target} is stale: run python scripts/make_dataset.py"

@@ -1,19 +1,11 @@
 """scripts/loss_agreement.py: distances between loss curves and the noise-band verdict."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("loss_agreement", ROOT / "scripts" / "loss_agreement.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import load_script
 
 
 def write_run(folder: Path, name: str, losses):
@@ -24,7 +16,7 @@ def write_run(folder: Path, name: str, losses):
 
 
 def test_distances_and_verdict(tmp_path):
-    script = load_script()
+    script = load_script("loss_agreement")
     ref = [4.0 - 0.02 * i for i in range(100)]
     write_run(tmp_path, "demo", ref)
     write_run(tmp_path, "baseline", [x * 1.02 for x in ref])  # 2% off everywhere
@@ -39,7 +31,7 @@ def test_distances_and_verdict(tmp_path):
 
 
 def test_a_diverging_candidate_is_outside_the_band(tmp_path):
-    script = load_script()
+    script = load_script("loss_agreement")
     ref = [3.0] * 20
     write_run(tmp_path, "demo", ref)
     write_run(tmp_path, "practical", [3.03] * 20)
@@ -48,7 +40,7 @@ def test_a_diverging_candidate_is_outside_the_band(tmp_path):
 
 
 def test_missing_run_and_length_mismatch_are_named(tmp_path):
-    script = load_script()
+    script = load_script("loss_agreement")
     write_run(tmp_path, "demo", [1.0] * 5)
     with pytest.raises(SystemExit, match="no poc.jsonl"):
         script.compare(tmp_path, "demo", "poc")

@@ -1,28 +1,17 @@
 """scripts/profile_step.py's graph count sees what fusing the projections saves."""
 
-import importlib.util
-from pathlib import Path
-
 import flashtune  # noqa: F401  (BLAS before mlx)
 import mlx.core as mx
 from flashtune import models
 from flashtune.fused_projections import fuse_projections
 from flashtune.lora import adapter_config, apply_lora
 from flashtune.patch import patch
+from tests.scripts import load_script
 from tests.tiny_models import write_tiny_hf_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("profile_step", ROOT / "scripts" / "profile_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_fused_projections_launch_fewer_kernels(tmp_path):
-    profile_step = load_script()
+    profile_step = load_script("profile_step")
     model, _, _ = models.load_model(str(write_tiny_hf_model(tmp_path / "llama", model_type="llama")))
     apply_lora(model, adapter_config(2, 4, 20.0, 0.0))
     patch(model, "baseline")

@@ -62,40 +62,21 @@ def is_sm90() -> bool:
     return info.get("compute_capability_major") == 9 or str(info.get("architecture")) == "sm_90"
 
 
-@functools.lru_cache(maxsize=None)
-def _fwd_kernel(D: int, n_warps: int, m_tiles: int):
-    """Kernel object per shared-memory size; MLX compiles each template instance on first use."""
-    return mx.fast.cuda_kernel(
-        name="ftpoc_flash_fwd",
-        input_names=["q", "k", "v", "params"],
-        output_names=["out", "lse"],
-        source=_FWD_BODY,
-        header=_header(),
-        shared_memory=fwd_smem_bytes(D, n_warps, m_tiles),
-    )
+_FWD_IO = (("q", "k", "v", "params"), ("out", "lse"))
+_BWD_IO = (("q", "k", "v", "dout", "lse", "delta", "params"), ("dq", "dk", "dv"))
 
 
 @functools.lru_cache(maxsize=None)
-def _fwd_sm90_kernel(D: int, config: Tuple[int, int, int]):
+def _kernel(name: str, body: str, io: Tuple[Tuple[str, ...], Tuple[str, ...]], shared_memory: int):
+    """Kernel object per entry point and shared-memory size; MLX compiles each template
+    instance on first use."""
     return mx.fast.cuda_kernel(
-        name="ftpoc_flash_fwd_sm90",
-        input_names=["q", "k", "v", "params"],
-        output_names=["out", "lse"],
-        source=_FWD_SM90_BODY,
+        name=name,
+        input_names=list(io[0]),
+        output_names=list(io[1]),
+        source=body,
         header=_header(),
-        shared_memory=fwd_sm90_smem_bytes(D, *config),
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def _bwd_kernel(D: int, n_warps: int):
-    return mx.fast.cuda_kernel(
-        name="ftpoc_flash_bwd",
-        input_names=["q", "k", "v", "dout", "lse", "delta", "params"],
-        output_names=["dq", "dk", "dv"],
-        source=_BWD_BODY,
-        header=_header(),
-        shared_memory=bwd_smem_bytes(D, n_warps),
+        shared_memory=shared_memory,
     )
 
 
@@ -152,7 +133,8 @@ def forward(
         if block_n not in FWD_SM90_BLOCK_N[D]:
             raise ValueError(f"sm90 forward: {block_n} keys per tile at head dim {D} gives "
                              f"wrong results; valid: {FWD_SM90_BLOCK_N[D]}")
-        return _fwd_sm90_kernel(D, config)(
+        smem = fwd_sm90_smem_bytes(D, *config)
+        return _kernel("ftpoc_flash_fwd_sm90", _FWD_SM90_BODY, _FWD_IO, smem)(
             inputs=[q, k, v, _params(scale)],
             template=[("T", q.dtype), ("HEAD_DIM", D), ("BLOCK_N", block_n),
                       ("WARPGROUPS", warpgroups), ("STAGES", stages), ("CAUSAL", causal)],
@@ -164,7 +146,8 @@ def forward(
         )
     n_warps, m_tiles = config or FWD_CONFIG[D]
     block_m = 16 * n_warps * m_tiles
-    out, lse = _fwd_kernel(D, n_warps, m_tiles)(
+    smem = fwd_smem_bytes(D, n_warps, m_tiles)
+    out, lse = _kernel("ftpoc_flash_fwd", _FWD_BODY, _FWD_IO, smem)(
         inputs=[q, k, v, _params(scale)],
         template=[
             ("T", q.dtype),
@@ -205,7 +188,7 @@ def backward(
     d_out = d_out.astype(q.dtype)
     # delta_i = rowsum(dO_i * O_i), FlashAttention-2's softmax-Jacobian term.
     delta = mx.sum(d_out.astype(mx.float32) * out.astype(mx.float32), axis=-1)
-    dq, dk, dv = _bwd_kernel(D, n_warps)(
+    dq, dk, dv = _kernel("ftpoc_flash_bwd", _BWD_BODY, _BWD_IO, bwd_smem_bytes(D, n_warps))(
         inputs=[q, k, v, d_out, lse, delta, _params(scale)],
         template=[("T", q.dtype), ("HEAD_DIM", D), ("NWARPS", n_warps), ("CAUSAL", causal)],
         grid=(n_kv_blocks * 32 * n_warps, out_heads, B),
