@@ -1,4 +1,6 @@
-"""Launchers for the CUDA flash-attention kernels in flash_attention.cu (mx.fast.cuda_kernel).
+"""Launchers for the CUDA flash-attention kernels (mx.fast.cuda_kernel): flash_attention.cu
+(mma.sync forward and backward, any NVIDIA GPU) and flash_forward_sm90.cu (wgmma forward,
+Hopper; ``forward_kernel`` picks it there for head dims 64 and 128).
 
 ``forward`` returns the output and the per-row log-sum-exp (log2 units); ``backward``
 returns dq, dk, dv. Both take q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) in bf16 or fp16,
@@ -6,10 +8,13 @@ row-contiguous (MLX copies otherwise), with Lq <= Lk when causal (contract.confo
 """
 
 import functools
+import logging
 from pathlib import Path
 from typing import Optional, Tuple
 
 import mlx.core as mx
+
+from flashtune.log import say_once
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 DTYPES = (mx.bfloat16, mx.float16)
@@ -116,7 +121,7 @@ def forward(
     v: mx.array,
     scale: float,
     causal: bool,
-    config: Optional[Tuple[int, int]] = None,
+    config: Optional[Tuple[int, ...]] = None,
     poison: Optional[float] = None,
     kernel: Optional[str] = None,
 ) -> Tuple[mx.array, mx.array]:
@@ -128,7 +133,11 @@ def forward(
     outputs, e.g. with NaN, to show that every element is written.
     """
     B, n_heads, L_q, D = q.shape
-    if (kernel or forward_kernel(D)) == "sm90":
+    kernel = kernel or forward_kernel(D)
+    say_once(f"poc-cuda-forward-{kernel}-{D}",
+             f"poc: CUDA forward '{kernel}' ({'wgmma' if kernel == 'sm90' else 'mma.sync'}) "
+             f"for head dim {D}", logging.INFO)
+    if kernel == "sm90":
         block_n, warpgroups, stages = config = tuple(config or FWD_SM90_CONFIG[D])
         if block_n not in FWD_SM90_BLOCK_N[D]:
             raise ValueError(f"sm90 forward: {block_n} keys per tile at head dim {D} gives "
