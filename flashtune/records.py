@@ -39,12 +39,17 @@ def read(path: Path) -> List[Dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def training_steps(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The training-step records in iteration order (no evaluations). A resumed run appends
+    to the same file: the last record of each iteration wins."""
+    steps = {r["iter"]: r for r in records if "iter" in r and not r.get("eval")}
+    return [steps[i] for i in sorted(steps)]
+
+
 def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Totals of one run: wall time (compile included), median step, tokens/s, memory, losses."""
-    # A resumed run appends to the same file: the last record of each iteration wins.
-    steps = list({r["iter"]: r for r in records if "iter" in r and not r.get("eval")}.values())
-    evals = list({r["iter"]: r for r in records if r.get("eval")}.values())
-    steps.sort(key=lambda r: r["iter"])
+    steps = training_steps(records)
+    evals = list({r["iter"]: r for r in records if r.get("eval")}.values())  # last one wins
     evals.sort(key=lambda r: r["iter"])
     if not steps:
         return {"iters": 0}

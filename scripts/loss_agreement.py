@@ -14,7 +14,7 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -23,10 +23,10 @@ from flashtune import records  # noqa: E402
 from flashtune.bench import plots  # noqa: E402
 
 
-def training_losses(path: Path) -> List[float]:
-    """Per-iteration training loss of one run (the last record of an iteration wins)."""
-    steps = {r["iter"]: r["loss"] for r in records.read(path) if "iter" in r and not r.get("eval")}
-    return [steps[i] for i in sorted(steps)]
+def read_runs(folder: Path) -> Dict[str, List[float]]:
+    """{implementation: per-iteration training loss} of every <impl>.jsonl in the folder."""
+    return {path.stem: [r["loss"] for r in records.training_steps(records.read(path))]
+            for path in sorted(folder.glob("*.jsonl"))}
 
 
 def distances(losses: List[float], reference: List[float]) -> Dict[str, float]:
@@ -38,8 +38,10 @@ def distances(losses: List[float], reference: List[float]) -> Dict[str, float]:
             "final_loss": statistics.fmean(losses[-10:])}
 
 
-def compare(folder: Path, reference: str, candidate: str) -> Dict[str, Dict[str, float]]:
-    runs = {p.stem: training_losses(p) for p in sorted(folder.glob("*.jsonl"))}
+def compare(folder: Path, reference: str, candidate: str,
+            runs: Optional[Dict[str, List[float]]] = None) -> Dict[str, Dict[str, float]]:
+    """Each run's distances to the reference run (``runs``: already read from ``folder``)."""
+    runs = read_runs(folder) if runs is None else runs
     for name in (reference, candidate):
         if name not in runs:
             raise SystemExit(f"no {name}.jsonl in {folder}; runs there: {sorted(runs)}")
@@ -57,16 +59,15 @@ def verdict(table: Dict[str, Dict[str, float]], candidate: str) -> str:
             f"(largest of {', '.join(f'{n} {d:.2%}' for n, d in others.items())})")
 
 
-def plot(folder: Path, reference: str, out: Path) -> Path:
+def plot(runs: Dict[str, List[float]], reference: str, title: str, out: Path) -> Path:
     plt = plots._pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for path in sorted(folder.glob("*.jsonl")):
-        losses = training_losses(path)
-        ax.plot(range(1, len(losses) + 1), losses, label=path.stem, color=plots._color(path.stem),
-                linewidth=2.2 if path.stem == reference else 1.2)
+    for name, losses in runs.items():
+        ax.plot(range(1, len(losses) + 1), losses, label=name, color=plots._color(name),
+                linewidth=2.2 if name == reference else 1.2)
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
-    ax.set_title(f"{folder.name}: training loss per attention implementation")
+    ax.set_title(f"{title}: training loss per attention implementation")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -83,7 +84,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = args.out or args.folder
     out.mkdir(parents=True, exist_ok=True)
-    table = compare(args.folder, args.reference, args.candidate)
+    runs = read_runs(args.folder)
+    table = compare(args.folder, args.reference, args.candidate, runs)
     lines = [f"Training loss vs {args.reference}, per iteration ({args.folder})", "",
              "| run | final loss (last 10) | mean rel. distance | max | last 10 |", "|---|---|---|---|---|"]
     for name, d in table.items():
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     (out / "loss-agreement.md").write_text(text + "\n")
-    plot(args.folder, args.reference, out / "loss-agreement.png")
+    plot(runs, args.reference, args.folder.name, out / "loss-agreement.png")
     return 0
 
 

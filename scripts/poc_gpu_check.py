@@ -213,9 +213,7 @@ def variants(log, deadline, lengths=(2048,)):
             mx.eval(out, lse)
             launches = [("sm80", c) for c in ((4, 1), (4, 2), (8, 1), (8, 2))]
             if cuda_kernels.is_sm90():
-                launches += [("sm90", (n, wg, st)) for n in cuda_kernels.FWD_SM90_BLOCK_N[D]
-                             for wg in (1, 2) for st in (2, 3)
-                             if cuda_kernels.fwd_sm90_smem_bytes(D, n, wg, st) <= 227 * 1024]
+                launches += [("sm90", config) for config in cuda_kernels.sm90_launches(D)]
             for kernel, config in launches:
                 if time.time() > deadline:
                     return
@@ -245,17 +243,15 @@ def nvcc_report(log):
     work.mkdir(exist_ok=True)
     launches = {"fwd": [(4, 1), (4, 2), (8, 2)], "bwd": [(4, 1), (8, 1)],
                 "fwd_sm90": [(64, 1), (128, 1), (64, 2), (128, 2)]}  # sm90: (BLOCK_N, WARPGROUPS)
-    bodies = {"fwd": cuda_kernels._FWD_BODY, "bwd": cuda_kernels._BWD_BODY,
-              "fwd_sm90": cuda_kernels._FWD_SM90_BODY}
+    entry_points = {"fwd": (cuda_kernels._FWD_BODY, cuda_kernels._FWD_IO),
+                    "bwd": (cuda_kernels._BWD_BODY, cuda_kernels._BWD_IO),
+                    "fwd_sm90": (cuda_kernels._FWD_SM90_BODY, cuda_kernels._FWD_IO)}
     for kind in ("fwd", "fwd_sm90", "bwd"):
         for D in cuda_kernels.HEAD_DIMS:
             if kind == "fwd_sm90" and D not in cuda_kernels.FWD_SM90_BLOCK_N:
                 continue
             for nw, mt in launches[kind]:
-                body = bodies[kind]
-                ins = (["q", "k", "v", "params"] if kind.startswith("fwd")
-                       else ["q", "k", "v", "dout", "lse", "delta", "params"])
-                outs = ["out", "lse"] if kind.startswith("fwd") else ["dq", "dk", "dv"]
+                body, (ins, outs) = entry_points[kind]
                 types = {"params": "float", "lse": "float", "delta": "float"}
                 sig = []
                 for n in ins:

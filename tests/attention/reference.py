@@ -25,6 +25,22 @@ def keep_matrix(mask, B, H, L_q, L_k):
     return np.isfinite(m) | (m > 0), np.where(np.isneginf(m), 0.0, m)
 
 
+def masked_scores(q, k_full, scale, mask):
+    """float64 q k^T * scale + bias, (B, H, Lq, Lk), -inf where the mask drops a key; k_full
+    has q's heads (GQA already repeated)."""
+    B, H, L_q, _ = q.shape
+    keep, bias = keep_matrix(mask, B, H, L_q, k_full.shape[2])
+    return np.where(keep, q @ k_full.swapaxes(-1, -2) * scale + bias, -np.inf)
+
+
+def log_sum_exp(q, k, scale, mask):
+    """float64 log-sum-exp of each query row's masked scores, (B, H, Lq) (natural log)."""
+    q, k = to64(q), to64(k)
+    scores = masked_scores(q, np.repeat(k, q.shape[1] // k.shape[1], axis=1), scale, mask)
+    peak = scores.max(-1, keepdims=True)
+    return np.log(np.exp(scores - peak).sum(-1)) + peak[..., 0]
+
+
 def attention(q, k, v, scale, mask, d_out=None):
     """Returns out (and dq, dk, dv for cotangent d_out) in float64; fully masked rows are 0."""
     q, k, v = to64(q), to64(k), to64(v)
@@ -32,8 +48,7 @@ def attention(q, k, v, scale, mask, d_out=None):
     H_kv, L_k = k.shape[1], k.shape[2]
     group = H // H_kv
     k_full, v_full = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
-    keep, bias = keep_matrix(mask, B, H, L_q, L_k)
-    scores = np.where(keep, q @ k_full.swapaxes(-1, -2) * scale + bias, -np.inf)
+    scores = masked_scores(q, k_full, scale, mask)
     row_max = scores.max(-1, keepdims=True)
     row_max = np.where(np.isneginf(row_max), 0.0, row_max)
     probs = np.exp(scores - row_max)

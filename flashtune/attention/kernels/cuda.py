@@ -10,7 +10,7 @@ row-contiguous (MLX copies otherwise), with Lq <= Lk when causal (contract.confo
 import functools
 import logging
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import mlx.core as mx
 
@@ -30,6 +30,7 @@ FWD_SM90_CONFIG = {64: (128, 1, 2), 128: (128, 2, 3)}
 # tiles read V rows shifted for every block past the first (kernels/NOTES.md; cause not
 # found), so they are refused.
 FWD_SM90_BLOCK_N = {64: (128,), 128: (64, 128)}
+MAX_SMEM_BYTES = 227 * 1024  # dynamic shared memory one CTA may have on the H100
 BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
 # The backward runs one query head per CTA (float32 dK/dV partials, summed over the GQA
 # group by MLX) unless one CTA per KV head gives at least this many CTAs. Looping over the
@@ -100,9 +101,23 @@ def fwd_sm90_smem_bytes(D: int, block_n: int, warpgroups: int, stages: int) -> i
     return 1024 + 2 * stages * block_n * D * 2 + 64 * warpgroups * (D + 8) * 2
 
 
+@functools.lru_cache(maxsize=None)
 def forward_kernel(D: int) -> str:
-    """Which forward runs for head dim D on this GPU: "sm90" (wgmma) or "sm80" (mma.sync)."""
-    return "sm90" if D in FWD_SM90_CONFIG and is_sm90() else "sm80"
+    """Which forward runs for head dim D on this GPU: "sm90" (wgmma) or "sm80" (mma.sync).
+
+    Cached, so the choice is logged once per head dim and costs nothing per call."""
+    kernel = "sm90" if D in FWD_SM90_CONFIG and is_sm90() else "sm80"
+    say_once(f"poc-cuda-forward-{kernel}-{D}",
+             f"poc: CUDA forward '{kernel}' ({'wgmma' if kernel == 'sm90' else 'mma.sync'}) "
+             f"for head dim {D}", logging.INFO)
+    return kernel
+
+
+def sm90_launches(D: int) -> List[Tuple[int, int, int]]:
+    """Every allowed (keys per tile, warpgroups, stages) of the wgmma forward at head dim D
+    whose shared memory fits one CTA."""
+    return [(n, wg, st) for n in FWD_SM90_BLOCK_N.get(D, ()) for wg in (1, 2) for st in (2, 3)
+            if fwd_sm90_smem_bytes(D, n, wg, st) <= MAX_SMEM_BYTES]
 
 
 def bwd_smem_bytes(D: int, n_warps: int) -> int:
@@ -133,11 +148,7 @@ def forward(
     outputs, e.g. with NaN, to show that every element is written.
     """
     B, n_heads, L_q, D = q.shape
-    kernel = kernel or forward_kernel(D)
-    say_once(f"poc-cuda-forward-{kernel}-{D}",
-             f"poc: CUDA forward '{kernel}' ({'wgmma' if kernel == 'sm90' else 'mma.sync'}) "
-             f"for head dim {D}", logging.INFO)
-    if kernel == "sm90":
+    if (kernel or forward_kernel(D)) == "sm90":
         block_n, warpgroups, stages = config = tuple(config or FWD_SM90_CONFIG[D])
         if block_n not in FWD_SM90_BLOCK_N[D]:
             raise ValueError(f"sm90 forward: {block_n} keys per tile at head dim {D} gives "

@@ -3,8 +3,9 @@
 // Appended to flash_attention.cu (it uses that file's helpers). Each warpgroup (4 warps)
 // of a CTA owns 64 query rows; K and V tiles of BN keys, shared by the CTA's warpgroups, are
 // multi-buffered in shared memory with cp.async in the 128-byte-swizzled layout that wgmma
-// reads through matrix descriptors. Q is held in registers as wgmma's A operand, so S = Q K^T reads only K from
-// shared memory; P = softmax(S) stays in registers as the A operand of O += P V.
+// reads through matrix descriptors. Q is held in registers as wgmma's A operand, so
+// S = Q K^T reads only K from shared memory; P = softmax(S) stays in registers as the A
+// operand of O += P V.
 //
 // wgmma's accumulator layout for m64nNk16 gives warp w of a warpgroup rows 16w..16w+15
 // in exactly mma.sync's C-fragment layout, one 8-column tile per 4 registers, and its A
@@ -76,7 +77,17 @@ __device__ __forceinline__ float fast_exp2(float x) {
   "%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, %37;\n}\n"
 
 // d (64 x 64, this thread's 32 floats) += A (64 x 16, registers) * B (16 x 64, descriptor);
-// TRANS_B 0: B is K-major, 1: MN-major. accumulate 0 overwrites d.
+// TRANS_B 0: B is K-major, 1: MN-major. accumulate 0 overwrites d. The PTX type is part of
+// the instruction's text, so each element type's specialization issues it through one macro.
+#ifdef __CUDA_ARCH_FEAT_SM90_ALL
+#define FTPOC_WGMMA_ISSUE(TYPE)                                                        \
+  asm volatile(FTPOC_WGMMA_64x64x16(TYPE)                                              \
+               : FTPOC_D32(d)                                                          \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(TRANS_B), \
+                 "r"(accumulate))
+#else
+#define FTPOC_WGMMA_ISSUE(TYPE) __trap()
+#endif
 template <typename T, int TRANS_B>
 struct Wgmma;
 
@@ -84,14 +95,7 @@ template <int TRANS_B>
 struct Wgmma<__nv_bfloat16, TRANS_B> {
   static __device__ __forceinline__ void run(float (&d)[32], const unsigned (&a)[4],
                                              unsigned long long desc_b, int accumulate) {
-#ifdef __CUDA_ARCH_FEAT_SM90_ALL
-    asm volatile(FTPOC_WGMMA_64x64x16("bf16")
-                 : FTPOC_D32(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(TRANS_B),
-                   "r"(accumulate));
-#else
-    __trap();
-#endif
+    FTPOC_WGMMA_ISSUE("bf16");
   }
 };
 
@@ -99,14 +103,7 @@ template <int TRANS_B>
 struct Wgmma<__half, TRANS_B> {
   static __device__ __forceinline__ void run(float (&d)[32], const unsigned (&a)[4],
                                              unsigned long long desc_b, int accumulate) {
-#ifdef __CUDA_ARCH_FEAT_SM90_ALL
-    asm volatile(FTPOC_WGMMA_64x64x16("f16")
-                 : FTPOC_D32(d)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(TRANS_B),
-                   "r"(accumulate));
-#else
-    __trap();
-#endif
+    FTPOC_WGMMA_ISSUE("f16");
   }
 };
 
