@@ -228,11 +228,18 @@ def variants(log, deadline, lengths=(2048,)):
                 for grouped_min in (10**9, 0):
                     cuda_kernels.GROUPED_MIN_CTAS = grouped_min
                     t = timed(lambda: cuda_kernels.backward(
-                        q, k, v, out, lse, cot, D**-0.5, True, n_warps=nw))
-                    log(f"{layout} L={L} backward NW={nw} "
+                        q, k, v, out, lse, cot, D**-0.5, True, n_warps=nw, kernel="sm80"))
+                    log(f"{layout} L={L} backward sm80 NW={nw} "
                         f"{'per-q-head' if grouped_min else 'grouped'}: {t * 1e3:.3f} ms "
                         f"({2.5 * causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
             cuda_kernels.GROUPED_MIN_CTAS = 10**9
+            for config in cuda_kernels.bwd_sm90_launches(D) if cuda_kernels.is_sm90() else []:
+                if time.time() > deadline:
+                    return
+                t = timed(lambda: cuda_kernels.backward(
+                    q, k, v, out, lse, cot, D**-0.5, True, kernel="sm90", config=config))
+                log(f"{layout} L={L} backward sm90 (warpgroups, query row tiles)={config}: "
+                    f"{t * 1e3:.3f} ms ({2.5 * causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
 
 
 def nvcc_report(log):
@@ -245,12 +252,16 @@ def nvcc_report(log):
                 "fwd_sm90": [(64, 1), (128, 1), (64, 2), (128, 2)]}  # sm90: (BLOCK_N, WARPGROUPS)
     entry_points = {"fwd": (cuda_kernels._FWD_BODY, cuda_kernels._FWD_IO),
                     "bwd": (cuda_kernels._BWD_BODY, cuda_kernels._BWD_IO),
-                    "fwd_sm90": (cuda_kernels._FWD_SM90_BODY, cuda_kernels._FWD_IO)}
-    for kind in ("fwd", "fwd_sm90", "bwd"):
+                    "fwd_sm90": (cuda_kernels._FWD_SM90_BODY, cuda_kernels._FWD_IO),
+                    "bwd_sm90": (cuda_kernels._BWD_SM90_BODY, cuda_kernels._BWD_IO)}
+    labels = {"fwd_sm90": "BLOCK_N={} WARPGROUPS={}", "bwd_sm90": "WARPGROUPS={} QTILES={}"}
+    for kind in ("fwd", "fwd_sm90", "bwd", "bwd_sm90"):
         for D in cuda_kernels.HEAD_DIMS:
             if kind == "fwd_sm90" and D not in cuda_kernels.FWD_SM90_BLOCK_N:
                 continue
-            for nw, mt in launches[kind]:
+            # bwd_sm90: (WARPGROUPS, QTILES)
+            shapes = cuda_kernels.bwd_sm90_launches(D) if kind == "bwd_sm90" else launches[kind]
+            for nw, mt in shapes:
                 body, (ins, outs) = entry_points[kind]
                 types = {"params": "float", "lse": "float", "delta": "float"}
                 sig = []
@@ -265,7 +276,8 @@ def nvcc_report(log):
                        + f"__global__ void k_{kind}({', '.join(sig)}) {{\n"
                        + f"constexpr int HEAD_DIM = {D}; constexpr int NWARPS = {nw}; "
                        + f"constexpr int MTILES = {mt}; constexpr int BLOCK_N = {nw}; "
-                       + f"constexpr int WARPGROUPS = {mt}; constexpr int STAGES = 2; "
+                       + f"constexpr int WARPGROUPS = {nw if kind == 'bwd_sm90' else mt}; "
+                       + f"constexpr int QTILES = {mt}; constexpr int STAGES = 2; "
                        + "constexpr bool CAUSAL = true;\n" + body + "}\n}\n")
                 path = work / f"{kind}_{D}_{nw}_{mt}.cu"
                 path.write_text(src)
@@ -280,7 +292,7 @@ def nvcc_report(log):
                     sass = subprocess.run(["cuobjdump", "--dump-sass", str(path.with_suffix(".o"))],
                                           capture_output=True, text=True).stdout
                     report.append(f"SASS HGMMA {sass.count('HGMMA')}, HMMA {sass.count('HMMA')}")
-                label = f"BLOCK_N={nw} WARPGROUPS={mt}" if kind == "fwd_sm90" else f"warps={nw} tiles={mt}"
+                label = labels.get(kind, "warps={} tiles={}").format(nw, mt)
                 log(f"{kind} D={D} {label}: " + "; ".join(report))
 
 

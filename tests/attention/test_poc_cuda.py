@@ -118,10 +118,11 @@ def test_sm90_forward_refuses_tiles_that_failed():
         cuda_kernels.forward(q, q, q, 0.125, True, config=(64, 1, 2), kernel="sm90")
 
 
-def test_hopper_runs_the_wgmma_forward():
+def test_hopper_runs_the_wgmma_kernels():
     expected = "sm90" if cuda_kernels.is_sm90() else "sm80"
-    assert [cuda_kernels.forward_kernel(D) for D in (64, 128)] == [expected] * 2
-    assert [cuda_kernels.forward_kernel(D) for D in (32, 80, 96)] == ["sm80"] * 3
+    for choose in (cuda_kernels.forward_kernel, cuda_kernels.backward_kernel):
+        assert [choose(D) for D in (64, 128)] == [expected] * 2
+        assert [choose(D) for D in (32, 80, 96)] == ["sm80"] * 3
 
 
 def check_forward(D, dtype=mx.bfloat16, **launch):
@@ -141,13 +142,35 @@ def check_forward(D, dtype=mx.bfloat16, **launch):
 @pytest.mark.parametrize("n_warps", [4, 8])
 @pytest.mark.parametrize("grouped_min_ctas", [0, 10**9], ids=["grouped", "per-head"])
 def test_backward_launch_shapes(n_warps, grouped_min_ctas, monkeypatch):
+    """The mma.sync backward (the one off Hopper) with each warp count and GQA strategy."""
     monkeypatch.setattr(cuda_kernels, "GROUPED_MIN_CTAS", grouped_min_ctas)
-    for shape, causal in [((1, 8, 2, 1000, 1000), True), ((2, 4, 2, 127, 300), False)]:
-        q, k, v, cot = random_inputs(shape, 64, mx.bfloat16, 8)
-        out, lse = cuda_kernels.forward(q, k, v, 0.125, causal)
-        grads = cuda_kernels.backward(q, k, v, out, lse, cot, 0.125, causal, n_warps=n_warps)
-        for got, want in zip(grads, reference(q, k, v, cot, 0.125, causal)[1:]):
-            assert ref.relative_error(got, want) < TOLERANCE[mx.bfloat16], (shape, causal)
+    check_backward(64, kernel="sm80", n_warps=n_warps)
+
+
+SM90_BWD_LAUNCHES = [(D, c) for D in (64, 128) for c in cuda_kernels.bwd_sm90_launches(D)]
+
+
+@pytest.mark.skipif(not cuda_kernels.is_sm90(), reason="the wgmma backward needs sm_90")
+@pytest.mark.parametrize("D, config", SM90_BWD_LAUNCHES, ids=str)
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
+def test_sm90_backward_launches(dtype, D, config):
+    """The wgmma backward with each (warpgroups, query row tiles), not only the default."""
+    check_backward(D, dtype, kernel="sm90", config=config)
+
+
+def check_backward(D, dtype=mx.bfloat16, **launch):
+    """dq, dk, dv of one backward launch against float64, on awkward shapes."""
+    cases = [((1, 8, 2, 1000, 1000), True), ((2, 4, 2, 127, 300), False),
+             ((1, 4, 1, 65, 200), True), ((2, 2, 2, 1, 1), True), ((1, 4, 4, 129, 129), False)]
+    for shape, causal in cases:
+        q, k, v, cot = random_inputs(shape, D, dtype, 8)
+        out, lse = cuda_kernels.forward(q, k, v, D**-0.5, causal)
+        grads = cuda_kernels.backward(q, k, v, out, lse, cot, D**-0.5, causal, **launch)
+        for name, got, want in zip(("dq", "dk", "dv"), grads,
+                                   reference(q, k, v, cot, D**-0.5, causal)[1:]):
+            assert got.dtype == dtype, name
+            error = ref.relative_error(got, want)
+            assert error < TOLERANCE[dtype], (name, shape, causal, error)
 
 
 def test_forward_writes_every_output():

@@ -1,6 +1,7 @@
 """Launchers for the CUDA flash-attention kernels (mx.fast.cuda_kernel): flash_attention.cu
-(mma.sync forward and backward, any NVIDIA GPU) and flash_forward_sm90.cu (wgmma forward,
-Hopper; ``forward_kernel`` picks it there for head dims 64 and 128).
+(mma.sync forward and backward, any NVIDIA GPU), flash_forward_sm90.cu and
+flash_backward_sm90.cu (wgmma forward and backward, Hopper; ``forward_kernel`` and
+``backward_kernel`` pick them there for head dims 64 and 128).
 
 ``forward`` returns the output and the per-row log-sum-exp (log2 units); ``backward``
 returns dq, dk, dv. Both take q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) in bf16 or fp16,
@@ -32,12 +33,16 @@ FWD_SM90_CONFIG = {64: (128, 1, 2), 128: (128, 2, 3)}
 FWD_SM90_BLOCK_N = {64: (128,), 128: (64, 128)}
 MAX_SMEM_BYTES = 227 * 1024  # dynamic shared memory one CTA may have on the H100
 BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
+# Hopper runs the wgmma backward (flash_backward_sm90.cu) for these head dims, with
+# (warpgroups of 64 keys per CTA, row tiles of 64 queries per step).
+BWD_SM90_CONFIG = {64: (2, 2), 128: (2, 1)}
 # The backward runs one query head per CTA (float32 dK/dV partials, summed over the GQA
 # group by MLX) unless one CTA per KV head gives at least this many CTAs. Looping over the
 # group inside the CTA was 13-26% slower on the H100 at L=2048, so it is off by default.
 GROUPED_MIN_CTAS = 10**9
 
-_SOURCES = [Path(__file__).with_name(n) for n in ("flash_attention.cu", "flash_forward_sm90.cu")]
+_SOURCES = [Path(__file__).with_name(n)
+            for n in ("flash_attention.cu", "flash_forward_sm90.cu", "flash_backward_sm90.cu")]
 
 _FWD_BODY = """
     ftpoc::flash_fwd<T, HEAD_DIM, NWARPS, MTILES, CAUSAL>(
@@ -47,6 +52,16 @@ _FWD_BODY = """
 _FWD_SM90_BODY = """
     ftpoc::flash_fwd_sm90<T, HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL>(
         q, k, v, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
+"""
+
+_BWD_SM90_BODY = """
+    ftpoc::flash_bwd_sm90<T, HEAD_DIM, WARPGROUPS, QTILES, CAUSAL>(
+        q, k, v, dout, lse, delta, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2],
+        dq, dk, dv);
+"""
+
+_DELTA_BODY = """
+    ftpoc::softmax_delta<T, HEAD_DIM>(dout, o, delta, o_shape[0] * o_shape[1] * o_shape[2]);
 """
 
 _BWD_BODY = """
@@ -70,6 +85,7 @@ def is_sm90() -> bool:
 
 _FWD_IO = (("q", "k", "v", "params"), ("out", "lse"))
 _BWD_IO = (("q", "k", "v", "dout", "lse", "delta", "params"), ("dq", "dk", "dv"))
+_DELTA_IO = (("dout", "o"), ("delta",))
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,16 +117,26 @@ def fwd_sm90_smem_bytes(D: int, block_n: int, warpgroups: int, stages: int) -> i
     return 1024 + 2 * stages * block_n * D * 2 + 64 * warpgroups * (D + 8) * 2
 
 
+def _choose(direction: str, D: int, sm90_head_dims) -> str:
+    kernel = "sm90" if D in sm90_head_dims and is_sm90() else "sm80"
+    say_once(f"poc-cuda-{direction}-{kernel}-{D}",
+             f"poc: CUDA {direction} '{kernel}' ({'wgmma' if kernel == 'sm90' else 'mma.sync'}) "
+             f"for head dim {D}", logging.INFO)
+    return kernel
+
+
 @functools.lru_cache(maxsize=None)
 def forward_kernel(D: int) -> str:
     """Which forward runs for head dim D on this GPU: "sm90" (wgmma) or "sm80" (mma.sync).
 
     Cached, so the choice is logged once per head dim and costs nothing per call."""
-    kernel = "sm90" if D in FWD_SM90_CONFIG and is_sm90() else "sm80"
-    say_once(f"poc-cuda-forward-{kernel}-{D}",
-             f"poc: CUDA forward '{kernel}' ({'wgmma' if kernel == 'sm90' else 'mma.sync'}) "
-             f"for head dim {D}", logging.INFO)
-    return kernel
+    return _choose("forward", D, FWD_SM90_CONFIG)
+
+
+@functools.lru_cache(maxsize=None)
+def backward_kernel(D: int) -> str:
+    """Which backward runs for head dim D on this GPU: "sm90" (wgmma) or "sm80" (mma.sync)."""
+    return _choose("backward", D, BWD_SM90_CONFIG)
 
 
 def sm90_launches(D: int) -> List[Tuple[int, int, int]]:
@@ -124,6 +150,21 @@ def bwd_smem_bytes(D: int, n_warps: int) -> int:
     """K, V, two Q and two dO tiles, dS^T, and two buffers of LSE and delta."""
     block = 16 * n_warps
     return 6 * block * (D + 8) * 2 + block * (block + 8) * 2 + 4 * block * 4
+
+
+def bwd_sm90_smem_bytes(D: int, warpgroups: int, q_tiles: int) -> int:
+    """1 KB alignment slack, K and V (64 keys per warpgroup), two Q and two dO tiles
+    (64 rows per row tile), dS^T, and two buffers of LSE and delta."""
+    block_n, block_m = 64 * warpgroups, 64 * q_tiles
+    return 1024 + 2 * block_n * D * 2 + 4 * block_m * D * 2 + block_n * block_m * 2 + 4 * block_m * 4
+
+
+def bwd_sm90_launches(D: int) -> List[Tuple[int, int]]:
+    """Every (warpgroups, query row tiles) of the wgmma backward at head dim D that fits one
+    CTA's shared memory and splits dQ's 64 x 64 tiles evenly over the warpgroups."""
+    return [(wg, qm) for wg in (1, 2) for qm in (1, 2)
+            if D in BWD_SM90_CONFIG and qm * (D // 64) % wg == 0
+            and bwd_sm90_smem_bytes(D, wg, qm) <= MAX_SMEM_BYTES]
 
 
 def _params(scale: float) -> mx.array:
@@ -185,6 +226,22 @@ def forward(
     return out, lse
 
 
+def softmax_delta(d_out: mx.array, out: mx.array) -> mx.array:
+    """rowsum(dO * O) in float32, (B, Hq, Lq): FlashAttention-2's softmax-Jacobian term.
+
+    One kernel reading both once; as MLX ops it took two float32 copies and a reduction."""
+    B, n_heads, L_q, D = out.shape
+    rows_per_block = 4
+    return _kernel("ftpoc_softmax_delta", _DELTA_BODY, _DELTA_IO, 0)(
+        inputs=[d_out, out.astype(d_out.dtype)],
+        template=[("T", d_out.dtype), ("HEAD_DIM", D)],
+        grid=(-(-B * n_heads * L_q // rows_per_block) * 32 * rows_per_block, 1, 1),
+        threadgroup=(32 * rows_per_block, 1, 1),
+        output_shapes=[(B, n_heads, L_q)],
+        output_dtypes=[mx.float32],
+    )[0]
+
+
 def backward(
     q: mx.array,
     k: mx.array,
@@ -195,27 +252,49 @@ def backward(
     scale: float,
     causal: bool,
     n_warps: int = 0,
+    kernel: Optional[str] = None,
+    config: Optional[Tuple[int, int]] = None,
 ) -> Tuple[mx.array, mx.array, mx.array]:
-    """dq, dk, dv in the inputs' dtype; dQ accumulates with float32 atomics."""
+    """dq, dk, dv in the inputs' dtype; dQ accumulates with float32 atomics.
+
+    ``kernel`` is "sm90" or "sm80", default ``backward_kernel(D)``; sm90 takes ``config``
+    (warpgroups, query row tiles), default ``BWD_SM90_CONFIG``; sm80 takes ``n_warps``,
+    default ``BWD_WARPS``.
+    """
     B, n_heads, L_q, D = q.shape
     n_kv_heads, L_k = k.shape[1], k.shape[2]
     group = n_heads // n_kv_heads
-    n_warps = n_warps or BWD_WARPS[D]
-    block_n = 16 * n_warps
-    n_kv_blocks = -(-L_k // block_n)
-    grouped = group > 1 and B * n_kv_heads * n_kv_blocks >= GROUPED_MIN_CTAS
-    out_heads = n_kv_heads if grouped else n_heads
     d_out = d_out.astype(q.dtype)
-    # delta_i = rowsum(dO_i * O_i), FlashAttention-2's softmax-Jacobian term.
-    delta = mx.sum(d_out.astype(mx.float32) * out.astype(mx.float32), axis=-1)
-    dq, dk, dv = _kernel("ftpoc_flash_bwd", _BWD_BODY, _BWD_IO, bwd_smem_bytes(D, n_warps))(
-        inputs=[q, k, v, d_out, lse, delta, _params(scale)],
-        template=[("T", q.dtype), ("HEAD_DIM", D), ("NWARPS", n_warps), ("CAUSAL", causal)],
-        grid=(n_kv_blocks * 32 * n_warps, out_heads, B),
-        threadgroup=(32 * n_warps, 1, 1),
+    inputs = [q, k, v, d_out, lse, softmax_delta(d_out, out), _params(scale)]
+    if (kernel or backward_kernel(D)) == "sm90":
+        warpgroups, q_tiles = config or BWD_SM90_CONFIG[D]
+        n_kv_blocks = -(-L_k // (64 * warpgroups))
+        out_heads = n_kv_heads  # the kernel sums dK, dV over the GQA group
+        launch = dict(
+            template=[("T", q.dtype), ("HEAD_DIM", D), ("WARPGROUPS", warpgroups),
+                      ("QTILES", q_tiles), ("CAUSAL", causal)],
+            grid=(n_kv_blocks * 128 * warpgroups, n_heads, B),
+            threadgroup=(128 * warpgroups, 1, 1),
+        )
+        function = _kernel("ftpoc_flash_bwd_sm90", _BWD_SM90_BODY, _BWD_IO,
+                           bwd_sm90_smem_bytes(D, warpgroups, q_tiles))
+    else:
+        n_warps = n_warps or BWD_WARPS[D]
+        n_kv_blocks = -(-L_k // (16 * n_warps))
+        grouped = group > 1 and B * n_kv_heads * n_kv_blocks >= GROUPED_MIN_CTAS
+        out_heads = n_kv_heads if grouped else n_heads
+        launch = dict(
+            template=[("T", q.dtype), ("HEAD_DIM", D), ("NWARPS", n_warps), ("CAUSAL", causal)],
+            grid=(n_kv_blocks * 32 * n_warps, out_heads, B),
+            threadgroup=(32 * n_warps, 1, 1),
+        )
+        function = _kernel("ftpoc_flash_bwd", _BWD_BODY, _BWD_IO, bwd_smem_bytes(D, n_warps))
+    dq, dk, dv = function(
+        inputs=inputs,
         output_shapes=[q.shape, (B, out_heads, L_k, D), (B, out_heads, L_k, D)],
         output_dtypes=[mx.float32, mx.float32, mx.float32],
         init_value=0.0,
+        **launch,
     )
     if out_heads != n_kv_heads:
         dk = dk.reshape(B, n_kv_heads, group, L_k, D).sum(axis=2)  # (B, Hkv, Lk, D)

@@ -113,6 +113,24 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+
+// delta[row] = sum over d of dO[row, d] * O[row, d] in float32 (FlashAttention-2's
+// softmax-Jacobian term, one per query row): one warp per row, rows = B * Hq * Lq.
+template <typename T, int D>
+__device__ __forceinline__ void softmax_delta(const T* dout, const T* o, float* delta, int rows) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  float acc = 0.f;
+#pragma unroll
+  for (int c = lane; c < D; c += 32)
+    acc += to_float(dout[(size_t)row * D + c]) * to_float(o[(size_t)row * D + c]);
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, m);
+  if (lane == 0) delta[row] = acc;
+}
+
 // Forward. Grid (ceil(Lq / BM), Hq, B), NW warps; each warp owns MT tiles of 16 query rows
 // (BM = 16 * MT * NW), so that each K/V fragment read from shared memory feeds MT products.
 // Writes out (B, Hq, Lq, D) and lse (B, Hq, Lq) in log2 units (+inf on empty rows).
