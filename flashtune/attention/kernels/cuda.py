@@ -26,7 +26,7 @@ BLOCK_N_FWD = 64  # keys per forward tile (BN in flash_fwd)
 FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
 # Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims, with
 # (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tiles in flight).
-FWD_SM90_CONFIG = {64: (128, 1, 2), 128: (128, 2, 3)}
+FWD_SM90_CONFIG = {64: (128, 1, 3), 128: (128, 2, 3)}
 # Keys per tile that passed the float64 checks on the H100, per head dim. At D=64, 64-key
 # tiles read V rows shifted for every block past the first (kernels/NOTES.md; cause not
 # found), so they are refused.

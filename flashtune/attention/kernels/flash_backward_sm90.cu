@@ -184,6 +184,10 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
 
     // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys: (64, BM) each.
     float st[QM][32], dpt[QM][32];
+    const unsigned long long k_kmajor = sw128_desc(base + L::K_OFF, 16, 1024);
+    const unsigned long long v_kmajor = sw128_desc(base + L::V_OFF, 16, 1024);
+    const unsigned long long q_kmajor = sw128_desc(q_tile(step), 16, 1024);
+    const unsigned long long o_kmajor = sw128_desc(o_tile(step), 16, 1024);
     wgmma_fence();
 #pragma unroll
     for (int nq = 0; nq < QM; ++nq)
@@ -191,10 +195,10 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
       for (int kk = 0; kk < D / 16; ++kk) {
         const unsigned a_off = (kk / 4) * BN * 128 + wg * 64 * 128 + (kk % 4) * 32;
         const unsigned b_off = (kk / 4) * BM * 128 + nq * 64 * 128 + (kk % 4) * 32;
-        WgmmaSS<T, 0, 0>::run(st[nq], sw128_desc(base + L::K_OFF + a_off, 16, 1024),
-                              sw128_desc(q_tile(step) + b_off, 16, 1024), kk > 0);
-        WgmmaSS<T, 0, 0>::run(dpt[nq], sw128_desc(base + L::V_OFF + a_off, 16, 1024),
-                              sw128_desc(o_tile(step) + b_off, 16, 1024), kk > 0);
+        WgmmaSS<T, 0, 0>::run(st[nq], desc_at(k_kmajor, a_off), desc_at(q_kmajor, b_off),
+                              kk > 0);
+        WgmmaSS<T, 0, 0>::run(dpt[nq], desc_at(v_kmajor, a_off), desc_at(o_kmajor, b_off),
+                              kk > 0);
       }
     wgmma_commit();
     wgmma_wait_all();
@@ -244,14 +248,16 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
     }
     pin(pa);
     pin(da);
+    const unsigned long long o_mnmajor = sw128_desc(o_tile(step), 1024, 1024);
+    const unsigned long long q_mnmajor = sw128_desc(q_tile(step), 1024, 1024);
     wgmma_fence();
 #pragma unroll
     for (int p = 0; p < NP; ++p)
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk) {
         const unsigned off = p * BM * 128 + kk * 2048;
-        Wgmma<T, 1>::run(dva[p], pa[kk], sw128_desc(o_tile(step) + off, 1024, 1024), 1);
-        Wgmma<T, 1>::run(dka[p], da[kk], sw128_desc(q_tile(step) + off, 1024, 1024), 1);
+        Wgmma<T, 1>::run(dva[p], pa[kk], desc_at(o_mnmajor, off), 1);
+        Wgmma<T, 1>::run(dka[p], da[kk], desc_at(q_mnmajor, off), 1);
       }
     wgmma_commit();
 
@@ -260,6 +266,7 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
 
     // dQ tiles (64 query rows x 64 columns) += dS K over the CTA's BN keys.
     float dqa[DQ_TILES][32];
+    const unsigned long long mnmajor = sw128_desc(base, 1024, 1024);
     wgmma_fence();
 #pragma unroll
     for (int x = 0; x < DQ_TILES; ++x) {
@@ -268,8 +275,8 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
       for (int kk = 0; kk < BN / 16; ++kk) {
         const unsigned a_off = L::DS_OFF + rt * BN * 128 + kk * 2048;
         const unsigned b_off = L::K_OFF + panel * BN * 128 + kk * 2048;
-        WgmmaSS<T, 1, 1>::run(dqa[x], sw128_desc(base + a_off, 1024, 1024),
-                              sw128_desc(base + b_off, 1024, 1024), kk > 0);
+        WgmmaSS<T, 1, 1>::run(dqa[x], desc_at(mnmajor, a_off), desc_at(mnmajor, b_off),
+                              kk > 0);
       }
     }
     wgmma_commit();

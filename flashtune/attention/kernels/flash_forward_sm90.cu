@@ -5,7 +5,8 @@
 // multi-buffered in shared memory with cp.async in the 128-byte-swizzled layout that wgmma
 // reads through matrix descriptors. Q is held in registers as wgmma's A operand, so
 // S = Q K^T reads only K from shared memory; P = softmax(S) stays in registers as the A
-// operand of O += P V.
+// operand of O += P V. The loop is software-pipelined: the softmax of block j runs while the
+// tensor cores still compute P(j-1) V(j-1).
 //
 // wgmma's accumulator layout for m64nNk16 gives warp w of a warpgroup rows 16w..16w+15
 // in exactly mma.sync's C-fragment layout, one 8-column tile per 4 registers, and its A
@@ -26,6 +27,11 @@ __device__ __forceinline__ unsigned long long sw128_desc(unsigned addr, unsigned
          ((unsigned long long)((lbo >> 4) & 0x3FFF) << 16) |
          ((unsigned long long)((sbo >> 4) & 0x3FFF) << 32) | (1ull << 62);
 }
+// The descriptor of addr + offset, from addr's: the start address is the low field, and
+// shared memory (< 256 KB) never carries out of it. One add instead of rebuilding the fields.
+__device__ __forceinline__ unsigned long long desc_at(unsigned long long desc, unsigned offset) {
+  return desc + (offset >> 4);
+}
 
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -33,9 +39,12 @@ __device__ __forceinline__ void wgmma_fence() {
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
-__device__ __forceinline__ void wgmma_wait_all() {
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+// Waits until at most N committed wgmma groups are still in flight.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+__device__ __forceinline__ void wgmma_wait_all() { wgmma_wait<0>(); }
 // Writes by cp.async (generic proxy) become visible to wgmma (async proxy).
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -167,7 +176,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
 
   load_tile<T, BM, D, NT>(Qs, qg, m0, Lq);
 #pragma unroll
-  for (int block = 0; block < STAGES - 1; ++block) load_block(block);
+  for (int block = 0; block < STAGES; ++block) load_block(block);  // Q rides with block 0
 
   float o[NP][32];
 #pragma unroll
@@ -176,23 +185,10 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     for (int i = 0; i < 32; ++i) o[p][i] = 0.f;
   float m_a = -pos_inf(), m_b = -pos_inf(), l_a = 0.f, l_b = 0.f;
   unsigned qf[D / 16][4];
+  unsigned pa[BN / 16][4];  // P of the block whose O += P V is issued next
 
-  for (int j = 0; j < n_blocks; ++j) {
-    load_block(j + STAGES - 1);  // its buffer last held block j - 1, done before the barrier
-    cp_async_wait<STAGES - 1>();
-    fence_proxy_async();
-    __syncthreads();
-    if (j == 0) {
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        ldsm_x4(qf[kk], smem_u32(Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SQ +
-                                 kk * 16 + (lane >> 4) * 8));
-    }
-
-    // S = Q K^T: for each 64-key slice, D / 16 steps of 16 along the head dim.
-    float s[NB][32];
-    pin(qf);
-    wgmma_fence();
+  // S = Q K(j)^T for each 64-key slice, D / 16 steps of 16 along the head dim (issued only).
+  auto issue_scores = [&](int j, float (&s)[NB][32]) {
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
@@ -201,12 +197,22 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
         Wgmma<T, 0>::run(s[nb], qf[kk], sw128_desc(addr, 16, 1024), kk > 0);
       }
     wgmma_commit();
-    wgmma_wait_all();
+  };
+  // O += P V(j): V read MN-major, 16 keys (two 8-row atoms, 2048 bytes) per step (issued only).
+  auto issue_pv = [&](int j) {
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb) pin(s[nb]);
-    pin(qf);
-
-    // Online softmax in log2 units, rows row_a (e = 0, 1) and row_b (e = 2, 3).
+    for (int p = 0; p < NP; ++p)
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        const unsigned addr = v_tile(j) + p * BN * 128 + kk * 2048;
+        Wgmma<T, 1>::run(o[p], pa[kk], sw128_desc(addr, 1024, 1024), 1);
+      }
+    wgmma_commit();
+  };
+  // Online softmax of block j in log2 units, rows row_a (e = 0, 1) and row_b (e = 2, 3):
+  // s becomes P, l is updated, and corr_a / corr_b are what O of earlier blocks must be
+  // multiplied by.
+  auto softmax = [&](float (&s)[NB][32], int j, float& corr_a, float& corr_b) {
     const int n0 = j * BN;
     const bool need_mask = (n0 + BN > Lk) || (CAUSAL && n0 + BN - 1 > m0 + offset);
     float mx_a = -pos_inf(), mx_b = -pos_inf();
@@ -227,7 +233,8 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     const float new_a = fmaxf(m_a, quad_max(mx_a)), new_b = fmaxf(m_b, quad_max(mx_b));
     const float base_a = new_a == -pos_inf() ? 0.f : new_a;
     const float base_b = new_b == -pos_inf() ? 0.f : new_b;
-    const float corr_a = fast_exp2(m_a - base_a), corr_b = fast_exp2(m_b - base_b);
+    corr_a = fast_exp2(m_a - base_a);
+    corr_b = fast_exp2(m_b - base_b);
     m_a = new_a;
     m_b = new_b;
     float sum_a = 0.f, sum_b = 0.f;
@@ -242,40 +249,84 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
       }
     l_a = l_a * corr_a + sum_a;  // per-thread partial sums; quads summed at the end
     l_b = l_b * corr_b + sum_b;
+  };
+  // P as wgmma A fragments: keys 16kk..16kk+15 are C tiles 2kk and 2kk+1.
+  auto pack_p = [&](unsigned (&dst)[BN / 16][4], const float (&s)[NB][32]) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      const float* c0 = &s[kk / 4][(kk % 4) * 8];
+      dst[kk][0] = Mma<T>::pack(c0[0], c0[1]);
+      dst[kk][1] = Mma<T>::pack(c0[2], c0[3]);
+      dst[kk][2] = Mma<T>::pack(c0[4], c0[5]);
+      dst[kk][3] = Mma<T>::pack(c0[6], c0[7]);
+    }
+  };
+
+  // Software pipeline: iteration j issues S(j) and then O += P(j-1) V(j-1), and runs the
+  // softmax of block j while the tensor cores still work on P(j-1) V(j-1). A K/V buffer is
+  // refilled once both of its block's products are done, STAGES - 1 blocks ahead.
+  if (n_blocks > 0) {
+    cp_async_wait<STAGES - 1>();
+    fence_proxy_async();
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk)
+      ldsm_x4(qf[kk], smem_u32(Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SQ +
+                               kk * 16 + (lane >> 4) * 8));
+    float s[NB][32];
+    pin(qf);
+    wgmma_fence();
+    issue_scores(0, s);
+    wgmma_wait<0>();
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) pin(s[nb]);
+    pin(qf);
+    float corr_a, corr_b;
+    softmax(s, 0, corr_a, corr_b);  // O is still zero: nothing to rescale
+    pack_p(pa, s);
+  }
+  for (int j = 1; j < n_blocks; ++j) {
+    cp_async_wait<STAGES - 2>();  // block j landed
+    fence_proxy_async();
+    __syncthreads();
+    float s[NB][32];
+    pin(qf);
+    pin(pa);
+#pragma unroll
+    for (int p = 0; p < NP; ++p) pin(o[p]);  // the last rescale lands before the fence
+    wgmma_fence();
+    issue_scores(j, s);
+    issue_pv(j - 1);
+    wgmma_wait<1>();  // S(j) is done; P(j-1) V(j-1) may still run
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) pin(s[nb]);
+    float corr_a, corr_b;
+    softmax(s, j, corr_a, corr_b);
+    wgmma_wait<0>();
+#pragma unroll
+    for (int p = 0; p < NP; ++p) pin(o[p]);
+    pin(pa);
+    pin(qf);
+    // Packed only now: ptxas serializes every wgmma when registers that feed one are written
+    // while another is in flight (warning C7513), even into an array of their own.
+    pack_p(pa, s);
 #pragma unroll
     for (int p = 0; p < NP; ++p)
 #pragma unroll
       for (int i = 0; i < 32; ++i) o[p][i] *= (i & 2) ? corr_b : corr_a;
-
-    // P as wgmma A fragments: keys 16kk..16kk+15 are C tiles 2kk and 2kk+1.
-    unsigned pa[BN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const float* c0 = &s[kk / 4][(kk % 4) * 8];
-      pa[kk][0] = Mma<T>::pack(c0[0], c0[1]);
-      pa[kk][1] = Mma<T>::pack(c0[2], c0[3]);
-      pa[kk][2] = Mma<T>::pack(c0[4], c0[5]);
-      pa[kk][3] = Mma<T>::pack(c0[6], c0[7]);
-    }
-
-    // O += P V: V read MN-major, 16 keys (two 8-row atoms, 2048 bytes) per step.
-#pragma unroll
-    for (int p = 0; p < NP; ++p) pin(o[p]);  // the rescale above lands before the fence
-    pin(pa);
-    wgmma_fence();
-#pragma unroll
-    for (int p = 0; p < NP; ++p)
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-        const unsigned addr = v_tile(j) + p * BN * 128 + kk * 2048;
-        Wgmma<T, 1>::run(o[p], pa[kk], sw128_desc(addr, 1024, 1024), 1);
-      }
-    wgmma_commit();
-    wgmma_wait_all();
+    __syncthreads();  // every warpgroup is done with block j - 1's K and V
+    load_block(j + STAGES - 1);
+  }
+  if (n_blocks > 0) {
 #pragma unroll
     for (int p = 0; p < NP; ++p) pin(o[p]);
     pin(pa);
-    __syncthreads();  // the next iteration's prefetch overwrites this block's buffers
+    wgmma_fence();
+    issue_pv(n_blocks - 1);
+    wgmma_wait<0>();
+#pragma unroll
+    for (int p = 0; p < NP; ++p) pin(o[p]);
+    pin(pa);
   }
   cp_async_wait<0>();
 
