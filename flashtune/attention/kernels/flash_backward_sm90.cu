@@ -202,11 +202,8 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
       }
     wgmma_commit();
     wgmma_wait_all();
-#pragma unroll
-    for (int nq = 0; nq < QM; ++nq) {
-      pin(st[nq]);
-      pin(dpt[nq]);
-    }
+    pin(st);
+    pin(dpt);
 
     // P^T from the saved log-sum-exp, dS^T = P^T (dP^T - delta).
     const bool need_mask = (n0 + BN > Lk) || (CAUSAL && n0 + BN - 1 > m0 + offset);
@@ -226,6 +223,16 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
     unsigned pa[QM * 4][4], da[QM * 4][4];
     pack_a<T, QM>(pa, st);
     pack_a<T, QM>(da, dpt);
+    // The dK/dV products' accumulators and register operands, around their fence and wait.
+    auto pin_dkdv = [&] {
+#pragma unroll
+      for (int p = 0; p < NP; ++p) {
+        pin(dva[p]);
+        pin(dka[p]);
+      }
+      pin(pa);
+      pin(da);
+    };
 
     // dS^T to shared memory (keys are rows, queries columns in 64-wide panels), before the
     // MMAs below take da: registers an MMA in flight reads may not be touched, read included.
@@ -241,13 +248,7 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
         asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(da[kk][e]) : "memory");
       }
     // dV += P^T dO and dK += dS^T Q (scale applied once at the end); left in flight.
-#pragma unroll
-    for (int p = 0; p < NP; ++p) {
-      pin(dva[p]);
-      pin(dka[p]);
-    }
-    pin(pa);
-    pin(da);
+    pin_dkdv();
     const unsigned long long o_mnmajor = sw128_desc(o_tile(step), 1024, 1024);
     const unsigned long long q_mnmajor = sw128_desc(q_tile(step), 1024, 1024);
     wgmma_fence();
@@ -281,15 +282,8 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
     }
     wgmma_commit();
     wgmma_wait_all();
-#pragma unroll
-    for (int p = 0; p < NP; ++p) {
-      pin(dva[p]);
-      pin(dka[p]);
-    }
-    pin(pa);
-    pin(da);
-#pragma unroll
-    for (int x = 0; x < DQ_TILES; ++x) pin(dqa[x]);
+    pin_dkdv();
+    pin(dqa);
 
 #pragma unroll
     for (int x = 0; x < DQ_TILES; ++x) {
