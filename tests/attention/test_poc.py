@@ -1,6 +1,7 @@
 """CPU tests of poc's routing and of its self-check/fallback logic (kernels simulated)."""
 
 import logging
+import re
 import types
 
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
@@ -196,3 +197,16 @@ def test_self_check_runs_inside_compiled_training_step(monkeypatch, said):
     assert poc.last_path == "metal"
     want = mx.grad(lambda q: practical(q, k, v, scale=0.2, mask="causal").astype(mx.float32).sum())(q)
     assert max_diff(got, want) < 0.05
+
+
+@pytest.mark.parametrize("D, config", [(64, (2, 1)), (128, (1, 3)), (96, None)], ids=str)
+def test_wgmma_backward_refuses_launches_it_has_no_kernel_for(D, config):
+    """Before any kernel runs (so on any device): a (warpgroups, query row tiles) that does
+    not split dQ's tiles evenly or fit shared memory, or a head dim without a wgmma kernel."""
+    q = mx.zeros((1, 2, 8, D), dtype=mx.bfloat16)
+    lse = mx.zeros((1, 2, 8), dtype=mx.float32)
+    valid = re.escape(f"head dim {D}; valid: {cuda_kernels.bwd_sm90_launches(D)}")
+    with pytest.raises(ValueError, match=valid):
+        cuda_kernels.backward(q, q, q, q, lse, q, 0.125, True, kernel="sm90", config=config)
+    assert cuda_kernels.bwd_sm90_launches(64) == [(1, 1), (1, 2), (2, 2)]
+    assert cuda_kernels.bwd_sm90_launches(128) == [(1, 1), (1, 2), (2, 1), (2, 2)]

@@ -156,7 +156,8 @@ def bwd_sm90_smem_bytes(D: int, warpgroups: int, q_tiles: int) -> int:
     """1 KB alignment slack, K and V (64 keys per warpgroup), two Q and two dO tiles
     (64 rows per row tile), dS^T, and two buffers of LSE and delta."""
     block_n, block_m = 64 * warpgroups, 64 * q_tiles
-    return 1024 + 2 * block_n * D * 2 + 4 * block_m * D * 2 + block_n * block_m * 2 + 4 * block_m * 4
+    tiles = 2 * block_n * D + 4 * block_m * D + block_n * block_m  # 2-byte elements
+    return 1024 + 2 * tiles + 4 * block_m * 4
 
 
 def bwd_sm90_launches(D: int) -> List[Tuple[int, int]]:
@@ -264,10 +265,15 @@ def backward(
     B, n_heads, L_q, D = q.shape
     n_kv_heads, L_k = k.shape[1], k.shape[2]
     group = n_heads // n_kv_heads
+    wgmma = (kernel or backward_kernel(D)) == "sm90"
+    sm90_config = tuple(config) if config else BWD_SM90_CONFIG.get(D)
+    if wgmma and sm90_config not in bwd_sm90_launches(D):
+        raise ValueError(f"sm90 backward: (warpgroups, query row tiles) {sm90_config} does not "
+                         f"fit head dim {D}; valid: {bwd_sm90_launches(D)}")
     d_out = d_out.astype(q.dtype)
     inputs = [q, k, v, d_out, lse, softmax_delta(d_out, out), _params(scale)]
-    if (kernel or backward_kernel(D)) == "sm90":
-        warpgroups, q_tiles = config or BWD_SM90_CONFIG[D]
+    if wgmma:
+        warpgroups, q_tiles = sm90_config
         n_kv_blocks = -(-L_k // (64 * warpgroups))
         out_heads = n_kv_heads  # the kernel sums dK, dV over the GQA group
         launch = dict(
