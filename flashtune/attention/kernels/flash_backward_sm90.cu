@@ -152,7 +152,7 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
       const int m0 = (q_first + step) * BM;
       load_tile_sw128<T, BM, D, NT>(q_tile(step), q + row_base * D, m0, Lq);
       load_tile_sw128<T, BM, D, NT>(o_tile(step), dout + row_base * D, m0, Lq);
-      // Rows past Lq get LSE 0 and delta 0: their Q and dO rows are zero, so dS is 0 there.
+      // Rows past Lq get LSE 0 and delta 0: their Q and dO rows are zero, so P dO and dS are 0.
       for (int r = threadIdx.x; r < BM; r += NT) {
         const bool valid = m0 + r < Lq;
         const size_t row = row_base + (valid ? m0 + r : 0);
