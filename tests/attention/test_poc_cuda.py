@@ -52,10 +52,11 @@ def random_inputs(shape, D, dtype, seed):
     return q, k, v, cot
 
 
-def kernel_errors(shape, D, dtype, causal, seed=0, **launch):
-    """Runs the CUDA kernels (forward + vjp) and returns {name: relative error vs float64}."""
+def kernel_errors(shape, D, dtype, causal, seed=0, scale=None):
+    """Runs the CUDA kernels (forward + vjp) and returns {name: relative error vs float64};
+    the scale defaults to D**-0.5."""
     q, k, v, cot = random_inputs(shape, D, dtype, seed)
-    scale = D**-0.5
+    scale = D**-0.5 if scale is None else scale
 
     def attention(q, k, v):
         return poc_module.kernel_function("cuda", scale, causal)(q, k, v)[0]
@@ -69,6 +70,11 @@ def kernel_errors(shape, D, dtype, causal, seed=0, **launch):
         assert got.dtype == dtype and got.shape == want.shape, name
         errors[name] = ref.relative_error(got, want)  # inf where anything is NaN
     return errors
+
+
+# (shape, causal) on which each launch shape is checked: Lq != Lk both ways, one row, GQA.
+LAUNCH_CASES = [((1, 8, 2, 1000, 1000), True), ((2, 4, 2, 127, 300), False),
+                ((1, 4, 1, 65, 200), True), ((2, 2, 2, 1, 1), True), ((1, 4, 4, 129, 129), False)]
 
 
 def check(errors, dtype, label):
@@ -120,14 +126,8 @@ def test_sm90_forward_refuses_tiles_that_failed():
 
 def test_any_scale_sign():
     """Zero and negative scales (the softmax then favours the smallest scores) match float64."""
-    q, k, v, cot = random_inputs((1, 4, 2, 65, 65), 64, mx.bfloat16, 9)
     for scale in (-0.125, 0.0):
-        errors = {}
-        (out,), grads = mx.vjp(
-            lambda *a: poc_module.kernel_function("cuda", scale, True)(*a)[0], [q, k, v], [cot])
-        for name, got, want in zip(("out", "dq", "dk", "dv"), [out, *grads],
-                                   reference(q, k, v, cot, scale, True)):
-            errors[name] = ref.relative_error(got, want)
+        errors = kernel_errors((1, 4, 2, 65, 65), 64, mx.bfloat16, True, seed=9, scale=scale)
         check(errors, mx.bfloat16, f"scale {scale}")
 
 
@@ -140,9 +140,7 @@ def test_hopper_runs_the_wgmma_kernels():
 
 def check_forward(D, dtype=mx.bfloat16, **launch):
     """Output and log-sum-exp of one forward launch against float64, on awkward shapes."""
-    cases = [((1, 8, 2, 1000, 1000), True), ((2, 4, 2, 127, 300), False),
-             ((1, 4, 1, 65, 200), True), ((2, 2, 2, 1, 1), True), ((1, 4, 4, 129, 129), False)]
-    for shape, causal in cases:
+    for shape, causal in LAUNCH_CASES:
         q, k, v, cot = random_inputs(shape, D, dtype, 6)
         out, lse = cuda_kernels.forward(q, k, v, D**-0.5, causal, **launch)
         want = reference(q, k, v, cot, D**-0.5, causal)[0]
@@ -173,9 +171,7 @@ def test_sm90_backward_launches(dtype, D, config):
 
 def check_backward(D, dtype=mx.bfloat16, **launch):
     """dq, dk, dv of one backward launch against float64, on awkward shapes."""
-    cases = [((1, 8, 2, 1000, 1000), True), ((2, 4, 2, 127, 300), False),
-             ((1, 4, 1, 65, 200), True), ((2, 2, 2, 1, 1), True), ((1, 4, 4, 129, 129), False)]
-    for shape, causal in cases:
+    for shape, causal in LAUNCH_CASES:
         q, k, v, cot = random_inputs(shape, D, dtype, 8)
         out, lse = cuda_kernels.forward(q, k, v, D**-0.5, causal)
         grads = cuda_kernels.backward(q, k, v, out, lse, cot, D**-0.5, causal, **launch)

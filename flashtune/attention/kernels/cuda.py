@@ -160,9 +160,11 @@ def bwd_sm90_smem_bytes(D: int, warpgroups: int, q_tiles: int) -> int:
     return 1024 + 2 * tiles + 4 * block_m * 4
 
 
+@functools.lru_cache(maxsize=None)
 def bwd_sm90_launches(D: int) -> List[Tuple[int, int]]:
     """Every (warpgroups, query row tiles) of the wgmma backward at head dim D that fits one
-    CTA's shared memory and splits dQ's 64 x 64 tiles evenly over the warpgroups."""
+    CTA's shared memory and splits dQ's 64 x 64 tiles evenly over the warpgroups (cached:
+    ``backward`` checks its launch against it on every call)."""
     return [(wg, qm) for wg in (1, 2) for qm in (1, 2)
             if D in BWD_SM90_CONFIG and qm * (D // 64) % wg == 0
             and bwd_sm90_smem_bytes(D, wg, qm) <= MAX_SMEM_BYTES]

@@ -53,20 +53,6 @@ struct WgmmaSS<__half, TRANS_A, TRANS_B> {
   }
 };
 
-// An accumulator (64 x 64 per warpgroup, rows 16 * (warp % 4) + g and + 8) as wgmma A
-// fragments of 16 columns each: columns 16kk..16kk+15 are C tiles 2kk and 2kk + 1.
-template <typename T, int N>
-__device__ __forceinline__ void pack_a(unsigned (&a)[N * 4][4], const float (&c)[N][32]) {
-#pragma unroll
-  for (int kk = 0; kk < N * 4; ++kk) {
-    const float* c0 = &c[kk / 4][(kk % 4) * 8];
-    a[kk][0] = Mma<T>::pack(c0[0], c0[1]);
-    a[kk][1] = Mma<T>::pack(c0[2], c0[3]);
-    a[kk][2] = Mma<T>::pack(c0[4], c0[5]);
-    a[kk][3] = Mma<T>::pack(c0[6], c0[7]);
-  }
-}
-
 // 4-byte asynchronous copy; src_bytes 0 fills the destination with zeros.
 __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool valid) {
   int n = valid ? 4 : 0;
@@ -97,7 +83,7 @@ __device__ __forceinline__ void red_add_acc(float* dst, const float (&acc)[32], 
   }
 }
 
-template <typename T, int WG, int QM, int D>
+template <int WG, int QM, int D>
 struct BwdSm90Layout {
   static constexpr int BN = 64 * WG, BM = 64 * QM, NP = D / 64;
   static constexpr int KV_BYTES = BN * D * 2, QO_BYTES = BM * D * 2, DS_BYTES = BN * BM * 2;
@@ -117,7 +103,7 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
                                                int Lq, int Hkv, int Lk, float* dq, float* dk,
                                                float* dv) {
   static_assert(D % 64 == 0, "64-column panels");
-  using L = BwdSm90Layout<T, WG, QM, D>;
+  using L = BwdSm90Layout<WG, QM, D>;
   constexpr int BN = L::BN, BM = L::BM, NP = L::NP, NT = 128 * WG;
   // dQ of a block is QM x NP tiles of 64 x 64; warpgroup w takes tiles w, w + WG, ...
   constexpr int DQ_TILES = QM * NP / WG;
@@ -201,7 +187,7 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
                               kk > 0);
       }
     wgmma_commit();
-    wgmma_wait_all();
+    wgmma_wait<0>();
     pin(st);
     pin(dpt);
 
@@ -281,7 +267,7 @@ __device__ __forceinline__ void flash_bwd_sm90(const T* q, const T* k, const T* 
       }
     }
     wgmma_commit();
-    wgmma_wait_all();
+    wgmma_wait<0>();
     pin_dkdv();
     pin(dqa);
 

@@ -44,7 +44,6 @@ template <int N>
 __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
-__device__ __forceinline__ void wgmma_wait_all() { wgmma_wait<0>(); }
 // Writes by cp.async (generic proxy) become visible to wgmma (async proxy).
 __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -120,6 +119,20 @@ struct Wgmma<__half, TRANS_B> {
     FTPOC_WGMMA_ISSUE("f16");
   }
 };
+
+// An accumulator (64 x 64 per warpgroup, rows 16 * (warp % 4) + g and + 8) as wgmma A
+// fragments of 16 columns each: columns 16kk..16kk+15 are C tiles 2kk and 2kk + 1.
+template <typename T, int N>
+__device__ __forceinline__ void pack_a(unsigned (&a)[N * 4][4], const float (&c)[N][32]) {
+#pragma unroll
+  for (int kk = 0; kk < N * 4; ++kk) {
+    const float* c0 = &c[kk / 4][(kk % 4) * 8];
+    a[kk][0] = Mma<T>::pack(c0[0], c0[1]);
+    a[kk][1] = Mma<T>::pack(c0[2], c0[3]);
+    a[kk][2] = Mma<T>::pack(c0[4], c0[5]);
+    a[kk][3] = Mma<T>::pack(c0[6], c0[7]);
+  }
+}
 
 // Rows [row0, row0 + ROWS) of a row-major (L, D) matrix into the swizzled panel layout,
 // zero-filling rows at or past L. dst is 1024-byte aligned.
@@ -255,18 +268,6 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     l_a = l_a * corr_a + sum_a;  // per-thread partial sums; quads summed at the end
     l_b = l_b * corr_b + sum_b;
   };
-  // P as wgmma A fragments: keys 16kk..16kk+15 are C tiles 2kk and 2kk+1.
-  auto pack_p = [&](unsigned (&dst)[BN / 16][4], const float (&s)[NB][32]) {
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const float* c0 = &s[kk / 4][(kk % 4) * 8];
-      dst[kk][0] = Mma<T>::pack(c0[0], c0[1]);
-      dst[kk][1] = Mma<T>::pack(c0[2], c0[3]);
-      dst[kk][2] = Mma<T>::pack(c0[4], c0[5]);
-      dst[kk][3] = Mma<T>::pack(c0[6], c0[7]);
-    }
-  };
-
   // Software pipeline: iteration j issues S(j) and then O += P(j-1) V(j-1), and runs the
   // softmax of block j while the tensor cores still work on P(j-1) V(j-1). A K/V buffer is
   // refilled once both of its block's products are done, STAGES - 1 blocks ahead.
@@ -288,7 +289,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     pin(qf);
     float corr_a, corr_b;
     softmax(s, 0, corr_a, corr_b);  // O is still zero: nothing to rescale
-    pack_p(pa, s);
+    pack_a<T, NB>(pa, s);
   }
   for (int j = 1; j < n_blocks; ++j) {
     cp_async_wait<STAGES - 2>();  // block j landed
@@ -314,7 +315,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     pin(qf);
     // Packed only now: ptxas serializes every wgmma when registers that feed one are written
     // while another is in flight (warning C7513), even into an array of their own.
-    pack_p(pa, s);
+    pack_a<T, NB>(pa, s);
 #pragma unroll
     for (int p = 0; p < NP; ++p)
 #pragma unroll
