@@ -120,6 +120,64 @@ struct Wgmma<__half, TRANS_B> {
   }
 };
 
+// d (64 x 128: two 64-column accumulators back to back, the register order of one 64 x 128
+// accumulator) += A (64 x 16, registers) * B (16 x 128, descriptor). One instruction instead
+// of two halves: A is read once.
+#define FTPOC_WGMMA_64x128x16(TYPE)                                                           \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, %70, 0;\n"                                              \
+  "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                                \
+  " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63},"  \
+  " {%64,%65,%66,%67}, %68, p, 1, 1, %69;\n}\n"
+#ifdef __CUDA_ARCH_FEAT_SM90_ALL
+#define FTPOC_WGMMA128_ISSUE(TYPE)                                                           \
+  asm volatile(FTPOC_WGMMA_64x128x16(TYPE)                                                   \
+               : FTPOC_D32(d[0]), FTPOC_D32(d[1])                                            \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(TRANS_B),      \
+                 "r"(accumulate))
+#else
+#define FTPOC_WGMMA128_ISSUE(TYPE) __trap()
+#endif
+template <typename T, int TRANS_B>
+struct Wgmma128;
+
+template <int TRANS_B>
+struct Wgmma128<__nv_bfloat16, TRANS_B> {
+  static __device__ __forceinline__ void run(float (&d)[2][32], const unsigned (&a)[4],
+                                             unsigned long long desc_b, int accumulate) {
+    FTPOC_WGMMA128_ISSUE("bf16");
+  }
+};
+
+template <int TRANS_B>
+struct Wgmma128<__half, TRANS_B> {
+  static __device__ __forceinline__ void run(float (&d)[2][32], const unsigned (&a)[4],
+                                             unsigned long long desc_b, int accumulate) {
+    FTPOC_WGMMA128_ISSUE("f16");
+  }
+};
+
+// d (N pieces of 64 columns) += A (16 columns, registers) * B (16 x 64N at addr; piece p at
+// addr + p * piece), one m64n64k16 per piece; two pieces go as one m64n128k16. lbo: the
+// stride of 64-column panels of an MN-major B, which only the 128-column instruction reads.
+template <typename T, int TRANS_B, int N>
+struct WgmmaRow {
+  static __device__ __forceinline__ void run(float (&d)[N][32], const unsigned (&a)[4],
+                                             unsigned addr, unsigned lbo, unsigned piece,
+                                             int accumulate) {
+#pragma unroll
+    for (int p = 0; p < N; ++p)
+      Wgmma<T, TRANS_B>::run(d[p], a, sw128_desc(addr + p * piece, lbo, 1024), accumulate);
+  }
+};
+template <typename T, int TRANS_B>
+struct WgmmaRow<T, TRANS_B, 2> {
+  static __device__ __forceinline__ void run(float (&d)[2][32], const unsigned (&a)[4],
+                                             unsigned addr, unsigned lbo, unsigned,
+                                             int accumulate) {
+    Wgmma128<T, TRANS_B>::run(d, a, sw128_desc(addr, lbo, 1024), accumulate);
+  }
+};
+
 // An accumulator (64 x 64 per warpgroup, rows 16 * (warp % 4) + g and + 8) as wgmma A
 // fragments of 16 columns each: columns 16kk..16kk+15 are C tiles 2kk and 2kk + 1.
 template <typename T, int N>
@@ -135,17 +193,22 @@ __device__ __forceinline__ void pack_a(unsigned (&a)[N * 4][4], const float (&c)
 }
 
 // Rows [row0, row0 + ROWS) of a row-major (L, D) matrix into the swizzled panel layout,
-// zero-filling rows at or past L. dst is 1024-byte aligned.
+// zero-filling rows at or past L. dst is 1024-byte aligned. Thread i copies 16-byte chunk
+// i % CPR of rows i / CPR + n * (NT / CPR): the same column, panel and swizzle phase for every
+// n, so only a row offset changes between its copies (a fixed trip count, no per-copy
+// division or swizzle arithmetic).
 template <typename T, int ROWS, int D, int NT>
 __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* src, int row0, int L) {
-  constexpr int CPR = D / 8;  // 16-byte chunks per row
+  constexpr int CPR = D / 8;         // 16-byte chunks per row
+  constexpr int STEP = NT / CPR;     // rows between one thread's copies
+  static_assert(NT % CPR == 0 && STEP % 8 == 0 && ROWS % STEP == 0, "whole swizzle atoms");
+  const int ch = threadIdx.x % CPR, r0 = threadIdx.x / CPR;
+  const unsigned to = dst + (ch / 8) * ROWS * 128 + r0 * 128 + (((ch % 8) ^ (r0 & 7)) << 4);
+  const T* from = src + (size_t)(row0 + r0) * D + ch * 8;
 #pragma unroll
-  for (int c = threadIdx.x; c < ROWS * CPR; c += NT) {
-    const int r = c / CPR, ch = c % CPR;
-    const int panel = ch / 8, chunk = ch % 8;
-    const bool valid = row0 + r < L;
-    const T* g = src + (size_t)(valid ? row0 + r : 0) * D + ch * 8;
-    cp_async16(dst + panel * ROWS * 128 + r * 128 + ((chunk ^ (r & 7)) << 4), g, valid);
+  for (int n = 0; n < ROWS / STEP; ++n) {
+    const bool valid = row0 + r0 + n * STEP < L;
+    cp_async16(to + n * STEP * 128, valid ? from + (size_t)n * STEP * D : src, valid);
   }
 }
 
@@ -205,26 +268,20 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
   unsigned qf[D / 16][4];
   unsigned pa[BN / 16][4];  // P of the block whose O += P V is issued next
 
-  // S = Q K(j)^T for each 64-key slice, D / 16 steps of 16 along the head dim (issued only).
+  // S = Q K(j)^T, D / 16 steps of 16 along the head dim, each over all BN keys (issued only).
   auto issue_scores = [&](int j, float (&s)[NB][32]) {
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        const unsigned addr = k_tile(j) + (kk / 4) * BN * 128 + nb * 64 * 128 + (kk % 4) * 32;
-        Wgmma<T, 0>::run(s[nb], qf[kk], sw128_desc(addr, 16, 1024), kk > 0);
-      }
+    for (int kk = 0; kk < D / 16; ++kk)
+      WgmmaRow<T, 0, NB>::run(s, qf[kk], k_tile(j) + (kk / 4) * BN * 128 + (kk % 4) * 32, 16,
+                              64 * 128, kk > 0);
     wgmma_commit();
   };
-  // O += P V(j): V read MN-major, 16 keys (two 8-row atoms, 2048 bytes) per step (issued only).
+  // O += P V(j): V read MN-major, 16 keys (two 8-row atoms, 2048 bytes) per step, each over
+  // all D columns (panels BN * 128 bytes apart) (issued only).
   auto issue_pv = [&](int j) {
 #pragma unroll
-    for (int p = 0; p < NP; ++p)
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-        const unsigned addr = v_tile(j) + p * BN * 128 + kk * 2048;
-        Wgmma<T, 1>::run(o[p], pa[kk], sw128_desc(addr, 1024, 1024), 1);
-      }
+    for (int kk = 0; kk < BN / 16; ++kk)
+      WgmmaRow<T, 1, NP>::run(o, pa[kk], v_tile(j) + kk * 2048, BN * 128, BN * 128, 1);
     wgmma_commit();
   };
   // Online softmax of block j in log2 units, rows row_a (e = 0, 1) and row_b (e = 2, 3):
