@@ -199,6 +199,15 @@ def test_self_check_runs_inside_compiled_training_step(monkeypatch, said):
     assert max_diff(got, want) < 0.05
 
 
+def test_wgmma_forward_refuses_tile_sizes_that_were_not_checked():
+    """Before any kernel runs (so on any device): keys per tile outside FWD_SM90_BLOCK_N."""
+    q = mx.zeros((1, 1, 8, 64), dtype=mx.bfloat16)
+    message = "192 keys per tile at head dim 64 is not one of the checked tile sizes (64, 128)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cuda_kernels.forward(q, q, q, 0.125, True, config=(192, 1, 2), kernel="sm90")
+    assert (64, 1, 3) in cuda_kernels.sm90_launches(64)
+
+
 @pytest.mark.parametrize("D, config", [(64, (2, 1)), (128, (1, 3)), (96, None)], ids=str)
 def test_wgmma_backward_refuses_launches_it_has_no_kernel_for(D, config):
     """Before any kernel runs (so on any device): a (warpgroups, query row tiles) that does

@@ -117,13 +117,6 @@ def test_sm90_forward_launches(dtype, D, config):
     check_forward(D, kernel="sm90", config=config, dtype=dtype)
 
 
-@pytest.mark.skipif(not cuda_kernels.is_sm90(), reason="the wgmma forward needs sm_90")
-def test_sm90_forward_refuses_tiles_that_failed():
-    q = mx.zeros((1, 1, 8, 64), dtype=mx.bfloat16)
-    with pytest.raises(ValueError, match="64 keys per tile at head dim 64"):
-        cuda_kernels.forward(q, q, q, 0.125, True, config=(64, 1, 2), kernel="sm90")
-
-
 def test_any_scale_sign():
     """Zero and negative scales (the softmax then favours the smallest scores) match float64."""
     for scale in (-0.125, 0.0):

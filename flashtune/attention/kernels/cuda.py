@@ -27,10 +27,9 @@ FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
 # Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims, with
 # (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tiles in flight).
 FWD_SM90_CONFIG = {64: (128, 1, 3), 128: (128, 2, 3)}
-# Keys per tile that passed the float64 checks on the H100, per head dim. At D=64, 64-key
-# tiles read V rows shifted for every block past the first (kernels/NOTES.md; cause not
-# found), so they are refused.
-FWD_SM90_BLOCK_N = {64: (128,), 128: (64, 128)}
+# Keys per tile whose launches pass the float64 checks on the H100, per head dim (64-key
+# tiles at D=64 only since 41ccbef: kernels/NOTES.md).
+FWD_SM90_BLOCK_N = {64: (64, 128), 128: (64, 128)}
 MAX_SMEM_BYTES = 227 * 1024  # dynamic shared memory one CTA may have on the H100
 BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
 # Hopper runs the wgmma backward (flash_backward_sm90.cu) for these head dims, with
@@ -195,8 +194,8 @@ def forward(
     if (kernel or forward_kernel(D)) == "sm90":
         block_n, warpgroups, stages = config = tuple(config or FWD_SM90_CONFIG[D])
         if block_n not in FWD_SM90_BLOCK_N[D]:
-            raise ValueError(f"sm90 forward: {block_n} keys per tile at head dim {D} gives "
-                             f"wrong results; valid: {FWD_SM90_BLOCK_N[D]}")
+            raise ValueError(f"sm90 forward: {block_n} keys per tile at head dim {D} is not "
+                             f"one of the checked tile sizes {FWD_SM90_BLOCK_N[D]}")
         smem = fwd_sm90_smem_bytes(D, *config)
         return _kernel("ftpoc_flash_fwd_sm90", _FWD_SM90_BODY, _FWD_IO, smem)(
             inputs=[q, k, v, _params(scale)],

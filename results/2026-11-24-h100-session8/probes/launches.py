@@ -4,6 +4,7 @@ import statistics, sys, time
 import flashtune  # noqa
 import mlx.core as mx
 from flashtune.attention.kernels import cuda as ck
+EXTRA = {128: [(64, 2, 4), (64, 2, 5), (64, 1, 4)]}
 L_SET = tuple(int(x) for x in (sys.argv[1] if len(sys.argv) > 1 else "2048,4096").split(","))
 for name, (B, H, Hkv, D) in {"TinyLlama": (4, 32, 4, 64), "Qwen2.5-1.5B": (4, 12, 2, 128)}.items():
     for L in L_SET:
@@ -14,7 +15,7 @@ for name, (B, H, Hkv, D) in {"TinyLlama": (4, 32, 4, 64), "Qwen2.5-1.5B": (4, 12
         mx.eval(q, k, v)
         s = D ** -0.5
         fns = {"cudnn": lambda: mx.fast.scaled_dot_product_attention(q, k, v, scale=s, mask="causal")}
-        for cfg in ck.sm90_launches(D):
+        for cfg in ck.sm90_launches(D) + EXTRA.get(D, []):
             fns[cfg] = lambda cfg=cfg: ck.forward(q, k, v, s, True, config=cfg, kernel="sm90")
         for fn in fns.values():
             for _ in range(3): mx.eval(fn())

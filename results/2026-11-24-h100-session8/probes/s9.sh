@@ -16,6 +16,8 @@ for stage in "$@"; do
     abtime) timeout ${AB_TIMEOUT:-300} python3 .device/exp/abtime.py ${AB_L:-2048,4096} 2>&1 | tee /tmp/r/abtime.txt | tail -30 ;;
     launches) timeout 300 python3 .device/exp/launches.py ${AB_L:-2048,4096} 2>&1 | tee /tmp/r/launches.txt | tail -40 ;;
     lb) timeout 200 python3 .device/exp/lb.py 2>&1 | tee /tmp/r/lb.txt | tail -20 ;;
+    fwdstall) NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1); for lay in tiny qwen; do timeout 200 $NCU --clock-control none -k regex:"ftpoc_flash_fwd_sm90" -s 1 -c 1 --section WarpStateStats --section SchedulerStats --section SpeedOfLight --section Occupancy --page raw python3 .device/exp/fwdone.py $lay > /tmp/r/ncu-fwd-$lay-raw.txt 2>&1; echo "== $lay"; grep -E "issue_stalled.*per_issue_active|gpu__time_duration.sum|warps_active.avg.per_cycle|registers_per_thread|sm__throughput.avg.pct|issue_active.avg.pct" /tmp/r/ncu-fwd-$lay-raw.txt | awk '$NF+0 > 0.05 || /time|regist|throughput|issue_active/' | head -40; done ;;
+    bn64) timeout 300 python3 .device/exp/bn64.py 2>&1 | tee /tmp/r/bn64.txt | tail -30 ;;
     fwdab) timeout 300 python3 .device/exp/fwdab.py ${AB_L:-2048} 2>&1 | tee /tmp/r/fwdab.txt | tail -40 ;;
     bwdtime) timeout ${BT_TIMEOUT:-200} python3 .device/exp/bwdtime.py ${BT_L:-2048} 2>&1 | tee /tmp/r/bwdtime.txt | tail -8 ;;
     pytest) timeout ${PT_TIMEOUT:-300} python3 -m pytest tests/attention/test_poc_cuda.py -q ${PT_ARGS:-} -p no:cacheprovider > /tmp/r/pytest.log 2>&1; tail -5 /tmp/r/pytest.log ;;
