@@ -230,8 +230,12 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
                                2 * STAGES * TILE_BYTES);
 
   const float scale_log2 = params[0] * kLog2e;
-  const int mb = gridDim.x - 1 - blockIdx.x;  // longest causal rows first
-  const int h = blockIdx.y, b = blockIdx.z;
+  // Longest causal row blocks first over the whole grid, not per head: CTAs start in linear
+  // order, so every head's last row block goes first and the last wave is the short ones.
+  const int heads = gridDim.y * gridDim.z;
+  const int linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  const int mb = gridDim.x - 1 - linear / heads;
+  const int h = linear % heads % gridDim.y, b = linear % heads / gridDim.y;
   const int hk = h / (Hq / Hkv);
   const int m0 = mb * BM;
   const int offset = Lk - Lq;
