@@ -1,4 +1,4 @@
-# The kernels at HEAD~ (copied to old/) vs the working tree, same process, interleaved:
+# The kernels in old/ (another commit's, copied there) vs the working tree, same process, interleaved:
 # forward and backward kernel calls (uncompiled, eval per call), with cuDNN's forward beside.
 # Usage: python3 abtime.py [L list]
 import functools, statistics, sys, time
