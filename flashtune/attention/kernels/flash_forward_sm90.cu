@@ -89,17 +89,34 @@ __device__ __forceinline__ float fast_exp2(float x) {
   " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,"    \
   "%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, %37;\n}\n"
 
-// d (64 x 64, this thread's 32 floats) += A (64 x 16, registers) * B (16 x 64, descriptor);
-// TRANS_B 0: B is K-major, 1: MN-major. accumulate 0 overwrites d. The PTX type is part of
-// the instruction's text, so each element type's specialization issues it through one macro.
+#define FTPOC_WGMMA_64x128x16(TYPE)                                                         \
+  "{\n.reg .pred p;\nsetp.ne.b32 p, %70, 0;\n"                                              \
+  "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                              \
+  " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                \
+  "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                        \
+  "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                        \
+  "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63},"                       \
+  " {%64,%65,%66,%67}, %68, p, 1, 1, %69;\n}\n"
+
+// d += A (64 x 16, registers) * B (16 x N, descriptor), d this thread's part of a 64 x N
+// accumulator: N = 64, 32 floats; N = 128, two 64-column halves back to back (the register
+// order of one 64 x 128 accumulator), one instruction that reads A once. TRANS_B 0: B is
+// K-major, 1: MN-major. accumulate 0 overwrites d. The PTX type is part of the instruction's
+// text, so each element type's specialization issues it through one macro per width.
 #ifdef __CUDA_ARCH_FEAT_SM90_ALL
 #define FTPOC_WGMMA_ISSUE(TYPE)                                                        \
   asm volatile(FTPOC_WGMMA_64x64x16(TYPE)                                              \
                : FTPOC_D32(d)                                                          \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(TRANS_B), \
                  "r"(accumulate))
+#define FTPOC_WGMMA128_ISSUE(TYPE)                                                      \
+  asm volatile(FTPOC_WGMMA_64x128x16(TYPE)                                              \
+               : FTPOC_D32(d[0]), FTPOC_D32(d[1])                                       \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(TRANS_B), \
+                 "r"(accumulate))
 #else
 #define FTPOC_WGMMA_ISSUE(TYPE) __trap()
+#define FTPOC_WGMMA128_ISSUE(TYPE) __trap()
 #endif
 template <typename T, int TRANS_B>
 struct Wgmma;
@@ -110,6 +127,10 @@ struct Wgmma<__nv_bfloat16, TRANS_B> {
                                              unsigned long long desc_b, int accumulate) {
     FTPOC_WGMMA_ISSUE("bf16");
   }
+  static __device__ __forceinline__ void run(float (&d)[2][32], const unsigned (&a)[4],
+                                             unsigned long long desc_b, int accumulate) {
+    FTPOC_WGMMA128_ISSUE("bf16");
+  }
 };
 
 template <int TRANS_B>
@@ -118,38 +139,6 @@ struct Wgmma<__half, TRANS_B> {
                                              unsigned long long desc_b, int accumulate) {
     FTPOC_WGMMA_ISSUE("f16");
   }
-};
-
-// d (64 x 128: two 64-column accumulators back to back, the register order of one 64 x 128
-// accumulator) += A (64 x 16, registers) * B (16 x 128, descriptor). One instruction instead
-// of two halves: A is read once.
-#define FTPOC_WGMMA_64x128x16(TYPE)                                                           \
-  "{\n.reg .pred p;\nsetp.ne.b32 p, %70, 0;\n"                                              \
-  "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                                \
-  " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63},"  \
-  " {%64,%65,%66,%67}, %68, p, 1, 1, %69;\n}\n"
-#ifdef __CUDA_ARCH_FEAT_SM90_ALL
-#define FTPOC_WGMMA128_ISSUE(TYPE)                                                           \
-  asm volatile(FTPOC_WGMMA_64x128x16(TYPE)                                                   \
-               : FTPOC_D32(d[0]), FTPOC_D32(d[1])                                            \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "n"(TRANS_B),      \
-                 "r"(accumulate))
-#else
-#define FTPOC_WGMMA128_ISSUE(TYPE) __trap()
-#endif
-template <typename T, int TRANS_B>
-struct Wgmma128;
-
-template <int TRANS_B>
-struct Wgmma128<__nv_bfloat16, TRANS_B> {
-  static __device__ __forceinline__ void run(float (&d)[2][32], const unsigned (&a)[4],
-                                             unsigned long long desc_b, int accumulate) {
-    FTPOC_WGMMA128_ISSUE("bf16");
-  }
-};
-
-template <int TRANS_B>
-struct Wgmma128<__half, TRANS_B> {
   static __device__ __forceinline__ void run(float (&d)[2][32], const unsigned (&a)[4],
                                              unsigned long long desc_b, int accumulate) {
     FTPOC_WGMMA128_ISSUE("f16");
@@ -158,7 +147,8 @@ struct Wgmma128<__half, TRANS_B> {
 
 // d (N pieces of 64 columns) += A (16 columns, registers) * B (16 x 64N at addr; piece p at
 // addr + p * piece), one m64n64k16 per piece; two pieces go as one m64n128k16. lbo: the
-// stride of 64-column panels of an MN-major B, which only the 128-column instruction reads.
+// stride of 64-column panels of an MN-major B (the 128-column instruction reads it; NOTES,
+// "64-key tiles at D=64", on why the 64-column one gets it too).
 template <typename T, int TRANS_B, int N>
 struct WgmmaRow {
   static __device__ __forceinline__ void run(float (&d)[N][32], const unsigned (&a)[4],
@@ -174,7 +164,7 @@ struct WgmmaRow<T, TRANS_B, 2> {
   static __device__ __forceinline__ void run(float (&d)[2][32], const unsigned (&a)[4],
                                              unsigned addr, unsigned lbo, unsigned,
                                              int accumulate) {
-    Wgmma128<T, TRANS_B>::run(d, a, sw128_desc(addr, lbo, 1024), accumulate);
+    Wgmma<T, TRANS_B>::run(d, a, sw128_desc(addr, lbo, 1024), accumulate);
   }
 };
 
