@@ -189,8 +189,8 @@ __device__ __forceinline__ void pack_a(unsigned (&a)[N * 4][4], const float (&c)
 // division or swizzle arithmetic).
 template <typename T, int ROWS, int D, int NT>
 __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* src, int row0, int L) {
-  constexpr int CPR = D / 8;         // 16-byte chunks per row
-  constexpr int STEP = NT / CPR;     // rows between one thread's copies
+  constexpr int CPR = D / 8;      // 16-byte chunks per row
+  constexpr int STEP = NT / CPR;  // rows between one thread's copies
   static_assert(NT % CPR == 0 && STEP % 8 == 0 && ROWS % STEP == 0, "whole swizzle atoms");
   const int ch = threadIdx.x % CPR, r0 = threadIdx.x / CPR;
   const unsigned to = dst + (ch / 8) * ROWS * 128 + r0 * 128 + (((ch % 8) ^ (r0 & 7)) << 4);
@@ -220,8 +220,9 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
                                2 * STAGES * TILE_BYTES);
 
   const float scale_log2 = params[0] * kLog2e;
-  // Longest causal row blocks first over the whole grid, not per head: CTAs start in linear
-  // order, so every head's last row block goes first and the last wave is the short ones.
+  // Longest causal row blocks first over the whole grid, not per head: CTAs are started in
+  // the order of their linear index (x fastest), so every head's last row block goes first
+  // and the last wave is short blocks (measured: NOTES, session 8).
   const int heads = gridDim.y * gridDim.z;
   const int linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
   const int mb = gridDim.x - 1 - linear / heads;
