@@ -39,18 +39,22 @@ def read(path: Path) -> List[Dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def _last_per_iteration(records: List[Dict[str, Any]], evaluations: bool) -> List[Dict[str, Any]]:
+    """Training-step (or evaluation) records in iteration order. A resumed run appends to the
+    same file: the last record of each iteration wins."""
+    by_iter = {r["iter"]: r for r in records if "iter" in r and bool(r.get("eval")) == evaluations}
+    return [by_iter[i] for i in sorted(by_iter)]
+
+
 def training_steps(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The training-step records in iteration order (no evaluations). A resumed run appends
-    to the same file: the last record of each iteration wins."""
-    steps = {r["iter"]: r for r in records if "iter" in r and not r.get("eval")}
-    return [steps[i] for i in sorted(steps)]
+    """The training-step records in iteration order (no evaluations), last record per iteration."""
+    return _last_per_iteration(records, evaluations=False)
 
 
 def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Totals of one run: wall time (compile included), median step, tokens/s, memory, losses."""
     steps = training_steps(records)
-    evals = list({r["iter"]: r for r in records if r.get("eval")}.values())  # last one wins
-    evals.sort(key=lambda r: r["iter"])
+    evals = _last_per_iteration(records, evaluations=True)
     if not steps:
         return {"iters": 0}
     steady = [r for r in steps if not r.get("warmup")] or steps

@@ -59,22 +59,6 @@ def verdict(table: Dict[str, Dict[str, float]], candidate: str) -> str:
             f"(largest of {', '.join(f'{n} {d:.2%}' for n, d in others.items())})")
 
 
-def plot(runs: Dict[str, List[float]], reference: str, title: str, out: Path) -> Path:
-    plt = plots._pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, losses in runs.items():
-        ax.plot(range(1, len(losses) + 1), losses, label=name, color=plots._color(name),
-                linewidth=2.2 if name == reference else 1.2)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{title}: training loss per attention implementation")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a folder of <impl>.jsonl records of one model")
@@ -94,7 +78,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     (out / "loss-agreement.md").write_text(text + "\n")
-    plot(runs, args.reference, args.folder.name, out / "loss-agreement.png")
+    plots.loss_curves(runs, args.reference, out / "loss-agreement.png", args.folder.name)
     return 0
 
 

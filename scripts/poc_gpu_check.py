@@ -257,7 +257,7 @@ def nvcc_report(log):
     labels = {"fwd_sm90": "BLOCK_N={} WARPGROUPS={}", "bwd_sm90": "WARPGROUPS={} QTILES={}"}
     for kind in ("fwd", "fwd_sm90", "bwd", "bwd_sm90"):
         for D in cuda_kernels.HEAD_DIMS:
-            if kind == "fwd_sm90" and D not in cuda_kernels.FWD_SM90_BLOCK_N:
+            if kind == "fwd_sm90" and D not in cuda_kernels.FWD_SM90_CONFIG:
                 continue
             # bwd_sm90: (WARPGROUPS, QTILES)
             shapes = cuda_kernels.bwd_sm90_launches(D) if kind == "bwd_sm90" else launches[kind]

@@ -59,6 +59,23 @@ def iteration_times(runs: List[Dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
+def loss_curves(losses: Dict[str, List[float]], reference: str, path: Path, title: str) -> Path:
+    """Training loss per iteration, one line per implementation, the reference drawn thicker."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for impl, curve in losses.items():
+        ax.plot(range(1, len(curve) + 1), curve, label=impl, color=_color(impl),
+                linewidth=2.2 if impl == reference else 1.2)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"{title}: training loss per attention implementation")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def sweep(runs: List[Dict[str, Any]], key: str, ylabel: str, path: Path, title: str, log: bool = False) -> Path:
     """``key`` (steady tokens/s or peak memory) against sequence length, one line per implementation.
 

@@ -27,9 +27,9 @@ FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
 # Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims, with
 # (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tiles in flight).
 FWD_SM90_CONFIG = {64: (128, 1, 3), 128: (128, 2, 3)}
-# Keys per tile whose launches pass the float64 checks on the H100, per head dim (64-key
-# tiles at D=64 only since 41ccbef: kernels/NOTES.md).
-FWD_SM90_BLOCK_N = {64: (64, 128), 128: (64, 128)}
+# Keys per tile whose launches pass the float64 checks on the H100 at every head dim of
+# FWD_SM90_CONFIG (64-key tiles at D=64 only since 41ccbef: kernels/NOTES.md).
+FWD_SM90_BLOCK_N = (64, 128)
 MAX_SMEM_BYTES = 227 * 1024  # dynamic shared memory one CTA may have on the H100
 BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
 # Hopper runs the wgmma backward (flash_backward_sm90.cu) for these head dims, with
@@ -141,8 +141,8 @@ def backward_kernel(D: int) -> str:
 def sm90_launches(D: int) -> List[Tuple[int, int, int]]:
     """Every allowed (keys per tile, warpgroups, stages) of the wgmma forward at head dim D
     whose shared memory fits one CTA."""
-    return [(n, wg, st) for n in FWD_SM90_BLOCK_N.get(D, ()) for wg in (1, 2) for st in (2, 3)
-            if fwd_sm90_smem_bytes(D, n, wg, st) <= MAX_SMEM_BYTES]
+    return [(n, wg, st) for n in FWD_SM90_BLOCK_N for wg in (1, 2) for st in (2, 3)
+            if D in FWD_SM90_CONFIG and fwd_sm90_smem_bytes(D, n, wg, st) <= MAX_SMEM_BYTES]
 
 
 def bwd_smem_bytes(D: int, n_warps: int) -> int:
@@ -192,10 +192,13 @@ def forward(
     """
     B, n_heads, L_q, D = q.shape
     if (kernel or forward_kernel(D)) == "sm90":
+        if D not in FWD_SM90_CONFIG:
+            raise ValueError(f"sm90 forward: no kernel for head dim {D}; valid: "
+                             f"{tuple(FWD_SM90_CONFIG)}")
         block_n, warpgroups, stages = config = tuple(config or FWD_SM90_CONFIG[D])
-        if block_n not in FWD_SM90_BLOCK_N[D]:
+        if block_n not in FWD_SM90_BLOCK_N:
             raise ValueError(f"sm90 forward: {block_n} keys per tile at head dim {D} is not "
-                             f"one of the checked tile sizes {FWD_SM90_BLOCK_N[D]}")
+                             f"one of the checked tile sizes {FWD_SM90_BLOCK_N}")
         smem = fwd_sm90_smem_bytes(D, *config)
         return _kernel("ftpoc_flash_fwd_sm90", _FWD_SM90_BODY, _FWD_IO, smem)(
             inputs=[q, k, v, _params(scale)],
