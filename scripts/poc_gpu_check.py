@@ -245,7 +245,7 @@ def variants(log, deadline, lengths=(2048,)):
 def nvcc_report(log):
     """Builds each kernel variant as MLX would (sm_90a) and prints ptxas's resource report."""
     mlx_src = os.environ.get("MLX_SRC", "/tmp/mlxsrc")  # a checkout holding mlx/backend/cuda
-    header = cuda_kernels._header()
+    header = cuda_kernels.header()
     work = Path("/tmp/poc_nvcc")
     work.mkdir(exist_ok=True)
     launches = {"fwd": [(4, 1), (4, 2), (8, 2)], "bwd": [(4, 1), (8, 1)],

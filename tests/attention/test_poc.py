@@ -200,12 +200,16 @@ def test_self_check_runs_inside_compiled_training_step(monkeypatch, said):
 
 
 def test_wgmma_forward_refuses_tile_sizes_that_were_not_checked():
-    """Before any kernel runs (so on any device): keys per tile outside FWD_SM90_BLOCK_N."""
+    """Before any kernel runs (so on any device): keys per tile outside FWD_SM90_BLOCK_N, or
+    fewer than the 3 K/V buffers the one-barrier pipeline needs."""
     q = mx.zeros((1, 1, 8, 64), dtype=mx.bfloat16)
     message = "192 keys per tile at head dim 64 is not one of the checked tile sizes (64, 128)"
     with pytest.raises(ValueError, match=re.escape(message)):
-        cuda_kernels.forward(q, q, q, 0.125, True, config=(192, 1, 2), kernel="sm90")
+        cuda_kernels.forward(q, q, q, 0.125, True, config=(192, 1, 3), kernel="sm90")
+    with pytest.raises(ValueError, match="2 K/V buffers; the pipeline needs at least 3"):
+        cuda_kernels.forward(q, q, q, 0.125, True, config=(128, 1, 2), kernel="sm90")
     assert (64, 1, 3) in cuda_kernels.sm90_launches(64)
+    assert all(stages >= 3 for D in (64, 128) for _, _, stages in cuda_kernels.sm90_launches(D))
 
 
 @pytest.mark.parametrize("D, config", [(64, (2, 1)), (128, (1, 3)), (96, None)], ids=str)

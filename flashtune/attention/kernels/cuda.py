@@ -1,7 +1,7 @@
-"""Launchers for the CUDA flash-attention kernels (mx.fast.cuda_kernel): flash_attention.cu
-(mma.sync forward and backward, any NVIDIA GPU), flash_forward_sm90.cu and
-flash_backward_sm90.cu (wgmma forward and backward, Hopper; ``forward_kernel`` and
-``backward_kernel`` pick them there for head dims 64 and 128).
+"""Launchers for the CUDA flash-attention kernels (mx.fast.cuda_kernel): flash_common.cu
+(helpers), flash_attention.cu (mma.sync forward and backward, any NVIDIA GPU),
+flash_forward_sm90.cu and flash_backward_sm90.cu (wgmma forward and backward, Hopper;
+``forward_kernel`` and ``backward_kernel`` pick them there for head dims 64 and 128).
 
 ``forward`` returns the output and the per-row log-sum-exp (log2 units); ``backward``
 returns dq, dk, dv. Both take q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) in bf16 or fp16,
@@ -10,6 +10,7 @@ row-contiguous (MLX copies otherwise), with Lq <= Lk when causal (contract.confo
 
 import functools
 import logging
+import re
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -25,7 +26,7 @@ BLOCK_N_FWD = 64  # keys per forward tile (BN in flash_fwd)
 # (kernels/NOTES.md); callers may pass others for experiments.
 FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
 # Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims, with
-# (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tiles in flight).
+# (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tile buffers, at least 3).
 FWD_SM90_CONFIG = {64: (128, 1, 3), 128: (128, 2, 3)}
 # Keys per tile whose launches pass the float64 checks on the H100 at every head dim of
 # FWD_SM90_CONFIG (64-key tiles at D=64 only since 41ccbef: kernels/NOTES.md).
@@ -40,8 +41,13 @@ BWD_SM90_CONFIG = {64: (2, 2), 128: (2, 1)}
 # group inside the CTA was 13-26% slower on the H100 at L=2048, so it is off by default.
 GROUPED_MIN_CTAS = 10**9
 
-_SOURCES = [Path(__file__).with_name(n)
-            for n in ("flash_attention.cu", "flash_forward_sm90.cu", "flash_backward_sm90.cu")]
+# The device code each entry point compiles with, in order (later files use earlier ones).
+_SM80 = ("flash_common.cu", "flash_attention.cu")
+_DELTA = ("flash_common.cu",)
+_FWD_SM90 = ("flash_common.cu", "flash_forward_sm90.cu")
+_BWD_SM90 = ("flash_common.cu", "flash_forward_sm90.cu", "flash_backward_sm90.cu")
+ALL_SOURCES = ("flash_common.cu", "flash_attention.cu", "flash_forward_sm90.cu",
+               "flash_backward_sm90.cu")
 
 _FWD_BODY = """
     ftpoc::flash_fwd<T, HEAD_DIM, NWARPS, MTILES, CAUSAL>(
@@ -71,8 +77,13 @@ _BWD_BODY = """
 
 
 @functools.lru_cache(maxsize=None)
-def _header() -> str:
-    return "\n".join(path.read_text() for path in _SOURCES)
+def header(files: Tuple[str, ...] = ALL_SOURCES) -> str:
+    """The device code of ``files`` without comments (line count kept, so compiler messages
+    point at the files' lines). MLX hashes a kernel's whole source on every launch: the
+    hash of all four files with comments (56 KB) cost ~0.02 ms per call on the H100's host
+    (kernels/NOTES.md, "Launch overhead")."""
+    text = "\n".join(Path(__file__).with_name(name).read_text() for name in files)
+    return re.sub(r"[ \t]*//[^\n]*", "", text)
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,15 +99,16 @@ _DELTA_IO = (("dout", "o"), ("delta",))
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(name: str, body: str, io: Tuple[Tuple[str, ...], Tuple[str, ...]], shared_memory: int):
-    """Kernel object per entry point and shared-memory size; MLX compiles each template
-    instance on first use."""
+def _kernel(name: str, body: str, io: Tuple[Tuple[str, ...], Tuple[str, ...]], shared_memory: int,
+            files: Tuple[str, ...]):
+    """Kernel object per entry point and shared-memory size, compiled with the device code
+    of ``files`` only; MLX compiles each template instance on first use."""
     return mx.fast.cuda_kernel(
         name=name,
         input_names=list(io[0]),
         output_names=list(io[1]),
         source=body,
-        header=_header(),
+        header=header(files),
         shared_memory=shared_memory,
     )
 
@@ -141,7 +153,7 @@ def backward_kernel(D: int) -> str:
 def sm90_launches(D: int) -> List[Tuple[int, int, int]]:
     """Every allowed (keys per tile, warpgroups, stages) of the wgmma forward at head dim D
     whose shared memory fits one CTA."""
-    return [(n, wg, st) for n in FWD_SM90_BLOCK_N for wg in (1, 2) for st in (2, 3)
+    return [(n, wg, st) for n in FWD_SM90_BLOCK_N for wg in (1, 2) for st in (3, 4)
             if D in FWD_SM90_CONFIG and fwd_sm90_smem_bytes(D, n, wg, st) <= MAX_SMEM_BYTES]
 
 
@@ -199,8 +211,11 @@ def forward(
         if block_n not in FWD_SM90_BLOCK_N:
             raise ValueError(f"sm90 forward: {block_n} keys per tile at head dim {D} is not "
                              f"one of the checked tile sizes {FWD_SM90_BLOCK_N}")
+        if stages < 3:
+            raise ValueError(f"sm90 forward: {stages} K/V buffers; the pipeline needs at least 3 "
+                             f"(blocks j - 1 and j are read while j + 1 loads)")
         smem = fwd_sm90_smem_bytes(D, *config)
-        return _kernel("ftpoc_flash_fwd_sm90", _FWD_SM90_BODY, _FWD_IO, smem)(
+        return _kernel("ftpoc_flash_fwd_sm90", _FWD_SM90_BODY, _FWD_IO, smem, _FWD_SM90)(
             inputs=[q, k, v, _params(scale)],
             template=[("T", q.dtype), ("HEAD_DIM", D), ("BLOCK_N", block_n),
                       ("WARPGROUPS", warpgroups), ("STAGES", stages), ("CAUSAL", causal)],
@@ -213,7 +228,7 @@ def forward(
     n_warps, m_tiles = config or FWD_CONFIG[D]
     block_m = 16 * n_warps * m_tiles
     smem = fwd_smem_bytes(D, n_warps, m_tiles)
-    out, lse = _kernel("ftpoc_flash_fwd", _FWD_BODY, _FWD_IO, smem)(
+    out, lse = _kernel("ftpoc_flash_fwd", _FWD_BODY, _FWD_IO, smem, _SM80)(
         inputs=[q, k, v, _params(scale)],
         template=[
             ("T", q.dtype),
@@ -237,7 +252,7 @@ def softmax_delta(d_out: mx.array, out: mx.array) -> mx.array:
     One kernel reading both once; as MLX ops it took two float32 copies and a reduction."""
     B, n_heads, L_q, D = out.shape
     rows_per_block = 4
-    return _kernel("ftpoc_softmax_delta", _DELTA_BODY, _DELTA_IO, 0)(
+    return _kernel("ftpoc_softmax_delta", _DELTA_BODY, _DELTA_IO, 0, _DELTA)(
         inputs=[d_out, out.astype(d_out.dtype)],
         template=[("T", d_out.dtype), ("HEAD_DIM", D)],
         grid=(-(-B * n_heads * L_q // rows_per_block) * 32 * rows_per_block, 1, 1),
@@ -287,7 +302,7 @@ def backward(
             threadgroup=(128 * warpgroups, 1, 1),
         )
         function = _kernel("ftpoc_flash_bwd_sm90", _BWD_SM90_BODY, _BWD_IO,
-                           bwd_sm90_smem_bytes(D, warpgroups, q_tiles))
+                           bwd_sm90_smem_bytes(D, warpgroups, q_tiles), _BWD_SM90)
     else:
         n_warps = n_warps or BWD_WARPS[D]
         n_kv_blocks = -(-L_k // (16 * n_warps))
@@ -298,7 +313,8 @@ def backward(
             grid=(n_kv_blocks * 32 * n_warps, out_heads, B),
             threadgroup=(32 * n_warps, 1, 1),
         )
-        function = _kernel("ftpoc_flash_bwd", _BWD_BODY, _BWD_IO, bwd_smem_bytes(D, n_warps))
+        function = _kernel("ftpoc_flash_bwd", _BWD_BODY, _BWD_IO, bwd_smem_bytes(D, n_warps),
+                           _SM80)
     dq, dk, dv = function(
         inputs=inputs,
         output_shapes=[q.shape, (B, out_heads, L_k, D), (B, out_heads, L_k, D)],

@@ -1,7 +1,7 @@
 // FlashAttention forward for Hopper (sm_90a): warpgroup MMAs (wgmma) instead of mma.sync.
 //
-// Appended to flash_attention.cu (it uses that file's helpers). Each warpgroup (4 warps)
-// of a CTA owns 64 query rows; K and V tiles of BN keys, shared by the CTA's warpgroups, are
+// Appended to flash_common.cu (it uses its helpers). Each warpgroup (4 warps) of a CTA
+// owns 64 query rows; K and V tiles of BN keys, shared by the CTA's warpgroups, are
 // multi-buffered in shared memory with cp.async in the 128-byte-swizzled layout that wgmma
 // reads through matrix descriptors. Q is held in registers as wgmma's A operand, so
 // S = Q K^T reads only K from shared memory; P = softmax(S) stays in registers as the A
@@ -186,7 +186,10 @@ __device__ __forceinline__ void pack_a(unsigned (&a)[N * 4][4], const float (&c)
 // zero-filling rows at or past L. dst is 1024-byte aligned. Thread i copies 16-byte chunk
 // i % CPR of rows i / CPR + n * (NT / CPR): the same column, panel and swizzle phase for every
 // n, so only a row offset changes between its copies (a fixed trip count, no per-copy
-// division or swizzle arithmetic).
+// division or swizzle arithmetic). A tile inside the matrix takes a path without the
+// per-row bounds checks: each copy is then one instruction with constant offsets (the
+// forward's loop issued ~140 instructions for its 16 copies per thread before; 4-11 %
+// faster, kernels/NOTES.md, session 9).
 template <typename T, int ROWS, int D, int NT>
 __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* src, int row0, int L) {
   constexpr int CPR = D / 8;      // 16-byte chunks per row
@@ -195,6 +198,12 @@ __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* src, int 
   const int ch = threadIdx.x % CPR, r0 = threadIdx.x / CPR;
   const unsigned to = dst + (ch / 8) * ROWS * 128 + r0 * 128 + (((ch % 8) ^ (r0 & 7)) << 4);
   const T* from = src + (size_t)(row0 + r0) * D + ch * 8;
+  if (row0 + ROWS <= L) {
+#pragma unroll
+    for (int n = 0; n < ROWS / STEP; ++n)
+      cp_async16(to + n * STEP * 128, from + n * STEP * D, true);
+    return;
+  }
 #pragma unroll
   for (int n = 0; n < ROWS / STEP; ++n) {
     const bool valid = row0 + r0 + n * STEP < L;
@@ -203,13 +212,15 @@ __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* src, int 
 }
 
 // Forward, grid (ceil(Lq / BM), Hq, B), 128 * WG threads: WG warpgroups of 64 query rows
-// each (BM = 64 * WG) share the K/V tiles, STAGES of them in flight. Same outputs as
+// each (BM = 64 * WG) share the K/V tiles in STAGES buffers (at least 3: the block being
+// multiplied, the one before it still in P V, the ones loading). Same outputs as
 // flash_fwd: out (B, Hq, Lq, D) and lse (B, Hq, Lq) in log2 units (+inf on empty rows).
 template <typename T, int D, int BN, int WG, int STAGES, bool CAUSAL>
 __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* v,
                                                const float* params, int Hq, int Lq, int Hkv,
                                                int Lk, T* out, float* lse) {
   static_assert(D % 64 == 0 && BN % 64 == 0, "64-column panels, 64-key wgmma tiles");
+  static_assert(STAGES >= 3, "K/V buffers of blocks j - 1 and j are read while j + 1 loads");
   constexpr int BM = 64 * WG, NT = 128 * WG, SQ = D + 8, NB = BN / 64, NP = D / 64;
   constexpr int TILE_BYTES = BN * D * 2;
   extern __shared__ uint4 ftpoc_smem[];
@@ -252,7 +263,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
 
   load_tile<T, BM, D, NT>(Qs, qg, m0, Lq);
 #pragma unroll
-  for (int block = 0; block < STAGES; ++block) load_block(block);  // Q rides with block 0
+  for (int block = 0; block < STAGES - 1; ++block) load_block(block);  // Q rides with block 0
 
   float o[NP][32];
 #pragma unroll
@@ -321,10 +332,13 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     l_b = l_b * corr_b + sum_b;
   };
   // Software pipeline: iteration j issues S(j) and then O += P(j-1) V(j-1), and runs the
-  // softmax of block j while the tensor cores still work on P(j-1) V(j-1). A K/V buffer is
-  // refilled once both of its block's products are done, STAGES - 1 blocks ahead.
+  // softmax of block j while the tensor cores still work on P(j-1) V(j-1). One CTA barrier
+  // per block: past it, block j has landed for every thread's copies and every warpgroup is
+  // done with block j - 2, whose buffers then take block j + STAGES - 2 while the tensor
+  // cores work (a second barrier at the end of the block, before the copies, was 6-15 %
+  // slower: kernels/NOTES.md, session 9).
   if (n_blocks > 0) {
-    cp_async_wait<STAGES - 1>();
+    cp_async_wait<STAGES - 2>();
     fence_proxy_async();
     __syncthreads();
 #pragma unroll
@@ -344,7 +358,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     pack_a<T, NB>(pa, s);
   }
   for (int j = 1; j < n_blocks; ++j) {
-    cp_async_wait<STAGES - 2>();  // block j landed
+    cp_async_wait<STAGES - 3>();  // block j landed
     fence_proxy_async();
     __syncthreads();
     float s[NB][32];
@@ -355,6 +369,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     wgmma_fence();
     issue_scores(j, s);
     issue_pv(j - 1);
+    load_block(j + STAGES - 2);
     wgmma_wait<1>();  // S(j) is done; P(j-1) V(j-1) may still run
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) pin(s[nb]);
@@ -372,8 +387,6 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     for (int p = 0; p < NP; ++p)
 #pragma unroll
       for (int i = 0; i < 32; ++i) o[p][i] *= (i & 2) ? corr_b : corr_a;
-    __syncthreads();  // every warpgroup is done with block j - 1's K and V
-    load_block(j + STAGES - 1);
   }
   if (n_blocks > 0) {
 #pragma unroll
