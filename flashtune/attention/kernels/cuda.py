@@ -81,7 +81,7 @@ def header(files: Tuple[str, ...] = ALL_SOURCES) -> str:
     """The device code of ``files`` without comments (line count kept, so compiler messages
     point at the files' lines). MLX hashes a kernel's whole source on every launch: the
     hash of all four files with comments (56 KB) cost ~0.02 ms per call on the H100's host
-    (kernels/NOTES.md, "Launch overhead")."""
+    (kernels/NOTES.md, "The forward, session 9")."""
     text = "\n".join(Path(__file__).with_name(name).read_text() for name in files)
     return re.sub(r"[ \t]*//[^\n]*", "", text)
 
