@@ -335,8 +335,8 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
   // softmax of block j while the tensor cores still work on P(j-1) V(j-1). One CTA barrier
   // per block: past it, block j has landed for every thread's copies and every warpgroup is
   // done with block j - 2, whose buffers then take block j + STAGES - 2 while the tensor
-  // cores work (a second barrier at the end of the block, before the copies, was 6-15 %
-  // slower: kernels/NOTES.md, session 9).
+  // cores work (with a second barrier at the end of the block, before the copies, the
+  // forward was 2-6 % slower: kernels/NOTES.md, session 9).
   if (n_blocks > 0) {
     cp_async_wait<STAGES - 2>();
     fence_proxy_async();
