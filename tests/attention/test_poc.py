@@ -206,10 +206,23 @@ def test_wgmma_forward_refuses_tile_sizes_that_were_not_checked():
     message = "192 keys per tile at head dim 64 is not one of the checked tile sizes (64, 128)"
     with pytest.raises(ValueError, match=re.escape(message)):
         cuda_kernels.forward(q, q, q, 0.125, True, config=(192, 1, 3), kernel="sm90")
-    with pytest.raises(ValueError, match="2 K/V buffers; the pipeline needs at least 3"):
-        cuda_kernels.forward(q, q, q, 0.125, True, config=(128, 1, 2), kernel="sm90")
+    for stages in (2, 4):
+        with pytest.raises(ValueError, match=f"{stages} K/V buffers; the pipeline has 3"):
+            cuda_kernels.forward(q, q, q, 0.125, True, config=(128, 1, stages), kernel="sm90")
     assert (64, 1, 3) in cuda_kernels.sm90_launches(64)
-    assert all(stages >= 3 for D in (64, 128) for _, _, stages in cuda_kernels.sm90_launches(D))
+    assert all(stages == 3 for D in (64, 128) for _, _, stages in cuda_kernels.sm90_launches(D))
+
+
+def test_persistent_grid_is_what_fits_on_the_gpu(monkeypatch):
+    """The wgmma forward's default grid: one CTA of two warpgroups or two of one per SM (all
+    launches use over 128 registers per thread), fewer when shared memory is short; without
+    an SM count (no driver) one CTA per tile."""
+    monkeypatch.setattr(cuda_kernels, "sm_count", lambda: 132)
+    assert cuda_kernels.resident_sm90_ctas(128, 128, 2, 3) == 132
+    assert cuda_kernels.resident_sm90_ctas(64, 128, 1, 3) == 264
+    assert cuda_kernels.resident_sm90_ctas(128, 128, 1, 3) == 132  # 210 KB of shared memory
+    monkeypatch.setattr(cuda_kernels, "sm_count", lambda: None)
+    assert cuda_kernels.resident_sm90_ctas(64, 128, 1, 3) is None
 
 
 @pytest.mark.parametrize("D, config", [(64, (2, 1)), (128, (1, 3)), (96, None)], ids=str)

@@ -117,6 +117,25 @@ def test_sm90_forward_launches(dtype, D, config):
     check_forward(D, kernel="sm90", config=config, dtype=dtype)
 
 
+@pytest.mark.skipif(not cuda_kernels.is_sm90(), reason="the wgmma forward needs sm_90")
+@pytest.mark.parametrize("ctas", [1, 3, 7, None], ids=lambda c: f"ctas{c}")
+@pytest.mark.parametrize("D", [64, 128])
+def test_sm90_forward_walks_several_tiles_per_cta(D, ctas):
+    """Grids with fewer CTAs than tiles (the persistent forward): each CTA walks long and
+    short tiles, one-block tiles included, with the next tile's Q and K/V copied under the
+    current one; None is the default grid."""
+    for config in cuda_kernels.sm90_launches(D):
+        check_forward(D, kernel="sm90", config=config, ctas=ctas)
+
+
+def test_resident_ctas_fill_the_gpu():
+    """The persistent grid is the SM count times the CTAs that fit one SM."""
+    sms = cuda_kernels.sm_count()
+    assert sms is not None and sms > 0
+    assert cuda_kernels.resident_sm90_ctas(128, 128, 2, 3) == sms
+    assert cuda_kernels.resident_sm90_ctas(64, 128, 1, 3) == 2 * sms
+
+
 def test_any_scale_sign():
     """Zero and negative scales (the softmax then favours the smallest scores) match float64."""
     for scale in (-0.125, 0.0):

@@ -8,6 +8,7 @@ returns dq, dk, dv. Both take q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) in bf16 
 row-contiguous (MLX copies otherwise), with Lq <= Lk when causal (contract.conforming).
 """
 
+import ctypes
 import functools
 import logging
 import re
@@ -26,12 +27,13 @@ BLOCK_N_FWD = 64  # keys per forward tile (BN in flash_fwd)
 # (kernels/NOTES.md); callers may pass others for experiments.
 FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
 # Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims, with
-# (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tile buffers, at least 3).
+# (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tile buffers: 3).
 FWD_SM90_CONFIG = {64: (128, 1, 3), 128: (128, 2, 3)}
 # Keys per tile whose launches pass the float64 checks on the H100 at every head dim of
 # FWD_SM90_CONFIG (64-key tiles at D=64 only since 41ccbef: kernels/NOTES.md).
 FWD_SM90_BLOCK_N = (64, 128)
 MAX_SMEM_BYTES = 227 * 1024  # dynamic shared memory one CTA may have on the H100
+SM_SMEM_BYTES = 228 * 1024  # shared memory of one SM, 1 KB of it reserved per CTA
 BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
 # Hopper runs the wgmma backward (flash_backward_sm90.cu) for these head dims, with
 # (warpgroups of 64 keys per CTA, row tiles of 64 queries per step).
@@ -55,7 +57,7 @@ _FWD_BODY = """
 
 _FWD_SM90_BODY = """
     ftpoc::flash_fwd_sm90<T, HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL>(
-        q, k, v, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
+        q, k, v, params, q_shape[0], q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
 """
 
 _BWD_SM90_BODY = """
@@ -127,6 +129,32 @@ def fwd_sm90_smem_bytes(D: int, block_n: int, warpgroups: int, stages: int) -> i
     return 1024 + 2 * stages * block_n * D * 2 + 64 * warpgroups * (D + 8) * 2
 
 
+@functools.lru_cache(maxsize=None)
+def sm_count() -> Optional[int]:
+    """Streaming multiprocessors of CUDA device 0 (MLX's GPU), from the driver; None when it
+    cannot be asked (the forward then runs one CTA per tile)."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    device, count = ctypes.c_int(), ctypes.c_int()
+    ok = (driver.cuInit(0) == 0 and driver.cuDeviceGet(ctypes.byref(device), 0) == 0
+          and driver.cuDeviceGetAttribute(ctypes.byref(count), 16, device) == 0)  # 16: SMs
+    return count.value if ok and count.value > 0 else None
+
+
+def resident_sm90_ctas(D: int, block_n: int, warpgroups: int, stages: int) -> Optional[int]:
+    """CTAs of the wgmma forward that run at once on this GPU. Every launch uses more than
+    128 registers per thread (ptxas), so registers allow one CTA of two warpgroups or two of
+    one per SM; shared memory may allow fewer."""
+    sms = sm_count()
+    if sms is None:
+        return None
+    per_sm = min(2 // warpgroups, SM_SMEM_BYTES // (fwd_sm90_smem_bytes(D, block_n, warpgroups,
+                                                                        stages) + 1024))
+    return sms * max(1, per_sm)
+
+
 def _choose(direction: str, D: int, sm90_head_dims) -> str:
     kernel = "sm90" if D in sm90_head_dims and is_sm90() else "sm80"
     say_once(f"poc-cuda-{direction}-{kernel}-{D}",
@@ -152,7 +180,7 @@ def backward_kernel(D: int) -> str:
 def sm90_launches(D: int) -> List[Tuple[int, int, int]]:
     """Every allowed (keys per tile, warpgroups, stages) of the wgmma forward at head dim D
     whose shared memory fits one CTA."""
-    return [(n, wg, st) for n in FWD_SM90_BLOCK_N for wg in (1, 2) for st in (3, 4)
+    return [(n, wg, st) for n in FWD_SM90_BLOCK_N for wg in (1, 2) for st in (3,)
             if D in FWD_SM90_CONFIG and fwd_sm90_smem_bytes(D, n, wg, st) <= MAX_SMEM_BYTES]
 
 
@@ -193,13 +221,18 @@ def forward(
     config: Optional[Tuple[int, ...]] = None,
     poison: Optional[float] = None,
     kernel: Optional[str] = None,
+    ctas: Optional[int] = None,
 ) -> Tuple[mx.array, mx.array]:
     """Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32, log2 units.
 
     ``kernel`` is "sm90" or "sm80", default ``forward_kernel(D)``; ``config`` is, for sm80,
     (warps, row tiles per warp), default ``FWD_CONFIG``, and for sm90 (keys per tile,
     warpgroups, stages), default ``FWD_SM90_CONFIG``; ``poison`` (tests) pre-fills the
-    outputs, e.g. with NaN, to show that every element is written.
+    outputs, e.g. with NaN, to show that every element is written. ``ctas`` (sm90) is the
+    grid: by default as many CTAs as run on the GPU at once (persistent: each walks several
+    tiles of 64 * warpgroups query rows and copies the next tile's Q and first K/V block
+    under the current one; kernels/NOTES.md, session 10), or one per tile when the SM count
+    is unknown.
     """
     B, n_heads, L_q, D = q.shape
     if (kernel or forward_kernel(D)) == "sm90":
@@ -210,15 +243,19 @@ def forward(
         if block_n not in FWD_SM90_BLOCK_N:
             raise ValueError(f"sm90 forward: {block_n} keys per tile at head dim {D} is not "
                              f"one of the checked tile sizes {FWD_SM90_BLOCK_N}")
-        if stages < 3:
-            raise ValueError(f"sm90 forward: {stages} K/V buffers; the pipeline needs at least 3 "
+        if stages != 3:
+            raise ValueError(f"sm90 forward: {stages} K/V buffers; the pipeline has 3 "
                              f"(blocks j - 1 and j are read while j + 1 loads)")
         smem = fwd_sm90_smem_bytes(D, *config)
+        tiles = -(-L_q // (64 * warpgroups)) * n_heads * B
+        if ctas is None:
+            ctas = resident_sm90_ctas(D, *config)
+        ctas = min(tiles, ctas or tiles)
         return _kernel("ftpoc_flash_fwd_sm90", _FWD_SM90_BODY, _FWD_IO, smem, _FWD_SM90)(
             inputs=[q, k, v, _params(scale)],
             template=[("T", q.dtype), ("HEAD_DIM", D), ("BLOCK_N", block_n),
                       ("WARPGROUPS", warpgroups), ("STAGES", stages), ("CAUSAL", causal)],
-            grid=(-(-L_q // (64 * warpgroups)) * 128 * warpgroups, n_heads, B),
+            grid=(max(ctas, 1) * 128 * warpgroups, 1, 1),
             threadgroup=(128 * warpgroups, 1, 1),
             output_shapes=[q.shape, (B, n_heads, L_q)],
             output_dtypes=[q.dtype, mx.float32],

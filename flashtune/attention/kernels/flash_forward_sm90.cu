@@ -211,16 +211,25 @@ __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* src, int 
   }
 }
 
-// Forward, grid (ceil(Lq / BM), Hq, B), 128 * WG threads: WG warpgroups of 64 query rows
-// each (BM = 64 * WG) share the K/V tiles in STAGES buffers (at least 3: the block being
-// multiplied, the one before it still in P V, the ones loading). Same outputs as
-// flash_fwd: out (B, Hq, Lq, D) and lse (B, Hq, Lq) in log2 units (+inf on empty rows).
+// Forward, grid (G, 1, 1), 128 * WG threads: WG warpgroups of 64 query rows each (BM = 64 * WG)
+// share the K/V tiles in 3 buffers (the block being multiplied, the one before it still in
+// P V, the one loading). Same outputs as flash_fwd: out (B, Hq, Lq, D) and lse (B, Hq, Lq) in
+// log2 units (+inf on empty rows).
+//
+// Tiles (BM query rows of one head) are numbered longest causal row block first over all
+// heads. With G = the number of tiles every CTA runs one, and the hardware starts them in
+// index order: every head's last row block goes first and the last wave is short blocks
+// (measured: NOTES, session 8). A persistent grid (G = the CTAs that fit on the GPU at once)
+// walks the tiles in rounds of G, every other round backwards, so that each CTA gets long and
+// short tiles in turn, and copies the next tile's Q and first K/V block while its current
+// tile computes its last block, instead of after the tile has finished (with one CTA per SM
+// at D=128 nothing else covers that wait).
 template <typename T, int D, int BN, int WG, int STAGES, bool CAUSAL>
 __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* v,
-                                               const float* params, int Hq, int Lq, int Hkv,
-                                               int Lk, T* out, float* lse) {
+                                               const float* params, int B, int Hq, int Lq,
+                                               int Hkv, int Lk, T* out, float* lse) {
   static_assert(D % 64 == 0 && BN % 64 == 0, "64-column panels, 64-key wgmma tiles");
-  static_assert(STAGES >= 3, "K/V buffers of blocks j - 1 and j are read while j + 1 loads");
+  static_assert(STAGES == 3, "blocks j - 1 and j are read while j + 1 loads (one block ahead)");
   constexpr int BM = 64 * WG, NT = 128 * WG, SQ = D + 8, NB = BN / 64, NP = D / 64;
   constexpr int TILE_BYTES = BN * D * 2;
   extern __shared__ uint4 ftpoc_smem[];
@@ -231,68 +240,66 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
                                2 * STAGES * TILE_BYTES);
 
   const float scale_log2 = params[0] * kLog2e;
-  // Longest causal row blocks first over the whole grid, not per head: CTAs are started in
-  // the order of their linear index (x fastest), so every head's last row block goes first
-  // and the last wave is short blocks (measured: NOTES, session 8).
-  const int heads = gridDim.y * gridDim.z;
-  const int linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-  const int mb = gridDim.x - 1 - linear / heads;
-  const int h = linear % heads % gridDim.y, b = linear % heads / gridDim.y;
-  const int hk = h / (Hq / Hkv);
-  const int m0 = mb * BM;
+  const int heads = B * Hq, m_blocks = (Lq + BM - 1) / BM, n_tiles = m_blocks * heads;
   const int offset = Lk - Lq;
-  const T* qg = q + (size_t)(b * Hq + h) * Lq * D;
-  const T* kg = k + (size_t)(b * Hkv + hk) * Lk * D;
-  const T* vg = v + (size_t)(b * Hkv + hk) * Lk * D;
-  const int n_end = CAUSAL ? min(Lk, m0 + BM + offset) : Lk;
-  const int n_blocks = n_end > 0 ? (n_end + BN - 1) / BN : 0;
+  // A tile: its first query row, its row of (B * Hq) heads in q and out, its K/V head's row
+  // of (B * Hkv), and its K/V blocks (-1: this CTA has no tile in that round).
+  struct Tile {
+    int m0, bh, bkv, n_blocks;
+  };
+  auto tile = [&](int round) {
+    Tile tl{0, 0, 0, -1};
+    const int G = gridDim.x, c = blockIdx.x;
+    const int t = round * G + ((round & 1) ? G - 1 - c : c);
+    if (t < n_tiles) {
+      tl.m0 = (m_blocks - 1 - t / heads) * BM;
+      tl.bh = t % heads;
+      tl.bkv = tl.bh / Hq * Hkv + tl.bh % Hq / (Hq / Hkv);
+      const int n_end = CAUSAL ? min(Lk, tl.m0 + BM + offset) : Lk;
+      tl.n_blocks = n_end > 0 ? (n_end + BN - 1) / BN : 0;
+    }
+    return tl;
+  };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;  // warp / 4: warpgroup
   const int g = lane >> 2, t = lane & 3;
-  const int row_a = m0 + warp * 16 + g, row_b = row_a + 8;
 
+  // Block i of the CTA's stream (its tiles' K/V blocks in round order) goes to buffer
+  // i % STAGES; one cp.async group per block, a tile's first block carries its Q.
   auto k_tile = [&](int block) { return kv_base + (block % STAGES) * TILE_BYTES; };
   auto v_tile = [&](int block) { return kv_base + (STAGES + block % STAGES) * TILE_BYTES; };
-  auto load_block = [&](int block) {
-    if (block < n_blocks) {
-      load_tile_sw128<T, BN, D, NT>(k_tile(block), kg, block * BN, Lk);
-      load_tile_sw128<T, BN, D, NT>(v_tile(block), vg, block * BN, Lk);
-    }
-    cp_async_commit();  // one group per block, empty past the end: the waits count groups
+  auto load_first = [&](const Tile& tl, int buf) {
+    load_tile<T, BM, D, NT>(Qs, q + (size_t)tl.bh * Lq * D, tl.m0, Lq);
+    load_tile_sw128<T, BN, D, NT>(k_tile(buf), k + (size_t)tl.bkv * Lk * D, 0, Lk);
+    load_tile_sw128<T, BN, D, NT>(v_tile(buf), v + (size_t)tl.bkv * Lk * D, 0, Lk);
   };
 
-  load_tile<T, BM, D, NT>(Qs, qg, m0, Lq);
-#pragma unroll
-  for (int block = 0; block < STAGES - 1; ++block) load_block(block);  // Q rides with block 0
-
   float o[NP][32];
-#pragma unroll
-  for (int p = 0; p < NP; ++p)
-#pragma unroll
-    for (int i = 0; i < 32; ++i) o[p][i] = 0.f;
-  float m_a = -pos_inf(), m_b = -pos_inf(), l_a = 0.f, l_b = 0.f;
+  float m_a, m_b, l_a, l_b;
   unsigned qf[D / 16][4];
   unsigned pa[BN / 16][4];  // P of the block whose O += P V is issued next
+  int m0 = 0, row_a = 0, row_b = 0;
 
-  // S = Q K(j)^T, D / 16 steps of 16 along the head dim, each over all BN keys (issued only).
-  auto issue_scores = [&](int j, float (&s)[NB][32]) {
+  // S = Q K^T over the keys in buffer `buf`, D / 16 steps of 16 along the head dim, each over
+  // all BN keys (issued only).
+  auto issue_scores = [&](int buf, float (&s)[NB][32]) {
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      WgmmaRow<T, 0, NB>::run(s, qf[kk], k_tile(j) + (kk / 4) * BN * 128 + (kk % 4) * 32, 16,
+      WgmmaRow<T, 0, NB>::run(s, qf[kk], k_tile(buf) + (kk / 4) * BN * 128 + (kk % 4) * 32, 16,
                               64 * 128, kk > 0);
     wgmma_commit();
   };
-  // O += P V(j): V read MN-major, 16 keys (two 8-row atoms, 2048 bytes) per step, each over
+  // O += P V(buf): V read MN-major, 16 keys (two 8-row atoms, 2048 bytes) per step, each over
   // all D columns (panels BN * 128 bytes apart) (issued only).
-  auto issue_pv = [&](int j) {
+  auto issue_pv = [&](int buf) {
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk)
-      WgmmaRow<T, 1, NP>::run(o, pa[kk], v_tile(j) + kk * 2048, BN * 128, BN * 128, 1);
+      WgmmaRow<T, 1, NP>::run(o, pa[kk], v_tile(buf) + kk * 2048, BN * 128, BN * 128, 1);
     wgmma_commit();
   };
-  // Online softmax of block j in log2 units, rows row_a (e = 0, 1) and row_b (e = 2, 3):
-  // s becomes P, l is updated, and corr_a / corr_b are what O of earlier blocks must be
-  // multiplied by.
+  // Online softmax of block j (of the tile) in log2 units, rows row_a (e = 0, 1) and row_b
+  // (e = 2, 3): s becomes P, l is updated, and corr_a / corr_b are what O of earlier blocks
+  // must be multiplied by.
   auto softmax = [&](float (&s)[NB][32], int j, float& corr_a, float& corr_b) {
     const int n0 = j * BN;
     const bool need_mask = (n0 + BN > Lk) || (CAUSAL && n0 + BN - 1 > m0 + offset);
@@ -331,97 +338,178 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     l_a = l_a * corr_a + sum_a;  // per-thread partial sums; quads summed at the end
     l_b = l_b * corr_b + sum_b;
   };
-  // Software pipeline: iteration j issues S(j) and then O += P(j-1) V(j-1), and runs the
-  // softmax of block j while the tensor cores still work on P(j-1) V(j-1). One CTA barrier
-  // per block: past it, block j has landed for every thread's copies and every warpgroup is
-  // done with block j - 2, whose buffers then take block j + STAGES - 2 while the tensor
-  // cores work (with a second barrier at the end of the block, before the copies, the
-  // forward was 2-6 % slower: kernels/NOTES.md, session 9).
-  if (n_blocks > 0) {
-    cp_async_wait<STAGES - 2>();
-    fence_proxy_async();
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk)
-      ldsm_x4(qf[kk], smem_u32(Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SQ +
-                               kk * 16 + (lane >> 4) * 8));
-    float s[NB][32];
-    pin(qf);
-    wgmma_fence();
-    issue_scores(0, s);
-    wgmma_wait<0>();
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) pin(s[nb]);
-    pin(qf);
-    float corr_a, corr_b;
-    softmax(s, 0, corr_a, corr_b);  // O is still zero: nothing to rescale
-    pack_a<T, NB>(pa, s);
-  }
-  for (int j = 1; j < n_blocks; ++j) {
-    cp_async_wait<STAGES - 3>();  // block j landed
-    fence_proxy_async();
-    __syncthreads();
-    float s[NB][32];
-    pin(qf);
-    pin(pa);
-#pragma unroll
-    for (int p = 0; p < NP; ++p) pin(o[p]);  // the last rescale lands before the fence
-    wgmma_fence();
-    issue_scores(j, s);
-    issue_pv(j - 1);
-    load_block(j + STAGES - 2);
-    wgmma_wait<1>();  // S(j) is done; P(j-1) V(j-1) may still run
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb) pin(s[nb]);
-    float corr_a, corr_b;
-    softmax(s, j, corr_a, corr_b);
-    wgmma_wait<0>();
-#pragma unroll
-    for (int p = 0; p < NP; ++p) pin(o[p]);
-    pin(pa);
-    pin(qf);
-    // Packed only now: ptxas serializes every wgmma when registers that feed one are written
-    // while another is in flight (warning C7513), even into an array of their own.
-    pack_a<T, NB>(pa, s);
+
+  int blk = 0;            // stream index of the block being multiplied
+  bool have_first = false;  // the tile's Q and first block were issued under the tile before
+  for (int round = 0;; ++round) {
+    const Tile cur = tile(round);
+    if (cur.n_blocks < 0) break;
+    m0 = cur.m0;
+    row_a = m0 + warp * 16 + g;
+    row_b = row_a + 8;
+    const T* kg = k + (size_t)cur.bkv * Lk * D;
+    const T* vg = v + (size_t)cur.bkv * Lk * D;
+    // Issues block j + 1 of this tile or, past its last, the next tile's Q and first block:
+    // one cp.async group either way (empty at the end), so that the waits count groups.
+    auto load_after = [&](int j) {
+      if (j + 1 < cur.n_blocks) {
+        load_tile_sw128<T, BN, D, NT>(k_tile(blk + 1), kg, (j + 1) * BN, Lk);
+        load_tile_sw128<T, BN, D, NT>(v_tile(blk + 1), vg, (j + 1) * BN, Lk);
+      } else {
+        const Tile next = tile(round + 1);
+        if (next.n_blocks > 0) load_first(next, blk + 1);
+        have_first = next.n_blocks > 0;
+      }
+      cp_async_commit();
+    };
 #pragma unroll
     for (int p = 0; p < NP; ++p)
 #pragma unroll
-      for (int i = 0; i < 32; ++i) o[p][i] *= (i & 2) ? corr_b : corr_a;
-  }
-  if (n_blocks > 0) {
+      for (int i = 0; i < 32; ++i) o[p][i] = 0.f;
+    m_a = -pos_inf(), m_b = -pos_inf(), l_a = 0.f, l_b = 0.f;
+    // Software pipeline: iteration j issues S(j) and then O += P(j-1) V(j-1), and runs the
+    // softmax of block j while the tensor cores still work on P(j-1) V(j-1). One CTA barrier
+    // per block: past it, block j has landed for every thread's copies and every warpgroup is
+    // done with the block two before it, whose buffers then take block j + 1 while the tensor
+    // cores work (with a second barrier at the end of the block, before the copies, the
+    // forward was 2-6 % slower: kernels/NOTES.md, session 9).
+    if (cur.n_blocks > 0) {
+      if (!have_first) {
+        load_first(cur, blk);
+        cp_async_commit();
+      }
+      cp_async_wait<0>();  // Q and block 0 landed
+      fence_proxy_async();
+      __syncthreads();
 #pragma unroll
-    for (int p = 0; p < NP; ++p) pin(o[p]);
-    pin(pa);
-    wgmma_fence();
-    issue_pv(n_blocks - 1);
-    wgmma_wait<0>();
+      for (int kk = 0; kk < D / 16; ++kk)
+        ldsm_x4(qf[kk], smem_u32(Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * SQ +
+                                 kk * 16 + (lane >> 4) * 8));
+      float s[NB][32];
+      pin(qf);
+      wgmma_fence();
+      issue_scores(blk, s);
+      // A one-block tile copies the next tile's Q now: every thread must have read this one.
+      if (cur.n_blocks == 1) __syncthreads();
+      load_after(0);
+      wgmma_wait<0>();
 #pragma unroll
-    for (int p = 0; p < NP; ++p) pin(o[p]);
-    pin(pa);
+      for (int nb = 0; nb < NB; ++nb) pin(s[nb]);
+      pin(qf);
+      float corr_a, corr_b;
+      softmax(s, 0, corr_a, corr_b);  // O is still zero: nothing to rescale
+      pack_a<T, NB>(pa, s);
+      ++blk;
+    }
+    // O *= corr of the block before, applied while the tensor cores compute S (FA3's order):
+    // the rescale of block j waits for P(j-1) V(j-1) and lands before P(j) V(j) is issued.
+    float corr_a = 1.f, corr_b = 1.f;
+    for (int j = 1; j < cur.n_blocks; ++j, ++blk) {
+      cp_async_wait<0>();  // block j landed
+      fence_proxy_async();
+      __syncthreads();
+      float s[NB][32];
+      pin(qf);
+      pin(pa);
+      wgmma_fence();
+      issue_scores(blk, s);
+      // The copies go while S runs: issued after P V, they waited for its wgmmas to find a
+      // slot (only once S was nearly done) and delayed the softmax (kernels/NOTES.md,
+      // session 10).
+      load_after(j);
+#pragma unroll
+      for (int p = 0; p < NP; ++p)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) o[p][i] *= (i & 2) ? corr_b : corr_a;
+#pragma unroll
+      for (int p = 0; p < NP; ++p) pin(o[p]);  // the rescale lands before the fence
+      wgmma_fence();
+      issue_pv(blk - 1);
+      wgmma_wait<1>();  // S(j) is done; P(j-1) V(j-1) may still run
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) pin(s[nb]);
+      softmax(s, j, corr_a, corr_b);
+      wgmma_wait<0>();
+#pragma unroll
+      for (int p = 0; p < NP; ++p) pin(o[p]);
+      pin(pa);
+      pin(qf);
+      // Packed only now: ptxas serializes every wgmma when registers that feed one are
+      // written while another is in flight (warning C7513), even into an array of their own.
+      pack_a<T, NB>(pa, s);
+    }
+    if (cur.n_blocks > 0) {
+#pragma unroll
+      for (int p = 0; p < NP; ++p)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) o[p][i] *= (i & 2) ? corr_b : corr_a;
+#pragma unroll
+      for (int p = 0; p < NP; ++p) pin(o[p]);
+      pin(pa);
+      wgmma_fence();
+      issue_pv(blk - 1);
+      wgmma_wait<0>();
+#pragma unroll
+      for (int p = 0; p < NP; ++p) pin(o[p]);
+      pin(pa);
+    }
+
+    T* og = out + (size_t)cur.bh * Lq * D;
+    float* lg = lse + (size_t)cur.bh * Lq;
+    const float la = quad_sum(l_a), lb = quad_sum(l_b);
+    const float inv_a = la > 0.f ? 1.f / la : 0.f;
+    const float inv_b = lb > 0.f ? 1.f / lb : 0.f;
+    if (TILE_BYTES >= BM * D * 2) {
+      // Through shared memory: the warp's 16 rows go to the K buffer of the block after next
+      // (no warpgroup reads it any more, and its next copy waits for the next CTA barrier)
+      // with stmatrix, 16-byte chunks XOR-swizzled by row, then out in whole 16-byte chunks,
+      // consecutive lanes on consecutive chunks of a row.
+      constexpr int CPR = D / 8;
+      const unsigned stage = k_tile(blk + 1) + warp * 16 * D * 2;
+#pragma unroll
+      for (int p = 0; p < NP; ++p)
+#pragma unroll
+        for (int i = 0; i < 8; i += 2) {
+          const int r = (lane & 7) + ((lane >> 3) & 1) * 8, c = p * 8 + i + (lane >> 4);
+          const unsigned addr = stage + r * D * 2 + ((c ^ (r & 7)) << 4);
+          asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                       ::"r"(addr), "r"(Mma<T>::pack(o[p][4 * i] * inv_a, o[p][4 * i + 1] * inv_a)),
+                       "r"(Mma<T>::pack(o[p][4 * i + 2] * inv_b, o[p][4 * i + 3] * inv_b)),
+                       "r"(Mma<T>::pack(o[p][4 * i + 4] * inv_a, o[p][4 * i + 5] * inv_a)),
+                       "r"(Mma<T>::pack(o[p][4 * i + 6] * inv_b, o[p][4 * i + 7] * inv_b))
+                       : "memory");
+        }
+      __syncwarp();
+#pragma unroll
+      for (int n = 0; n < 16 * CPR / 32; ++n) {
+        const int idx = lane + 32 * n, r = idx / CPR, c = idx % CPR;
+        const int row = m0 + warp * 16 + r;
+        uint4 chunk;
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(chunk.x), "=r"(chunk.y), "=r"(chunk.z), "=r"(chunk.w)
+                     : "r"(stage + r * D * 2 + ((c ^ (r & 7)) << 4)) : "memory");
+        if (row < Lq) *reinterpret_cast<uint4*>(og + (size_t)row * D + c * 8) = chunk;
+      }
+    } else {
+#pragma unroll
+      for (int p = 0; p < NP; ++p)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int col = p * 64 + i * 8 + 2 * t;
+          if (row_a < Lq)
+            *reinterpret_cast<unsigned*>(og + (size_t)row_a * D + col) =
+                Mma<T>::pack(o[p][4 * i] * inv_a, o[p][4 * i + 1] * inv_a);
+          if (row_b < Lq)
+            *reinterpret_cast<unsigned*>(og + (size_t)row_b * D + col) =
+                Mma<T>::pack(o[p][4 * i + 2] * inv_b, o[p][4 * i + 3] * inv_b);
+        }
+    }
+    if (t == 0) {
+      if (row_a < Lq) lg[row_a] = la > 0.f ? m_a + log2f(la) : pos_inf();
+      if (row_b < Lq) lg[row_b] = lb > 0.f ? m_b + log2f(lb) : pos_inf();
+    }
   }
   cp_async_wait<0>();
-
-  T* og = out + (size_t)(b * Hq + h) * Lq * D;
-  float* lg = lse + (size_t)(b * Hq + h) * Lq;
-  const float la = quad_sum(l_a), lb = quad_sum(l_b);
-  const float inv_a = la > 0.f ? 1.f / la : 0.f;
-  const float inv_b = lb > 0.f ? 1.f / lb : 0.f;
-#pragma unroll
-  for (int p = 0; p < NP; ++p)
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int col = p * 64 + i * 8 + 2 * t;
-      if (row_a < Lq)
-        *reinterpret_cast<unsigned*>(og + (size_t)row_a * D + col) =
-            Mma<T>::pack(o[p][4 * i] * inv_a, o[p][4 * i + 1] * inv_a);
-      if (row_b < Lq)
-        *reinterpret_cast<unsigned*>(og + (size_t)row_b * D + col) =
-            Mma<T>::pack(o[p][4 * i + 2] * inv_b, o[p][4 * i + 3] * inv_b);
-    }
-  if (t == 0) {
-    if (row_a < Lq) lg[row_a] = la > 0.f ? m_a + log2f(la) : pos_inf();
-    if (row_b < Lq) lg[row_b] = lb > 0.f ? m_b + log2f(lb) : pos_inf();
-  }
 }
 
 }  // namespace ftpoc
