@@ -180,8 +180,8 @@ def backward_kernel(D: int) -> str:
 def sm90_launches(D: int) -> List[Tuple[int, int, int]]:
     """Every allowed (keys per tile, warpgroups, stages) of the wgmma forward at head dim D
     whose shared memory fits one CTA."""
-    return [(n, wg, st) for n in FWD_SM90_BLOCK_N for wg in (1, 2) for st in (3,)
-            if D in FWD_SM90_CONFIG and fwd_sm90_smem_bytes(D, n, wg, st) <= MAX_SMEM_BYTES]
+    return [(n, wg, 3) for n in FWD_SM90_BLOCK_N for wg in (1, 2)
+            if D in FWD_SM90_CONFIG and fwd_sm90_smem_bytes(D, n, wg, 3) <= MAX_SMEM_BYTES]
 
 
 def bwd_smem_bytes(D: int, n_warps: int) -> int:

@@ -339,6 +339,17 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     l_b = l_b * corr_b + sum_b;
   };
 
+  // O *= corr per row, landed before the wgmma.fence that the next O += P V needs.
+  auto rescale_o = [&](float corr_a, float corr_b) {
+#pragma unroll
+    for (int p = 0; p < NP; ++p)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) o[p][i] *= (i & 2) ? corr_b : corr_a;
+#pragma unroll
+    for (int p = 0; p < NP; ++p) pin(o[p]);
+    wgmma_fence();
+  };
+
   int blk = 0;            // stream index of the block being multiplied
   bool have_first = false;  // the tile's Q and first block were issued under the tile before
   for (int round = 0;; ++round) {
@@ -417,13 +428,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
       // slot (only once S was nearly done) and delayed the softmax (kernels/NOTES.md,
       // session 10).
       load_after(j);
-#pragma unroll
-      for (int p = 0; p < NP; ++p)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) o[p][i] *= (i & 2) ? corr_b : corr_a;
-#pragma unroll
-      for (int p = 0; p < NP; ++p) pin(o[p]);  // the rescale lands before the fence
-      wgmma_fence();
+      rescale_o(corr_a, corr_b);
       issue_pv(blk - 1);
       wgmma_wait<1>();  // S(j) is done; P(j-1) V(j-1) may still run
 #pragma unroll
@@ -439,14 +444,8 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
       pack_a<T, NB>(pa, s);
     }
     if (cur.n_blocks > 0) {
-#pragma unroll
-      for (int p = 0; p < NP; ++p)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) o[p][i] *= (i & 2) ? corr_b : corr_a;
-#pragma unroll
-      for (int p = 0; p < NP; ++p) pin(o[p]);
       pin(pa);
-      wgmma_fence();
+      rescale_o(corr_a, corr_b);
       issue_pv(blk - 1);
       wgmma_wait<0>();
 #pragma unroll
