@@ -200,8 +200,8 @@ def test_self_check_runs_inside_compiled_training_step(monkeypatch, said):
 
 
 def test_wgmma_forward_refuses_tile_sizes_that_were_not_checked():
-    """Before any kernel runs (so on any device): keys per tile outside FWD_SM90_BLOCK_N, or
-    fewer than the 3 K/V buffers the one-barrier pipeline needs."""
+    """Before any kernel runs (so on any device): keys per tile outside FWD_SM90_BLOCK_N, or a
+    K/V buffer count other than the pipeline's 3."""
     q = mx.zeros((1, 1, 8, 64), dtype=mx.bfloat16)
     message = "192 keys per tile at head dim 64 is not one of the checked tile sizes (64, 128)"
     with pytest.raises(ValueError, match=re.escape(message)):

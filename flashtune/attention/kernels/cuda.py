@@ -33,7 +33,8 @@ FWD_SM90_CONFIG = {64: (128, 1, 3), 128: (128, 2, 3)}
 # FWD_SM90_CONFIG (64-key tiles at D=64 only since 41ccbef: kernels/NOTES.md).
 FWD_SM90_BLOCK_N = (64, 128)
 MAX_SMEM_BYTES = 227 * 1024  # dynamic shared memory one CTA may have on the H100
-SM_SMEM_BYTES = 228 * 1024  # shared memory of one SM, 1 KB of it reserved per CTA
+SM_SMEM_BYTES = 228 * 1024  # shared memory of one SM
+CTA_RESERVED_SMEM_BYTES = 1024  # of it, taken by the system per resident CTA
 BWD_WARPS = {32: 4, 64: 8, 80: 4, 96: 4, 128: 4}
 # Hopper runs the wgmma backward (flash_backward_sm90.cu) for these head dims, with
 # (warpgroups of 64 keys per CTA, row tiles of 64 queries per step).
@@ -150,8 +151,8 @@ def resident_sm90_ctas(D: int, block_n: int, warpgroups: int, stages: int) -> Op
     sms = sm_count()
     if sms is None:
         return None
-    per_sm = min(2 // warpgroups, SM_SMEM_BYTES // (fwd_sm90_smem_bytes(D, block_n, warpgroups,
-                                                                        stages) + 1024))
+    cta_smem = fwd_sm90_smem_bytes(D, block_n, warpgroups, stages) + CTA_RESERVED_SMEM_BYTES
+    per_sm = min(2 // warpgroups, SM_SMEM_BYTES // cta_smem)
     return sms * max(1, per_sm)
 
 
