@@ -56,8 +56,7 @@ def _train(args) -> int:
     import json
 
     from flashtune import config as config_module
-    from flashtune.records import format_summary
-    from flashtune.train import train
+    from flashtune.train import format_summary, train
 
     config = config_module.resolve(args)
     try:

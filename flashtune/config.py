@@ -13,8 +13,10 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from flashtune.errors import ConfigError
 
-LORA_PRECISIONS = ("mixed", "float32")  # see flashtune.lora.set_lora_precision
+
+LORA_PRECISIONS = ("mixed", "float32")  # see flashtune.train.lora.set_lora_precision
 
 
 @dataclass
@@ -25,26 +27,26 @@ class TrainConfig:
     tokenizer: Optional[str] = field(default=None, metadata={"help": "with --init random: tokenizer folder to use (default: cached, else a stand-in)"})
     attn: str = field(default="demo", metadata={"help": "attention implementation (flashtune attention names)"})
     data: Optional[str] = field(default=None, metadata={"help": "folder with train.jsonl/valid.jsonl (default: the shipped dataset)"})
-    dtype: Optional[str] = field(default=None, metadata={"help": "float32 | bfloat16 | float16 (default: bfloat16 on GPU, float32 on CPU)"})
+    dtype: Optional[str] = field(default=None, metadata={"help": "parameter dtype (default: bfloat16 on GPU, float32 on CPU)", "choices": ["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]})
     qlora: bool = field(default=False, metadata={"help": "keep quantized base weights quantized (QLoRA)"})
     # LoRA.
-    lora_layers: int = field(default=16, metadata={"help": "number of final blocks that get LoRA"})
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_layers: int = field(default=16, metadata={"help": "number of final blocks that get LoRA", "min": 1})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank", "min": 1})
     lora_scale: float = field(default=20.0, metadata={"help": "LoRA scale (mlx-lm's convention)"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout", "min": 0.0, "below": 1.0})
     lora_precision: str = field(default="mixed", metadata={"help": "LoRA branch compute: mixed (activations' dtype, float32 parameters) | float32 (mlx-lm's)", "choices": list(LORA_PRECISIONS)})
     # Optimization.
-    iters: int = field(default=100, metadata={"help": "training iterations"})
-    batch_size: int = field(default=4, metadata={"help": "sequences per iteration (per rank)"})
-    grad_accumulation: int = field(default=1, metadata={"help": "micro-batches per optimizer update"})
-    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)"})
-    warmup: int = field(default=10, metadata={"help": "linear warm-up iterations"})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to learning_rate * this"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    max_seq_length: Optional[int] = field(default=None, metadata={"help": "most tokens per example (default: the model context); longer is an error unless --truncate"})
+    iters: int = field(default=100, metadata={"help": "training iterations", "min": 1})
+    batch_size: int = field(default=4, metadata={"help": "sequences per iteration (per rank)", "min": 1})
+    grad_accumulation: int = field(default=1, metadata={"help": "micro-batches per optimizer update", "min": 1})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (AdamW)", "above": 0.0})
+    warmup: int = field(default=10, metadata={"help": "linear warm-up iterations", "min": 0})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "cosine decays to learning_rate * this", "min": 0.0})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay", "min": 0.0})
+    max_seq_length: Optional[int] = field(default=None, metadata={"help": "most tokens per example (default: the model context); longer is an error unless --truncate", "min": 2})
     truncate: bool = field(default=False, metadata={"help": "truncate over-long examples instead of failing"})
-    pad_to_multiple: Optional[int] = field(default=None, metadata={"help": "pad batch length to a multiple (default: lengths planned per run for few compiles, see flashtune.shapes)"})
-    fixed_length: Optional[int] = field(default=None, metadata={"help": "pad every batch to this length (one compiled shape; timing runs)"})
+    pad_to_multiple: Optional[int] = field(default=None, metadata={"help": "pad batch length to a multiple (default: lengths planned per run for few compiles, see flashtune.data.shapes)", "min": 1})
+    fixed_length: Optional[int] = field(default=None, metadata={"help": "pad every batch to this length (one compiled shape; timing runs)", "min": 1})
     grad_checkpoint: bool = field(default=False, metadata={"help": "recompute block activations in the backward (less memory)"})
     compile: bool = field(default=True, metadata={"help": "compile the training step (mx.compile)"})
     fuse_projections: bool = field(default=True, metadata={"help": "compute each LoRA'd block's q/k/v and gate/up as one matmul + one LoRA branch each (same math and adapters; fewer kernels per step)"})
@@ -52,23 +54,39 @@ class TrainConfig:
     mask_prompt: bool = field(default=True, metadata={"help": "no loss on prompt tokens (completions/chat data)"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, LoRA init, dropout)"})
     # Evaluation, checkpoints, output.
-    steps_per_eval: int = field(default=25, metadata={"help": "validation every N iterations (0: only at the end)"})
-    val_batches: int = field(default=8, metadata={"help": "validation batches per evaluation (-1: all)"})
-    steps_per_save: int = field(default=50, metadata={"help": "checkpoint every N iterations"})
+    steps_per_eval: int = field(default=25, metadata={"help": "validation every N iterations (0: only at the end)", "min": 0})
+    val_batches: int = field(default=8, metadata={"help": "validation batches per evaluation (-1: all)", "min": -1})
+    steps_per_save: int = field(default=50, metadata={"help": "checkpoint every N iterations", "min": 0})
     out: Optional[str] = field(default=None, metadata={"help": "run folder (default: runs/<model>-<attn>)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its last checkpoint"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing run in --out"})
     sample: bool = field(default=True, metadata={"help": "show answers to held-out prompts before and after training"})
-    sample_tokens: int = field(default=48, metadata={"help": "tokens per sample answer"})
+    sample_tokens: int = field(default=48, metadata={"help": "tokens per sample answer", "min": 1})
     records: Optional[str] = field(default=None, metadata={"help": "per-iteration JSONL (default: <out>/records.jsonl)"})
     distributed: bool = field(default=False, metadata={"help": "data-parallel over mx.distributed (implied under mlx.launch)"})
+
+    def __post_init__(self):
+        for f in fields(self):
+            check_value(f.name, getattr(self, f.name), f.metadata)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
-    """A bad recipe file or value."""
+def check_value(name: str, value: Any, rules: Dict[str, Any]) -> None:
+    """Raises ConfigError when ``value`` is outside the field's choices or bounds (None is unset)."""
+    if value is None:
+        return
+    flag = "--" + name.replace("_", "-")
+    choices = rules.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{flag} {value!r} is not one of {', '.join(map(str, choices))}")
+    if "min" in rules and value < rules["min"]:
+        raise ConfigError(f"{flag} {value!r} is too small; it must be at least {rules['min']}")
+    if "above" in rules and not value > rules["above"]:
+        raise ConfigError(f"{flag} {value!r} must be greater than {rules['above']}")
+    if "below" in rules and not value < rules["below"]:
+        raise ConfigError(f"{flag} {value!r} must be less than {rules['below']}")
 
 
 def _field_types() -> Dict[str, Any]:

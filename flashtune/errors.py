@@ -1,9 +1,33 @@
-"""Recognizing failures that have a user-facing meaning, from an exception or a log's text."""
+"""Every error type flashtune raises on purpose, and recognizing out-of-memory failures.
+
+Errors raised before any work starts name the bad value and the valid choices; the CLI prints
+them as one message (``FLASHTUNE_DEBUG=1`` shows the traceback).
+"""
 
 from typing import Union
 
 # What MLX (CUDA, Metal, CPU) and Python print when an allocation fails.
 _OOM_MARKERS = ("out of memory", "outofmemory", "malloc", "allocat", "memory limit")
+
+
+class ConfigError(ValueError):
+    """A bad recipe file or setting."""
+
+
+class DataFormatError(ValueError):
+    """A dataset line is not what its format requires; the message names file and line."""
+
+
+class SequenceTooLongError(ValueError):
+    """An example is longer than max_seq_length and truncation was not asked for."""
+
+
+class UnknownModelError(ValueError):
+    """The model name is neither an alias, an existing path nor a plausible Hub repo id."""
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """The model exists in principle but cannot be had here (not cached, Hub unreachable, no wheel)."""
 
 
 class TrainingError(RuntimeError):

@@ -79,7 +79,7 @@ for stage in "$@"; do
             --data "$CACHE/data/tinyllama-1.1b/random-init-variable-300-1020" --no-sample --overwrite \
             --out "/tmp/flashtune-graphs-$setting" --records "$OUT/graphs/$setting-iters$iters.jsonl" > /dev/null
         done
-        $PY -c "import sys; from flashtune import records as r; print(sys.argv[2], r.format_summary(r.summarize(r.read(sys.argv[1]))))" \
+        $PY -c "import sys; from flashtune.train import records as r; print(sys.argv[2], r.format_summary(r.summarize(r.read(sys.argv[1]))))" \
           "$OUT/graphs/$setting-iters100.jsonl" "$vars:" | tee -a "$OUT/graphs/summary.txt"
       done
       ;;

@@ -31,10 +31,10 @@ import flashtune  # noqa: F401  (before mlx: loads the BLAS)
 import mlx.core as mx
 
 from flashtune import models
-from flashtune.fused_projections import fuse_projections
-from flashtune.lora import adapter_config, apply_lora
+from flashtune.train.fused_projections import fuse_projections
+from flashtune.train.lora import adapter_config, apply_lora
 from flashtune.patch import patch
-from flashtune.train import loss_sum
+from flashtune.train.step import loss_sum
 from profile_step import VIEW_PRIMITIVES, fresh_step, graph_primitives, pipelined_ms
 
 

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flashtune import records  # noqa: E402
+from flashtune.train import records  # noqa: E402
 from flashtune.bench import plots  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 optimizer, the LoRA branches (the step with mlx-lm's float32 branches vs flashtune's mixed ones), the
 host's share (time until mx.async_eval returns), what a new batch shape costs (trace + graph compile,
 then the first run's extra: kernels, cuDNN/cuBLAS plans), and the step with q/k/v and gate/up fused
-(flashtune.fused_projections, the trainer's default; "step" is with separate projections).
+(flashtune.train.fused_projections, the trainer's default; "step" is with separate projections).
 
     python scripts/profile_step.py --model TinyLlama-1.1B --attn demo --batch 4 --length 1024 [--tokenizer DIR]
 
@@ -27,10 +27,10 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
 from flashtune import attention, env, models
-from flashtune.fused_projections import fuse_projections
-from flashtune.lora import adapter_config, apply_lora, set_lora_precision
+from flashtune.train.fused_projections import fuse_projections
+from flashtune.train.lora import adapter_config, apply_lora, set_lora_precision
 from flashtune.patch import patch
-from flashtune.train import loss_sum
+from flashtune.train.step import loss_sum
 
 
 def timed(fn, warmup, repeat, state=()):
@@ -196,7 +196,7 @@ def main():
     fuse_projections(model)
     fused_step, fused_state = fresh_step(model)
     graph["step with q/k/v and gate/up fused"] = graph_size(fused_step, (inputs, targets, mask), fused_state)
-    parts["step with q/k/v and gate/up fused (flashtune.fused_projections)"] = timed(
+    parts["step with q/k/v and gate/up fused (flashtune.train.fused_projections)"] = timed(
         lambda: fused_step(inputs, targets, mask), args.warmup, args.repeat, fused_state)
     parts["  fused: host time to dispatch the step"] = dispatch_ms(lambda: fused_step(inputs, targets, mask), fused_state, args.repeat)
     parts[f"  fused: step at B{B}x{L // 8} (per-step floor)"] = timed(lambda: fused_step(*short_batch), args.warmup, args.repeat, fused_state)

@@ -3,8 +3,8 @@
 import flashtune  # noqa: F401  (BLAS before mlx)
 import mlx.core as mx
 from flashtune import models
-from flashtune.fused_projections import fuse_projections
-from flashtune.lora import adapter_config, apply_lora
+from flashtune.train.fused_projections import fuse_projections
+from flashtune.train.lora import adapter_config, apply_lora
 from flashtune.patch import patch
 from tests.scripts import load_script
 from tests.tiny_models import write_tiny_hf_model

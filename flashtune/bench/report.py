@@ -307,7 +307,7 @@ def _notes(runs: List[Dict[str, Any]], header: dict) -> List[str]:
         "only observes it (a JSON reporting callback beside its own, reporting every iteration, and the "
         "shape of each batch) and loads the same OpenBLAS as flashtune on CPUs. Same data, seed, LoRA "
         "(layers, rank, scale), AdamW, warm-up + cosine schedule, evaluation batches. Its batching differs: "
-        "it pads to a multiple of 32 (+1); flashtune pads to lengths planned per run (flashtune.shapes: multiples of 128 on CUDA, 32 elsewhere, merged where a compile costs more than the padding), and on GPUs dispatches each step before waiting for the previous one. Losses differ by batch order, and "
+        "it pads to a multiple of 32 (+1); flashtune pads to lengths planned per run (flashtune.data.shapes: multiples of 128 on CUDA, 32 elsewhere, merged where a compile costs more than the padding), and on GPUs dispatches each step before waiting for the previous one. Losses differ by batch order, and "
         "val loss by each tool's own pick of validation batches (mlx_lm takes the shortest first): compare them within a tool.",
     ]
     for label, note in sorted({(s["label"], s.get("tokenizer")) for s in runs if s.get("label")}):

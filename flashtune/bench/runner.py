@@ -2,7 +2,7 @@
 
 Each run's JSONL: a ``{"bench": {...}}`` header (suite, model and its label, implementation,
 shape, data, recipe, command), the tool's ``run_info`` header, per-iteration records in
-``flashtune.records``'s format and a closing ``{"run_end": true, "status": "ok" | "failed", ...}``
+``flashtune.train.records``'s format and a closing ``{"run_end": true, "status": "ok" | "failed", ...}``
 (process wall time; for failures the error lines and whether memory ran out). It is written as
 ``.partial`` and renamed when the run ends, so an interrupted run is never taken for a finished one.
 """

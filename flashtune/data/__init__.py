@@ -29,7 +29,7 @@ Batches: `iterate_batches` yields `Batch(inputs, targets, mask)`:
   with ``mask_prompt``, not part of the prompt), else 0.0. Loss = sum(ce * mask) / sum(mask).
 
 L is the longest input of the batch rounded up to ``pad_to_multiple``, or to the smallest of
-``pad_lengths`` that holds it (the trainer plans these per run, see flashtune.shapes; on CUDA they
+``pad_lengths`` that holds it (the trainer plans these per run, see flashtune.data.shapes; on CUDA they
 are multiples of 128, which MLX's fused attention backward needs), so L may exceed
 max_seq_length - 1.
 Padding sits at the end and causal attention never lets real positions see it.

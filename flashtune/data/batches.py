@@ -5,7 +5,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence
 import mlx.core as mx
 import numpy as np
 
-from ..shapes import padded_length, round_up
+from .shapes import padded_length, round_up
 from .jsonl import Dataset, Example
 
 
@@ -64,7 +64,7 @@ def make_batch(
         pad_id: token used for padding inputs and targets.
         pad_to_multiple: round the input length up to a multiple of this.
         pad_lengths: instead, pad to the smallest of these lengths that holds the batch
-            (see flashtune.shapes).
+            (see flashtune.data.shapes).
 
     Returns:
         The `Batch` (inputs, targets int32; mask float32; all (B, L)).

@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from flashtune.errors import DataFormatError, SequenceTooLongError
+
 FORMATS = ("completions", "chat", "text")
 SPLITS = ("train", "valid", "test")
 ROLES = ("system", "user", "assistant", "tool")
@@ -17,14 +19,6 @@ _EXAMPLES = {
     "chat": '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}',
     "text": '{"text": "Once upon a time..."}',
 }
-
-
-class DataFormatError(ValueError):
-    """A dataset line is not what its format requires; the message names file and line."""
-
-
-class SequenceTooLongError(ValueError):
-    """An example is longer than max_seq_length and truncation was not asked for."""
 
 
 @dataclass

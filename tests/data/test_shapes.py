@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from flashtune import shapes
-from flashtune.shapes import ShapeCosts, padded_length, plan_lengths
+from flashtune.data import shapes
+from flashtune.data.shapes import ShapeCosts, padded_length, plan_lengths
 
 
 def cost_of(plan, lengths, costs, rows):

@@ -60,6 +60,7 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     steady = [r for r in steps if not r.get("warmup")] or steps
     total_wall = sum(r["wall_s"] for r in steps)
     tokens = sum(r["tokens"] for r in steps)
+    processed = sum(r.get("padded_tokens", 0) for r in steps)
     tail = steps[-10:]
     return {
         "iters": len(steps),
@@ -68,6 +69,7 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
         "warmup_wall_s": sum(r["wall_s"] for r in steps if r.get("warmup")),
         "median_step_s": statistics.median(r["wall_s"] for r in steady),
         "tokens_per_s": tokens / total_wall if total_wall else 0.0,
+        "processed_tokens_per_s": processed / total_wall if total_wall else 0.0,
         "steady_tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
         "peak_mem_gb": max(r["peak_mem_gb"] for r in steps),
         "first_loss": steps[0]["loss"],
@@ -87,7 +89,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
         f"{summary['iters']} iterations in {summary['total_wall_s']:.1f} s "
         f"({summary['warmup_steps']} compile/warm-up steps, {summary['warmup_wall_s']:.1f} s); "
         f"median step {1e3 * summary['median_step_s']:.0f} ms; "
-        f"{summary['tokens_per_s']:,.0f} tokens/s overall, {summary['steady_tokens_per_s']:,.0f} steady; "
+        f"{summary['processed_tokens_per_s']:,.0f} tokens/s processed (padding included), "
+        f"{summary['tokens_per_s']:,.0f} trained (loss tokens), {summary['steady_tokens_per_s']:,.0f} trained steady; "
         f"peak memory {summary['peak_mem_gb']:.2f} GB; "
         f"train loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}{val}"
     )

@@ -29,7 +29,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.activations import swiglu
 
-from flashtune.lora import MixedPrecisionLoRALinear
+from flashtune.train.lora import MixedPrecisionLoRALinear
 from flashtune.patch import FUSED_QKV_ATTR as QKV_ATTR  # on attention modules: FusedProjections of q/k/v
 
 GATE_UP_ATTR = "_flashtune_fused_gate_up"  # on MLP modules: FusedProjections of gate/up

@@ -1,5 +1,5 @@
 """Per-iteration bookkeeping of the training loop: which iterations are in flight, waiting for
-them in order, and the record each one leaves (see flashtune.records for the format).
+them in order, and the record each one leaves (see flashtune.train.records for the format).
 
 The trainer dispatches iteration i+1 before it waits for iteration i (``--pipeline``), so an
 iteration's wall time runs from when its host work began, or from the end of the previous
@@ -50,14 +50,14 @@ class IterationLog:
 
     Args:
         write: takes one record (a dict).
-        show: takes (loss, tokens/s, peak GB) for the progress bar.
+        show: takes each record, for the progress bar.
         nan_stop: called with (iteration, loss) when the loss is not finite; must raise.
         fields: constant fields of every record (attn, model, world_size).
         compiled: whether a new batch shape means a compile (then the record says ``warmup``).
     """
 
     write: Callable[[dict], None]
-    show: Callable[[float, float, float], None]
+    show: Callable[[dict], None]
     nan_stop: Callable[[int, float], None]
     fields: dict
     compiled: bool
@@ -77,14 +77,15 @@ class IterationLog:
         tokens = int(iteration.tokens.item())
         peak_gb = mx.get_peak_memory() / 1e9
         world_size = self.fields.get("world_size", 1)
-        self.write({
+        record = {
             "iter": iteration.it, "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
             "loss": loss, "lr": float(iteration.lr.item()), "peak_mem_gb": peak_gb, **self.fields,
             "shape": list(iteration.shapes[0]), "padded_tokens": sum(b * n for b, n in iteration.shapes) * world_size,
             "warmup": new_shape and self.compiled,
-        })
+        }
+        self.write(record)
         self.completed = iteration.it
-        self.show(loss, tokens / wall, peak_gb)
+        self.show(record)
 
     def pause(self) -> None:
         """What happens until the next dispatch (evaluation, saving) stays out of its wall time."""

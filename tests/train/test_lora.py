@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mlx_lm.tuner.lora import LoRALinear
 
-from flashtune.lora import LORA_PRECISIONS, MixedPrecisionLoRALinear, set_lora_precision
+from flashtune.train.lora import LORA_PRECISIONS, MixedPrecisionLoRALinear, set_lora_precision
 
 IN, OUT, RANK, SCALE = 96, 80, 8, 20.0
 

@@ -15,7 +15,8 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map
 
 from flashtune import config as config_module
-from flashtune import data, models, records, train as train_module
+from flashtune import data, models
+from flashtune.train import checkpoint, loop, prepare, records, step
 from tests.tiny_models import write_text_dataset, write_tiny_hf_model
 
 
@@ -41,7 +42,7 @@ def adapters(run_dir):
 
 
 def test_loss_goes_down_and_records_follow_the_contract(tiny, tmp_path):
-    summary = train_module.train(make_config(tiny, tmp_path / "run"))
+    summary = loop.train(make_config(tiny, tmp_path / "run"))
     rows = records.read(tmp_path / "run" / "records.jsonl")
     header, steps = rows[0], [r for r in rows if "iter" in r and not r.get("eval")]
     assert header["run_info"] and header["config"]["attn"] == "practical"
@@ -57,7 +58,7 @@ def test_loss_goes_down_and_records_follow_the_contract(tiny, tmp_path):
 
 def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
     straight = make_config(tiny, tmp_path / "straight", iters=12, steps_per_save=100)
-    train_module.train(straight)
+    loop.train(straight)
 
     original = data.iterate_batches
 
@@ -67,13 +68,13 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny, tmp_path, mon
                 raise KeyboardInterrupt
             yield batch
 
-    monkeypatch.setattr(train_module.data, "iterate_batches", interrupted)
+    monkeypatch.setattr(loop.data, "iterate_batches", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_module.train(make_config(tiny, tmp_path / "resumed", iters=12, steps_per_save=100))
-    monkeypatch.setattr(train_module.data, "iterate_batches", original)
-    step, _ = train_module.checkpoint.latest(tmp_path / "resumed")
+        loop.train(make_config(tiny, tmp_path / "resumed", iters=12, steps_per_save=100))
+    monkeypatch.setattr(loop.data, "iterate_batches", original)
+    step, _ = checkpoint.latest(tmp_path / "resumed")
     assert step == 7  # the interrupt saved the last completed iteration
-    train_module.train(make_config(tiny, tmp_path / "resumed", iters=12, steps_per_save=100, resume=True))
+    loop.train(make_config(tiny, tmp_path / "resumed", iters=12, steps_per_save=100, resume=True))
 
     expected, got = adapters(tmp_path / "straight"), adapters(tmp_path / "resumed")
     assert set(expected) == set(got)
@@ -88,12 +89,12 @@ def test_pipelined_steps_train_and_record_exactly_as_waiting_ones(tiny, tmp_path
     """--pipeline dispatches step i+1 before waiting for step i: the same updates, and each record
     still holds its own iteration's loss, learning rate and tokens."""
     # Pipelining is for GPUs; the trainer is told it runs on one, so the pipelined path runs here.
-    monkeypatch.setattr(train_module.env, "backend", lambda: "cuda")
-    assert train_module.pipelines(make_config(tiny, "unused"), train_module.env.backend())
+    monkeypatch.setattr(loop.env, "backend", lambda: "cuda")
+    assert loop.pipelines(make_config(tiny, "unused"), loop.env.backend())
     runs = {}
     for pipeline in (True, False):
         out = tmp_path / f"pipeline-{pipeline}"
-        train_module.train(make_config(tiny, out, iters=14, warmup=5, steps_per_eval=6, steps_per_save=4, pipeline=pipeline, grad_accumulation=grad_accumulation))
+        loop.train(make_config(tiny, out, iters=14, warmup=5, steps_per_eval=6, steps_per_save=4, pipeline=pipeline, grad_accumulation=grad_accumulation))
         steps = [r for r in records.read(out / "records.jsonl") if "wall_s" in r]
         runs[pipeline] = (adapters(out), steps)
     (params, steps), (params_sync, steps_sync) = runs[True], runs[False]
@@ -110,7 +111,7 @@ def test_fused_projections_train_like_separate_ones(tiny, tmp_path):
     runs = {}
     for fuse in (True, False):
         out = tmp_path / f"fuse-{fuse}"
-        train_module.train(make_config(tiny, out, iters=8, steps_per_save=100, fuse_projections=fuse))
+        loop.train(make_config(tiny, out, iters=8, steps_per_save=100, fuse_projections=fuse))
         runs[fuse] = adapters(out), records.read(out / "records.jsonl")
     (fused, fused_rows), (separate, separate_rows) = runs[True], runs[False]
     assert fused_rows[0]["fused_projection_groups"] == 4 and separate_rows[0]["fused_projection_groups"] == 0
@@ -124,7 +125,7 @@ def test_each_batch_shape_is_traced_once(tiny, tmp_path, monkeypatch):
     """The compiled step traces (runs its Python) once per batch shape: the optimizer's state
     exists before step 1, so step 2 does not see new inputs and compile again."""
     traced, validating = [], [False]
-    original_loss, original_evaluate = train_module.loss_sum, train_module.evaluate
+    original_loss, original_evaluate = step.loss_sum, loop.evaluate
 
     def counting_loss(model, inputs, *rest):
         if not validating[0]:
@@ -138,10 +139,10 @@ def test_each_batch_shape_is_traced_once(tiny, tmp_path, monkeypatch):
         finally:
             validating[0] = False
 
-    monkeypatch.setattr(train_module, "loss_sum", counting_loss)
-    monkeypatch.setattr(train_module, "evaluate", flagged_evaluate)
+    monkeypatch.setattr(step, "loss_sum", counting_loss)
+    monkeypatch.setattr(loop, "evaluate", flagged_evaluate)
     out = tmp_path / "run"
-    train_module.train(make_config(tiny, out, iters=6, steps_per_save=100))
+    loop.train(make_config(tiny, out, iters=6, steps_per_save=100))
     shapes = [tuple(r["shape"]) for r in records.read(out / "records.jsonl") if "wall_s" in r]
     assert len(shapes) == 6
     assert sorted(traced) == sorted(set(shapes))
@@ -149,9 +150,9 @@ def test_each_batch_shape_is_traced_once(tiny, tmp_path, monkeypatch):
 
 def test_pipelining_is_for_gpus_only(tiny):
     config = make_config(tiny, "unused")
-    assert train_module.pipelines(config, "cuda") and train_module.pipelines(config, "metal")
-    assert not train_module.pipelines(config, "cpu")
-    assert not train_module.pipelines(dataclasses.replace(config, pipeline=False), "cuda")
+    assert loop.pipelines(config, "cuda") and loop.pipelines(config, "metal")
+    assert not loop.pipelines(config, "cpu")
+    assert not loop.pipelines(dataclasses.replace(config, pipeline=False), "cuda")
 
 
 def test_gradient_accumulation_is_one_update_over_all_micro_batches(tiny, tmp_path):
@@ -160,17 +161,17 @@ def test_gradient_accumulation_is_one_update_over_all_micro_batches(tiny, tmp_pa
     import mlx.nn as nn
     import mlx.optimizers as optim
 
-    from flashtune.lora import adapter_config, apply_lora
+    from flashtune.train.lora import adapter_config, apply_lora
 
     config = make_config(tiny, tmp_path / "run", iters=1, warmup=0, grad_accumulation=2, steps_per_eval=0)
-    train_module.train(config)
+    loop.train(config)
 
     mx.random.seed(config.seed)
     model, tokenizer, _ = models.load_model(config.model, seed=config.seed)
     apply_lora(model, adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout))
     dataset = data.load_dataset(config.data, tokenizer).train
     micro_batches = list(data.iterate_batches(dataset, config.batch_size, seed=config.seed, num_steps=2))
-    value_and_grad = nn.value_and_grad(model, train_module.loss_sum)
+    value_and_grad = nn.value_and_grad(model, step.loss_sum)
     grads, tokens = None, 0.0
     for batch in micro_batches:
         (_, count), g = value_and_grad(model, *batch)
@@ -195,7 +196,7 @@ def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path):
     from mlx_lm.utils import load
 
     run = tmp_path / "run"
-    train_module.train(make_config(tiny, run, iters=5, attn="demo"))
+    loop.train(make_config(tiny, run, iters=5, attn="demo"))
     config = json.loads((run / "adapter_config.json").read_text())
     assert config["fine_tune_type"] == "lora" and config["num_layers"] == 2
     plain, _ = load(str(tiny[0]))
@@ -217,9 +218,9 @@ def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path):
 
 
 def test_existing_run_is_not_overwritten(tiny, tmp_path):
-    train_module.train(make_config(tiny, tmp_path / "run", iters=2))
-    with pytest.raises(train_module.TrainingError, match="--resume"):
-        train_module.train(make_config(tiny, tmp_path / "run", iters=2))
+    loop.train(make_config(tiny, tmp_path / "run", iters=2))
+    with pytest.raises(loop.TrainingError, match="--resume"):
+        loop.train(make_config(tiny, tmp_path / "run", iters=2))
 
 
 @pytest.mark.parametrize(
@@ -234,28 +235,28 @@ def test_bad_input_fails_before_loading_the_model(tiny, tmp_path, monkeypatch, o
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the input was checked")
 
-    monkeypatch.setattr(train_module.models, "load_model", no_loading)
+    monkeypatch.setattr(prepare.models, "load_model", no_loading)
     with pytest.raises(error, match=message):
-        train_module.train(make_config(tiny, tmp_path / "run", **overrides))
+        loop.train(make_config(tiny, tmp_path / "run", **overrides))
 
 
 def test_malformed_data_names_file_and_line(tiny, tmp_path, monkeypatch):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "train.jsonl").write_text('{"text": "fine"}\n{"text": "broken"\n')
-    monkeypatch.setattr(train_module.models, "load_model", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(prepare.models, "load_model", lambda *a, **k: pytest.fail("loaded"))
     with pytest.raises(ValueError, match=r"train.jsonl:2"):
-        train_module.train(make_config(tiny, tmp_path / "run", data=str(bad)))
+        loop.train(make_config(tiny, tmp_path / "run", data=str(bad)))
 
 
 def test_sequence_longer_than_allowed_is_an_error(tiny, tmp_path):
     with pytest.raises(ValueError, match="max_seq_length=4"):
-        train_module.train(make_config(tiny, tmp_path / "run", max_seq_length=4))
+        loop.train(make_config(tiny, tmp_path / "run", max_seq_length=4))
 
 
 def test_nan_loss_stops_and_names_the_iteration(tiny, tmp_path):
-    with pytest.raises(train_module.TrainingError, match=r"iteration \d+.*last good checkpoint"):
-        train_module.train(make_config(tiny, tmp_path / "run", learning_rate=1e9, warmup=0, iters=20, steps_per_save=1))
+    with pytest.raises(loop.TrainingError, match=r"iteration \d+.*last good checkpoint"):
+        loop.train(make_config(tiny, tmp_path / "run", learning_rate=1e9, warmup=0, iters=20, steps_per_save=1))
 
 
 def test_yaml_recipe_precedence_and_unknown_keys(tmp_path):
@@ -272,15 +273,15 @@ def test_yaml_recipe_precedence_and_unknown_keys(tmp_path):
 
 def test_qlora_and_gradient_checkpointing_train(tiny, tmp_path):
     """QLoRA (4-bit base weights) learns; gradient checkpointing gives the same losses as without."""
-    summary = train_module.train(make_config(tiny, tmp_path / "qlora", qlora=True, iters=20, steps_per_eval=0))
+    summary = loop.train(make_config(tiny, tmp_path / "qlora", qlora=True, iters=20, steps_per_eval=0))
     assert summary["final_loss"] < 0.9 * summary["first_loss"]
     header = records.read(tmp_path / "qlora" / "records.jsonl")[0]
     assert header["model"]["quantized"] is True
 
     plain = make_config(tiny, tmp_path / "plain", iters=4, steps_per_eval=0)
     checkpointed = make_config(tiny, tmp_path / "ckpt", iters=4, steps_per_eval=0, grad_checkpoint=True)
-    train_module.train(plain)
-    train_module.train(checkpointed)
+    loop.train(plain)
+    loop.train(checkpointed)
     losses = [[r["loss"] for r in records.read(tmp_path / name / "records.jsonl") if "iter" in r and not r.get("eval")] for name in ("plain", "ckpt")]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
@@ -303,9 +304,9 @@ def test_batches_are_padded_to_the_planned_lengths(tiny):
     config = make_config(tiny, "unused", iters=40)
     _, tokenizer, _ = models.load_model(config.model)
     dataset = data.load_dataset(config.data, tokenizer).train
-    plan, multiple = train_module.plan_pad_lengths(config, dataset, "cuda")
+    plan, multiple = prepare.plan_pad_lengths(config, dataset, "cuda")
     assert plan and all(length % 128 == 0 for length in plan) and multiple == 128
     longest = [data.longest_input(b) for b in data.batch_examples(dataset, 2, seed=config.seed, num_steps=40)]
     assert plan[-1] == -(-max(longest) // 128) * 128
-    assert train_module.plan_pad_lengths(dataclasses.replace(config, pad_to_multiple=64), dataset, "cuda") == (None, 64)
-    assert train_module.plan_pad_lengths(dataclasses.replace(config, fixed_length=256), dataset, "cpu") == ([256], 32)
+    assert prepare.plan_pad_lengths(dataclasses.replace(config, pad_to_multiple=64), dataset, "cuda") == (None, 64)
+    assert prepare.plan_pad_lengths(dataclasses.replace(config, fixed_length=256), dataset, "cpu") == ([256], 32)

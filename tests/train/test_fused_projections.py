@@ -8,10 +8,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from flashtune.fused_projections import FusedProjections, fuse_projections, unfuse_projections
-from flashtune.lora import adapter_config, apply_lora, enable_grad_checkpoint
+from flashtune.train.fused_projections import FusedProjections, fuse_projections, unfuse_projections
+from flashtune.train.lora import adapter_config, apply_lora, enable_grad_checkpoint
 from flashtune.patch import patch
-from flashtune.train import loss_sum
+from flashtune.train.step import loss_sum
 from tests.tiny_models import tiny_model
 
 

@@ -14,7 +14,7 @@ import flashtune  # noqa: F401
 import mlx.core as mx
 
 from flashtune import config as config_module
-from flashtune import records, train as train_module
+from flashtune.train import loop, records
 from tests.tiny_models import write_text_dataset, write_tiny_hf_model
 
 SETTINGS = dict(iters=10, batch_size=4, lora_layers=2, learning_rate=1e-3, warmup=2,
@@ -32,9 +32,13 @@ def flags(settings):
     return out
 
 
+# The launcher installed beside this Python (CI runs the venv's python without activating it).
+MLX_LAUNCH = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which("mlx.launch")
+
+
 def launch_two_ranks(model, data, out, port, **extra):
     command = [
-        shutil.which("mlx.launch") or "mlx.launch", "--backend", "ring", "--hosts", "127.0.0.1",
+        MLX_LAUNCH, "--backend", "ring", "--hosts", "127.0.0.1",
         "-n", "2", "--starting-port", str(port), "--python", sys.executable,
         str(Path(flashtune.__file__).parent / "__main__.py"), "train",
         *flags({**SETTINGS, **extra, "model": model, "data": data, "out": out}),
@@ -63,11 +67,11 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "run"
-    train_module.train(config_module.resolve(None, **SETTINGS, model=tiny[0], data=tiny[1], out=str(out)))
+    loop.train(config_module.resolve(None, **SETTINGS, model=tiny[0], data=tiny[1], out=str(out)))
     return out
 
 
-@pytest.mark.skipif(not shutil.which("mlx.launch"), reason="mlx.launch not on PATH")
+@pytest.mark.skipif(not MLX_LAUNCH, reason="mlx.launch is not installed")
 def test_two_ring_ranks_match_one_process_on_the_combined_batch(tiny, single, tmp_path):
     out = tmp_path / "two"
     launch_two_ranks(*tiny, out, port=39571)
@@ -80,7 +84,7 @@ def test_two_ring_ranks_match_one_process_on_the_combined_batch(tiny, single, tm
     assert [r["tokens"] for r in steps] == [r["tokens"] for r in single_steps]  # global tokens
 
 
-@pytest.mark.skipif(not shutil.which("mlx.launch"), reason="mlx.launch not on PATH")
+@pytest.mark.skipif(not MLX_LAUNCH, reason="mlx.launch is not installed")
 def test_single_process_checkpoint_resumes_on_two_ranks(tiny, single, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(single, out)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 import mlx.core as mx
-from flashtune import iterations
+from flashtune.train import iterations
 from flashtune.errors import TrainingError
 
 
@@ -14,7 +14,7 @@ def make_log(records, compiled=True):
         raise TrainingError(f"loss {loss} at {it}")
 
     return iterations.IterationLog(
-        write=records.append, show=lambda *a: None, nan_stop=nan_stop,
+        write=records.append, show=lambda record: None, nan_stop=nan_stop,
         fields={"attn": "demo", "model": "m", "world_size": 1}, compiled=compiled,
     )
 

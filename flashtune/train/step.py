@@ -1,0 +1,75 @@
+"""The training step: summed loss, gradients, the cross-rank reduction and the optimizer update.
+
+The step is compiled once per distinct batch shape (as mlx-lm does), with the model's, the
+optimizer's and the random generator's state as its implicit inputs and outputs.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, List
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_map
+
+from flashtune import data
+
+
+def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array):
+    """Summed token cross-entropy and token count; dividing by the global count after summing
+    over micro-batches and ranks gives exactly the loss of the combined batch."""
+    logits = model(inputs)
+    # Fused on CUDA and Metal (one pass over the vocabulary, float32 accumulation).
+    ce = mx.fast.cross_entropy(logits, targets) * mask
+    return ce.astype(mx.float32).sum(), mask.sum()
+
+
+@dataclass
+class StepFunctions:
+    """The (compiled) pieces of one optimizer update.
+
+    ``full(batch)``: one micro-batch, the whole update. ``micro(batch)``: loss, token count and
+    gradients of one micro-batch. ``update(grads, loss, tokens)``: sums over ranks, divides by the
+    token count and applies the optimizer; returns (mean loss, tokens).
+    """
+
+    full: Callable
+    micro: Callable
+    update: Callable
+    state: list  # what an evaluation of the step must force: model, optimizer, RNG state
+
+    def run(self, parts: List[data.Batch]):
+        """Dispatches one iteration over its micro-batches; returns lazy (loss, tokens)."""
+        if len(parts) == 1:
+            return self.full(*parts[0])
+        grads, total, count = None, mx.array(0.0), mx.array(0.0)
+        for part in parts:
+            loss, tokens, g = self.micro(*part)
+            grads = g if grads is None else tree_map(mx.add, grads, g)
+            total, count = total + loss, count + tokens
+        return self.update(grads, total, count)
+
+
+def make_steps(model: nn.Module, optimizer, world, world_size: int, compile: bool) -> StepFunctions:
+    """Builds the step functions for ``model`` (compiled unless ``compile`` is False)."""
+    value_and_grad = nn.value_and_grad(model, loss_sum)
+    state = [model.state, optimizer.state, mx.random.state]
+
+    def update(grads, total_loss, total_tokens):
+        if world_size > 1:
+            grads = tree_map(lambda g: mx.distributed.all_sum(g, group=world), grads)
+            total_loss = mx.distributed.all_sum(total_loss, group=world)
+            total_tokens = mx.distributed.all_sum(total_tokens, group=world)
+        optimizer.update(model, tree_map(lambda g: g / total_tokens, grads))
+        return total_loss / total_tokens, total_tokens
+
+    def micro(inputs, targets, mask):
+        (loss, tokens), grads = value_and_grad(model, inputs, targets, mask)
+        return loss, tokens, grads
+
+    def full(inputs, targets, mask):
+        loss, tokens, grads = micro(inputs, targets, mask)
+        return update(grads, loss, tokens)
+
+    wrap = partial(mx.compile, inputs=state, outputs=state) if compile else (lambda f: f)
+    return StepFunctions(wrap(full), wrap(micro), wrap(update), state)
