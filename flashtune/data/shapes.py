@@ -14,13 +14,13 @@ A step's time grows with its tokens until it hits a per-step floor: on a GPU the
 the step's ~1,800 kernels, which the pipelined trainer overlaps with the device's work, so below
 the floor padding is free. Both numbers are per device, measured with the trainer's defaults.
 
-Measured on the H100 (TinyLlama-1.1B and Qwen2.5-1.5B, batch 4, bf16, pipelined, fused
-projections; results/2026-11-24-h100-session4/finetune/main): steps padded to 4 x 768 and 4 x 1024
-took the same time (medians 44.3 vs 45.2 ms TinyLlama, 54.5 vs 49.9 ms Qwen), and 4 x 1024 =
-4,096 tokens is still dispatch-bound: floor_tokens = 4096. A new shape's first step cost ~310 ms
-more than the next (iteration 2, 358 ms against 44 ms), ~7 floor steps: compile_tokens = 7 x 4096.
-(Before pipelining, session3/ablation: 4 x 768 cost 0.78-0.81 of 4 x 1024 and two shapes won.)
-On the Linux CPU the step is compute-bound and compiling is cheap next to a step of seconds. No
+Measured on an H100 with the fine-tuning benchmark (TinyLlama-1.1B and Qwen2.5-1.5B, batch 4,
+bf16, pipelined, fused projections; `flashtune train --init random --fixed-length 768` against
+1024): steps padded to 4 x 768 and 4 x 1024 took the same time (medians 44.3 vs 45.2 ms
+TinyLlama, 54.5 vs 49.9 ms Qwen), so 4 x 1024 = 4,096 tokens is still dispatch-bound:
+floor_tokens = 4096. A new shape's first step cost ~310 ms more than the next (358 ms against
+44 ms), ~7 floor steps: compile_tokens = 7 x 4096. Without pipelining, 4 x 768 cost 0.78-0.81 of
+4 x 1024 and two shapes won. On the Linux CPU the step is compute-bound and compiling is cheap next to a step of seconds. No
 Apple hardware was available to measure Metal: it gets the CPU's model.
 """
 

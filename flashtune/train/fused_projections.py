@@ -2,9 +2,9 @@
 
 Why: on a GPU a LoRA training step of a 1-1.5B model at batch 4 x <=1024 tokens is bound by the
 host launching ~1,900 kernels, not by the GPU (H100, TinyLlama-1.1B: a step at 1/8 of the tokens
-took 58 of the full step's 63 ms). Three LoRA'd projections of the same input cost three base
-matmuls, three low-rank branches, three adds, and as many again in the backward; fused they cost
-one of each (see results/2026-11-24-h100-session4/profile/).
+took 58 of the full step's 63 ms; `scripts/profile_step.py`). Three LoRA'd projections of the
+same input cost three base matmuls, three low-rank branches, three adds, and as many again in the
+backward; fused they cost one of each.
 
 How, without changing anything a user or mlx-lm sees:
 - The parameter tree is untouched: ``q_proj``, ``k_proj``, ``v_proj`` stay mlx-lm LoRALinear
