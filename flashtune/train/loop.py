@@ -20,6 +20,7 @@ from flashtune.errors import TrainingError
 from flashtune.generate import answer, held_out_prompts
 from flashtune.log import logger
 from flashtune.train import checkpoint, iterations, records
+from flashtune.train.chunked_loss import chunk_tokens_for
 from flashtune.train.evaluate import evaluate
 from flashtune.train.interrupt import StopRequest
 from flashtune.train.prepare import Run, prepare
@@ -56,7 +57,8 @@ class Trainer:
 
     def __init__(self, run: Run):
         self.run, config = run, run.config
-        self.steps: StepFunctions = make_steps(run.model, run.optimizer, run.world, run.world_size, config.compile)
+        chunk_tokens = chunk_tokens_for(run.model, config.chunked_loss, config.loss_chunk_tokens)
+        self.steps: StepFunctions = make_steps(run.model, run.optimizer, run.world, run.world_size, config.compile, chunk_tokens)
         self.bar = _progress_bar(run)
         self.last_saved = run.start
         self.log = iterations.IterationLog(

@@ -6,18 +6,29 @@ optimizer's and the random generator's state as its implicit inputs and outputs.
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 
 from flashtune import data
+from flashtune.train import chunked_loss
 
 
-def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array):
+def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, chunk_tokens: Optional[int] = None):
     """Summed token cross-entropy and token count; dividing by the global count after summing
-    over micro-batches and ranks gives exactly the loss of the combined batch."""
+    over micro-batches and ranks gives exactly the loss of the combined batch.
+
+    Args:
+        chunk_tokens: compute the loss ``chunk_tokens`` tokens at a time (flashtune.train.
+            chunked_loss; see `chunked_loss.chunk_tokens_for`), or None: all logits at once.
+    """
+    if chunk_tokens:
+        body, head, why = chunked_loss.split_model(model)
+        if head is not None:
+            return chunked_loss.cross_entropy_sum(body(inputs), targets, mask, head, chunk_tokens), mask.sum()
+        chunked_loss.say_fallback(why)
     logits = model(inputs)
     # Fused on CUDA and Metal (one pass over the vocabulary, float32 accumulation).
     ce = mx.fast.cross_entropy(logits, targets) * mask
@@ -50,9 +61,16 @@ class StepFunctions:
         return self.update(grads, total, count)
 
 
-def make_steps(model: nn.Module, optimizer, world, world_size: int, compile: bool) -> StepFunctions:
-    """Builds the step functions for ``model`` (compiled unless ``compile`` is False)."""
-    value_and_grad = nn.value_and_grad(model, loss_sum)
+def make_steps(model: nn.Module, optimizer, world, world_size: int, compile: bool, loss_chunk_tokens: Optional[int] = None) -> StepFunctions:
+    """Builds the step functions for ``model`` (compiled unless ``compile`` is False).
+
+    ``loss_chunk_tokens``: as `loss_sum`'s ``chunk_tokens``.
+    """
+
+    def loss(model, inputs, targets, mask):
+        return loss_sum(model, inputs, targets, mask, loss_chunk_tokens)
+
+    value_and_grad = nn.value_and_grad(model, loss)
     state = [model.state, optimizer.state, mx.random.state]
 
     def update(grads, total_loss, total_tokens):
