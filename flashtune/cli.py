@@ -99,6 +99,12 @@ def _bench_finetune(args) -> int:
     return finetune.run_from_args(args)
 
 
+def _bench_context(args) -> int:
+    from flashtune.bench import context
+
+    return context.run_from_args(args)
+
+
 def _report(args) -> int:
     from flashtune.bench.report import write_report
 
@@ -135,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = bench.add_parser("finetune", help="100 LoRA iterations per implementation and mlx_lm.lora, and a length sweep")
     finetune_arguments(finetune)
     finetune.set_defaults(run=_bench_finetune)
+
+    from flashtune.bench.context import add_arguments as context_arguments
+
+    long_context = bench.add_parser("context", help="peak memory and speed of one sequence of growing length, every implementation and mlx_lm.lora")
+    context_arguments(long_context)
+    long_context.set_defaults(run=_bench_context)
 
     report = commands.add_parser("report", help="Markdown tables and PNG plots from a results folder")
     report.add_argument("results_dir", help="folder of JSONL results (e.g. results/<date>-<device>)")

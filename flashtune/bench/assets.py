@@ -76,7 +76,7 @@ def prepare_model(name: str, cache: Path, dtype: str, seed: int, max_length: int
     """Chooses real or random weights and writes the random-init folder (config + tokenizer).
 
     Args:
-        name: a model alias (TinyLlama-1.1B, Qwen2.5-1.5B, SmolLM2-135M).
+        name: a model alias (TinyLlama-1.1B, Qwen2.5-1.5B, SmolLM2-135M) or a local HF folder.
         cache: folder for models/, exports/ and data/.
         dtype: the training dtype ("bfloat16" on GPU, "float32" on CPU): exports are saved in it.
         seed: the random weights' seed (the same as flashtune train's --seed).
@@ -90,6 +90,9 @@ def prepare_model(name: str, cache: Path, dtype: str, seed: int, max_length: int
 
     spec = models.resolve(name)
     exports = Path(exports) if exports else cache / "exports"
+    if spec.source == "local" and not random_init:  # an HF folder both tools load as it is
+        folder = Path(spec.path)
+        return ModelSetup(name, "pretrained", str(folder), "pretrained", folder, folder, f"the model's own ({folder})")
     if spec.source == "embedded-gguf" and not random_init:
         return ModelSetup(name, "pretrained", name, "pretrained", None, exports / f"{name}-{dtype}", "the model's own (from its GGUF)",
                           export={"model": name, "init": "pretrained", "dtype": dtype, "seed": seed})  # fmt: skip

@@ -5,6 +5,7 @@ from typing import Any, Dict, List
 
 IMPL_STYLE = {  # one colour per implementation in every plot
     "baseline": "#7f7f7f", "practical": "#1f77b4", "demo": "#d62728", "poc": "#2ca02c", "mlx_lm.lora": "#ff7f0e",
+    "mlx_lm.lora+grad-checkpoint": "#8c564b",
 }  # fmt: skip
 
 
@@ -17,7 +18,7 @@ def _pyplot():
     return plt
 
 
-MARKERS = {"baseline": "s", "practical": "^", "demo": "o", "poc": "D", "mlx_lm.lora": "v"}
+MARKERS = {"baseline": "s", "practical": "^", "demo": "o", "poc": "D", "mlx_lm.lora": "v", "mlx_lm.lora+grad-checkpoint": "<"}
 
 
 def _color(impl: str) -> str:
@@ -76,17 +77,12 @@ def loss_curves(losses: Dict[str, List[float]], reference: str, path: Path, titl
     return path
 
 
-def sweep(runs: List[Dict[str, Any]], key: str, ylabel: str, path: Path, title: str, log: bool = False) -> Path:
-    """``key`` (steady tokens/s or peak memory) against sequence length, one line per implementation.
-
-    Failed runs (e.g. out of memory) are drawn as crosses on the x axis.
-    """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def _draw_sweep(ax, runs: List[Dict[str, Any]], key: str, ylabel: str, title: str, log: bool = False) -> None:
+    """One sweep panel: ``key`` against length per implementation, failed runs as crosses on the x axis."""
     impls = sorted({s["impl"] for s in runs}, key=lambda i: list(IMPL_STYLE).index(i) if i in IMPL_STYLE else 99)
     lengths = sorted({s["length"] for s in runs})
     for impl in impls:
-        points = sorted((s["length"], s) for s in runs if s["impl"] == impl)
+        points = sorted(((s["length"], s) for s in runs if s["impl"] == impl), key=lambda p: p[0])
         good = [(L, s[key]) for L, s in points if s["status"] == "ok" and s.get(key) is not None]
         bad = [L for L, s in points if s["status"] != "ok"]
         if good:
@@ -111,6 +107,29 @@ def sweep(runs: List[Dict[str, Any]], key: str, ylabel: str, path: Path, title: 
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def sweep(runs: List[Dict[str, Any]], key: str, ylabel: str, path: Path, title: str, log: bool = False) -> Path:
+    """``key`` (steady tokens/s or peak memory) against sequence length, one line per implementation.
+
+    Failed runs (e.g. out of memory) are drawn as crosses on the x axis.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _draw_sweep(ax, runs, key, ylabel, title, log)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def context(rows: List[Dict[str, Any]], path: Path, title: str) -> Path:
+    """`flashtune bench context` rows: peak GB and tokens/s against length, side by side."""
+    plt = _pyplot()
+    runs = [dict(r, batch=1, oom=r["status"] == "oom") for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    _draw_sweep(axes[0], runs, "peak_gb", "peak memory (GB)", f"{title}: peak memory")
+    _draw_sweep(axes[1], runs, "tokens_per_s", "tokens/s (one sequence)", f"{title}: speed")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

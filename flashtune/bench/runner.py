@@ -29,32 +29,66 @@ from flashtune.errors import is_out_of_memory
 REPO = Path(__file__).resolve().parents[2]
 
 
+PEER_GC = TOOL + "+grad-checkpoint"  # mlx_lm lora with its --grad-checkpoint
+
+
+def is_peer(impl: str) -> bool:
+    """Whether ``impl`` names a run of mlx_lm lora (with or without its grad checkpointing)."""
+    return impl in (TOOL, PEER_GC)
+
+
 def recipe_path(suite: str, model: str, recipes: Path) -> Path:
-    """``recipes/finetune-<model>.yaml`` for the main suite, ``recipes/sweep-<model>.yaml`` for the sweep."""
-    return recipes / f"{'finetune' if suite in ('main', 'cold') else 'sweep'}-{slug(model)}.yaml"
+    """``finetune-<model>.yaml`` for the main suite, ``context-<model>.yaml`` for the context
+    suite, ``sweep-<model>.yaml`` for the sweep, in ``recipes``."""
+    kind = {"main": "finetune", "cold": "finetune", "context": "context"}.get(suite, "sweep")
+    return recipes / f"{kind}-{slug(model)}.yaml"
 
 
 @dataclass
 class Run:
     """One training run: which suite, model, tool/implementation and shape."""
 
-    suite: str  # "main" | "cold" (the warm-up run before a main run) | "sweep"
+    suite: str  # "main" | "cold" (the warm-up run before a main run) | "sweep" | "context"
     model: str
-    impl: str  # an attention name, or "mlx_lm.lora"
-    length: Optional[int] = None  # sweep: fixed_length
-    batch: Optional[int] = None  # sweep: batch size
+    impl: str  # an attention name, "mlx_lm.lora" or "mlx_lm.lora+grad-checkpoint"
+    length: Optional[int] = None  # sweep, context: fixed_length
+    batch: Optional[int] = None  # sweep: batch size (context: 1)
     iters: Optional[int] = None  # overrides the recipe
 
     @property
     def relpath(self) -> Path:
-        if self.suite == "sweep":
-            return Path("sweep", self.model, f"L{self.length}-{self.impl}.jsonl")
+        if self.suite in ("sweep", "context"):
+            return Path(self.suite, self.model, f"L{self.length}-{self.impl}.jsonl")
         return Path("main", self.model, *(["cold"] if self.suite == "cold" else []), f"{self.impl}.jsonl")
 
     @property
     def name(self) -> str:
         shape = f" {self.batch}x{self.length}" if self.length else ""
         return f"{self.suite} {self.model}{shape} {self.impl}"
+
+
+def shape_settings(run: Run) -> Dict[str, int]:
+    """The batch shape a sweep or context run fixes (flashtune train settings; {} for the main suite).
+
+    Sweep: examples of L+1 tokens, L inputs. Context: examples of L tokens (up to the model's
+    context), whose L-1 inputs are padded to L, so a step still computes L positions.
+    """
+    if run.suite == "sweep":
+        return {"fixed_length": run.length, "batch_size": run.batch, "max_seq_length": run.length + 1}
+    if run.suite == "context":
+        return {"fixed_length": run.length, "batch_size": 1, "max_seq_length": run.length}
+    return {}
+
+
+def _address_space_limit(limit_gb: Optional[float]):
+    """A ``preexec_fn`` capping a child's address space (Linux: a failed allocation instead of
+    the kernel's OOM killer), or None. Only for CPU runs: GPU drivers reserve huge address ranges."""
+    if not limit_gb:
+        return None
+    import resource
+
+    limit = int(limit_gb * 1e9)
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def _child_env() -> Dict[str, str]:
@@ -87,6 +121,8 @@ class Bench:
     retry_failed: bool = False
     budget_s: Optional[float] = None
     train_flags: List[str] = field(default_factory=list)  # added to every `flashtune train` (ablations)
+    memory_cap_gb: Optional[float] = None  # address-space cap of each run's process (CPU runs)
+    verbose: bool = True  # print a line per finished run (callers with their own progress lines turn it off)
     started: float = field(default_factory=time.perf_counter)
     durations: Dict[tuple, List[float]] = field(default_factory=dict)
     counts: Dict[str, int] = field(default_factory=lambda: {"done": 0, "skipped": 0, "left": 0, "failed": 0})
@@ -131,7 +167,7 @@ class Bench:
         partial.unlink(missing_ok=True)
         tic = time.perf_counter()
         try:
-            status = (self._peer if run.impl == TOOL else self._flashtune)(run, partial)
+            status = (self._peer if is_peer(run.impl) else self._flashtune)(run, partial)
         except BudgetExceeded:
             partial.unlink(missing_ok=True)
             self.counts["left"] += 1
@@ -141,7 +177,8 @@ class Bench:
         partial.replace(target)
         self.counts["done"] += 1
         self.counts["failed"] += status != "ok"
-        print(f"  {run.name}: {_one_line(target)}", flush=True)
+        if self.verbose:
+            print(f"  {run.name}: {_one_line(target)}", flush=True)
         return status
 
     # --- one run of each tool --------------------------------------------------------------------
@@ -152,8 +189,7 @@ class Bench:
         overrides = {}
         if run.iters:
             overrides["iters"] = run.iters
-        if run.suite == "sweep":
-            overrides.update(fixed_length=run.length, batch_size=run.batch, max_seq_length=run.length + 1)
+        overrides.update(shape_settings(run))
         return config_module.resolve(argparse.Namespace(config=str(recipe_path(run.suite, run.model, self.recipes))), **overrides)
 
     def _header(self, run: Run, config, command: List[str]) -> dict:
@@ -162,7 +198,7 @@ class Bench:
         meta = data / "meta.json" if data else None
         return {"bench": {
             "suite": run.suite, "model": run.model, "label": setup.label, "weights": setup.weights,
-            "tokenizer": setup.tokenizer_note, "impl": run.impl, "tool": TOOL if run.impl == TOOL else "flashtune",
+            "tokenizer": setup.tokenizer_note, "impl": run.impl, "tool": TOOL if is_peer(run.impl) else "flashtune",
             "length": run.length, "batch": config.batch_size, "iters": config.iters, "recipe": str(recipe_path(run.suite, run.model, self.recipes)),
             "data": str(data) if data else "flashtune's shipped dataset (capitals)",
             "data_meta": json.loads(meta.read_text()) if meta and meta.is_file() else None,
@@ -202,15 +238,15 @@ class Bench:
             command += ["--data", str(data)]
         if run.iters:
             command += ["--iters", str(run.iters)]
-        if run.suite == "sweep":
-            command += ["--fixed-length", str(run.length), "--batch-size", str(run.batch), "--max-seq-length", str(run.length + 1)]
+        for name, value in shape_settings(run).items():
+            command += ["--" + name.replace("_", "-"), str(value)]
         command += self.train_flags
         _append(partial, self._header(run, config, command))
         log = self._log(run)
         tic = time.perf_counter()
         try:
             with open(log, "w") as handle:
-                proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_child_env())
+                proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_child_env(), preexec_fn=_address_space_limit(self.memory_cap_gb))
                 rc = self._wait(proc, self._watch(proc))
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -239,7 +275,7 @@ class Bench:
             tic = time.perf_counter()
             stamps, out = [], []
             with open(log, "w") as handle:
-                proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=handle, text=True, env=_child_env())
+                proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=handle, text=True, env=_child_env(), preexec_fn=_address_space_limit(self.memory_cap_gb))
                 timer = self._watch(proc)
                 for line in proc.stdout:  # read as lines arrive: report times seen from this side too
                     out.append(line)
@@ -303,10 +339,10 @@ def mlx_lm_config(config, run: Run, data: Optional[Path] = None) -> dict:
         "learning_rate": peak,
         "lr_schedule": {"name": "cosine_decay", "warmup": warm, "warmup_init": 0.0,
                         "arguments": [peak, max(config.iters - warm, 1), peak * config.min_lr_ratio]},
-        "mask_prompt": config.mask_prompt and not _is_text_data(data), "seed": config.seed, "grad_checkpoint": config.grad_checkpoint,
+        "mask_prompt": config.mask_prompt and not _is_text_data(data), "seed": config.seed, "grad_checkpoint": config.grad_checkpoint or run.impl == PEER_GC,
         "steps_per_report": 1, "steps_per_eval": config.steps_per_eval or config.iters,
         "val_batches": config.val_batches, "save_every": config.iters,
-        "max_seq_length": (run.length + 1) if run.suite == "sweep" else (config.max_seq_length or 2048),
+        "max_seq_length": shape_settings(run).get("max_seq_length") or config.max_seq_length or 2048,
     }  # fmt: skip
 
 
