@@ -49,7 +49,7 @@ class TrainConfig:
     fixed_length: Optional[int] = field(default=None, metadata={"help": "pad every batch to this length (one compiled shape; timing runs)", "min": 1})
     grad_checkpoint: bool = field(default=False, metadata={"help": "recompute block activations in the backward (less memory)"})
     chunked_loss: bool = field(default=True, metadata={"help": "compute the loss over chunks of tokens, recomputing each chunk's logits in the backward: one chunk's logits in memory instead of every token's (flashtune.train.chunked_loss)"})
-    loss_chunk_tokens: Optional[int] = field(default=None, metadata={"help": "tokens per loss chunk (default: from the vocabulary size, a chunk's float32 logits within 256 MiB)", "min": 1})
+    loss_chunk_tokens: Optional[int] = field(default=None, metadata={"help": "tokens per loss chunk (default: from the vocabulary size, a chunk's float32 logits within 64 MiB)", "min": 1})
     compile: bool = field(default=True, metadata={"help": "compile the training step (mx.compile)"})
     fuse_projections: bool = field(default=True, metadata={"help": "compute each LoRA'd block's q/k/v and gate/up as one matmul + one LoRA branch each (same math and adapters; fewer kernels per step)"})
     pipeline: bool = field(default=True, metadata={"help": "on GPUs, dispatch each step before waiting for the previous one, so the host's work overlaps the device's (costs memory: two steps in flight)"})

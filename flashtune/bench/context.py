@@ -206,8 +206,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--export-dir", help="where mlx_lm's model folders with weights go (default: <cache-dir>/exports)")
     parser.add_argument("--random-init", action="store_true", help="architecture-exact random weights even where real ones are available")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and random weights")
-    parser.add_argument("--memory-cap-gb", type=float, help="address-space cap of each run's process, so that running out "
-                        "of memory is a failed allocation, not the kernel's OOM killer (CPU only; default: 0.8 of RAM)")  # fmt: skip
+    parser.add_argument("--memory-cap-gb", type=float, help="stop a run whose resident memory passes this and record it as out "
+                        "of memory, before the kernel's OOM killer picks a process (Linux; default on CPU: 0.8 of RAM; 0: no cap)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
 
 

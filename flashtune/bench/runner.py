@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Dict, List, Optional
 
 from flashtune.bench.assets import ModelSetup, export_weights, slug
 from flashtune.bench.peer import PREFIX, TOOL, parse_output, to_records
+from flashtune.bench.watch import Watch
 from flashtune.errors import is_out_of_memory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,17 +80,6 @@ def shape_settings(run: Run) -> Dict[str, int]:
     return {}
 
 
-def _address_space_limit(limit_gb: Optional[float]):
-    """A ``preexec_fn`` capping a child's address space (Linux: a failed allocation instead of
-    the kernel's OOM killer), or None. Only for CPU runs: GPU drivers reserve huge address ranges."""
-    if not limit_gb:
-        return None
-    import resource
-
-    limit = int(limit_gb * 1e9)
-    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
 def _child_env() -> Dict[str, str]:
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -121,7 +110,7 @@ class Bench:
     retry_failed: bool = False
     budget_s: Optional[float] = None
     train_flags: List[str] = field(default_factory=list)  # added to every `flashtune train` (ablations)
-    memory_cap_gb: Optional[float] = None  # address-space cap of each run's process (CPU runs)
+    memory_cap_gb: Optional[float] = None  # resident-memory cap of each run's process (flashtune.bench.watch)
     verbose: bool = True  # print a line per finished run (callers with their own progress lines turn it off)
     started: float = field(default_factory=time.perf_counter)
     durations: Dict[tuple, List[float]] = field(default_factory=dict)
@@ -205,25 +194,18 @@ class Bench:
             "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "order_in_call": self.counts["done"],
         }}  # fmt: skip
 
-    def _watch(self, proc: subprocess.Popen) -> threading.Timer:
-        """Kills ``proc`` when the time budget runs out (`_wait` then raises BudgetExceeded)."""
-        left = self.remaining()
+    def _watch(self, proc: subprocess.Popen) -> Watch:
+        """Kills ``proc`` at the time budget (`_wait` then raises BudgetExceeded) or the memory cap."""
+        return Watch(proc, self.remaining(), self.memory_cap_gb)
 
-        def stop():
-            timer.fired = True
-            proc.kill()
-
-        timer = threading.Timer(max(left, 1.0) if left is not None else 0.0, stop)
-        timer.fired, timer.daemon = False, True
-        if left is not None:
-            timer.start()
-        return timer
-
-    def _wait(self, proc: subprocess.Popen, timer: threading.Timer) -> int:
+    def _wait(self, proc: subprocess.Popen, watch: Watch, log) -> int:
+        """The return code; a run stopped at the memory cap says so in ``log`` (an open file)."""
         rc = proc.wait()
-        timer.cancel()
-        if timer.fired:
+        watch.cancel()
+        if watch.over_budget:
             raise BudgetExceeded()
+        if watch.over_memory:
+            log.write(watch.over_memory + "\n")
         return rc
 
     def _flashtune(self, run: Run, partial: Path) -> str:
@@ -246,8 +228,8 @@ class Bench:
         tic = time.perf_counter()
         try:
             with open(log, "w") as handle:
-                proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_child_env(), preexec_fn=_address_space_limit(self.memory_cap_gb))
-                rc = self._wait(proc, self._watch(proc))
+                proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_child_env())
+                rc = self._wait(proc, self._watch(proc), handle)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         return self._finish(partial, rc, time.perf_counter() - tic, log.read_text(errors="replace"), config)
@@ -275,14 +257,14 @@ class Bench:
             tic = time.perf_counter()
             stamps, out = [], []
             with open(log, "w") as handle:
-                proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=handle, text=True, env=_child_env(), preexec_fn=_address_space_limit(self.memory_cap_gb))
-                timer = self._watch(proc)
+                proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=handle, text=True, env=_child_env())
+                watch = self._watch(proc)
                 for line in proc.stdout:  # read as lines arrive: report times seen from this side too
                     out.append(line)
                     if line.startswith(PREFIX):
                         stamps.append(time.perf_counter() - tic)
-                rc = self._wait(proc, timer)
                 handle.write("".join(out))
+                rc = self._wait(proc, watch, handle)
             wall = time.perf_counter() - tic
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -22,10 +22,12 @@ from mlx.utils import tree_flatten, tree_unflatten
 from flashtune.log import say_once
 from flashtune.patch import SUPPORTED
 
-# A chunk's float32 logits take at most this much (the bf16 logits, the softmax and its gradient
-# of one chunk are of the same order): 256 MiB gives 384-token chunks for Qwen2.5-1.5B's
-# vocabulary of 151,936 and 1,280 for SmolLM2's 49,152.
-CHUNK_BUDGET_BYTES = 256 * 2**20
+# A chunk's float32 logits take at most this much. MLX allocates the outputs of ~100 operations
+# ahead of the CPU's work, and so held about 8 chunks at once: SmolLM2-135M's head at 8192 tokens,
+# forward and backward, took 1573 / 770 / 403 / 212 MiB with chunks of 1280 / 512 / 256 / 128
+# tokens (`scripts/long_context_memory.py --loss-only`). 64 MiB gives chunks of 256 tokens for
+# SmolLM2's vocabulary of 49,152, 512 for TinyLlama's 32,000 and 128 for Qwen2.5's 151,936.
+CHUNK_BUDGET_BYTES = 64 * 2**20
 CHUNK_MULTIPLE = 128  # chunk lengths are rounded down to a multiple of this (matmul-friendly)
 
 

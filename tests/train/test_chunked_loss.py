@@ -187,7 +187,7 @@ def test_peak_memory_stays_flat_as_tokens_grow(compiled):
 
 
 def test_default_chunk_follows_the_vocabulary():
-    assert [chunked_loss.default_chunk_tokens(v) for v in (151936, 49152, 32000)] == [384, 1280, 2048]
+    assert [chunked_loss.default_chunk_tokens(v) for v in (151936, 49152, 32000)] == [128, 256, 512]
     assert chunked_loss.default_chunk_tokens(10**9) == chunked_loss.CHUNK_MULTIPLE
     with pytest.raises(ValueError, match="vocab_size"):
         chunked_loss.default_chunk_tokens(0)
