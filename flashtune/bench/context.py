@@ -146,7 +146,8 @@ def progress_line(row: Dict) -> str:
     head = f"  L={row['length']} {row['impl']}: "
     if row["status"] == "ok":
         return head + f"peak {row['peak_gb']:.2f} GB, step {row['step_s']:.2f} s, {row['tokens_per_s']:,.0f} tok/s, loss {row['loss']:.3f}"
-    return head + ("out of memory" if row["status"] == "oom" else "error") + f": {' '.join(row.get('error') or [])}"
+    error = " ".join(row.get("error") or []).removeprefix("out of memory: ")
+    return head + ("out of memory" if row["status"] == "oom" else "error") + f": {error}"
 
 
 def sweep(pairs: Iterable[tuple], execute: Callable[[int, str], Dict], emit: Callable[[Dict], None],

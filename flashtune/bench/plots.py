@@ -106,7 +106,8 @@ def _draw_sweep(ax, runs: List[Dict[str, Any]], key: str, ylabel: str, title: st
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # not when every run failed
+        ax.legend(fontsize=8)
 
 
 def sweep(runs: List[Dict[str, Any]], key: str, ylabel: str, path: Path, title: str, log: bool = False) -> Path:

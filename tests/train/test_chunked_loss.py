@@ -215,3 +215,26 @@ def test_unsupported_models_fall_back_to_the_plain_loss_once(caplog):
     assert chunked_loss.chunk_tokens_for(tiny_model("llama"), enabled=True, chunk_tokens=7) == 7
     with pytest.raises(ValueError, match="chunk_tokens"):
         chunked_loss.cross_entropy_sum(mx.zeros((1, 4, 64)), mx.zeros((1, 4), mx.int32), mx.ones((1, 4)), chunked_loss.split_model(tiny_model())[1], 0)
+
+
+def test_trainer_default_and_no_chunked_loss_train_alike(tmp_path):
+    """`flashtune train` on a tiny local model: the default (chunked loss, chunks smaller than a
+    batch) and --no-chunked-loss record the same losses within float32 rounding."""
+    from flashtune import config as config_module
+    from flashtune.train import loop, records
+    from tests.tiny_models import write_text_dataset, write_tiny_hf_model
+
+    model_dir, data_dir = write_tiny_hf_model(tmp_path / "model"), write_text_dataset(tmp_path / "data")
+    losses = {}
+    for chunked in (True, False):
+        out = tmp_path / f"chunked-{chunked}"
+        config = config_module.resolve(
+            None, model=str(model_dir), data=str(data_dir), out=str(out), iters=6, batch_size=2, lora_layers=2,
+            learning_rate=1e-3, warmup=0, steps_per_eval=3, val_batches=2, steps_per_save=100, sample=False,
+            attn="practical", chunked_loss=chunked, loss_chunk_tokens=5,
+        )  # fmt: skip
+        loop.train(config)
+        rows = records.read(out / "records.jsonl")
+        losses[chunked] = [r["loss"] for r in rows if "wall_s" in r] + [r["val_loss"] for r in rows if r.get("eval")]
+    assert len(losses[True]) == 6 + 3
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5, err_msg=f"chunked {losses[True]} plain {losses[False]}")
