@@ -24,7 +24,7 @@ from flashtune.patch import SUPPORTED
 
 # A chunk's float32 logits take at most this much. MLX allocates the outputs of ~100 operations
 # ahead of the CPU's work, and so held about 8 chunks at once: SmolLM2-135M's head at 8192 tokens,
-# forward and backward, took 1573 / 770 / 403 / 212 MiB with chunks of 1280 / 512 / 256 / 128
+# forward and backward, took 1573 / 806 / 403 / 229 MiB with chunks of 1280 / 512 / 256 / 128
 # tokens (`scripts/long_context_memory.py --loss-only`). 64 MiB gives chunks of 256 tokens for
 # SmolLM2's vocabulary of 49,152, 512 for TinyLlama's 32,000 and 128 for Qwen2.5's 151,936.
 CHUNK_BUDGET_BYTES = 64 * 2**20
