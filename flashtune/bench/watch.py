@@ -3,8 +3,8 @@
 The memory cap reads the process's resident memory from /proc (Linux) a few times a second.
 A run that passes it is killed and its log says "out of memory", so that a benchmark pushing
 towards its limits records the failure as a result, instead of the kernel's OOM killer choosing
-which process on the machine dies. (An address-space limit, tried first, made mlx_lm lora die
-with a segmentation fault and no message at a length that needs more memory than the limit.)
+which process on the machine dies. An address-space limit (RLIMIT_AS) is no substitute: at a
+length needing more memory than the limit, mlx_lm lora died of a segmentation fault, no message.
 """
 
 import subprocess
