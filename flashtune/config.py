@@ -16,6 +16,8 @@ import yaml
 from flashtune.errors import ConfigError
 
 
+# Recipes shipped with the package: `--config NAME` finds recipes/NAME.yaml here.
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 LORA_PRECISIONS = ("mixed", "float32")  # see flashtune.train.lora.set_lora_precision
 
 
@@ -107,11 +109,26 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def shipped_recipes() -> List[str]:
+    """Names of the recipes that ship with flashtune (``--config NAME``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def find_recipe(name_or_path) -> Path:
+    """A recipe file: the path as given, else a shipped recipe of that name (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"recipe {name_or_path} does not exist; shipped recipes: {', '.join(shipped_recipes())}")
+
+
 def load_yaml(path: Path) -> Dict[str, Any]:
-    """Reads a recipe: a mapping of TrainConfig keys; unknown keys and wrong types are errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist")
+    """Reads a recipe (a file, or a shipped recipe's name): a mapping of TrainConfig keys;
+    unknown keys and wrong types are errors."""
+    path = find_recipe(path)
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of settings, got {type(data).__name__}")
@@ -126,7 +143,7 @@ def load_yaml(path: Path) -> Dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per TrainConfig field (defaults stay in the dataclass: flags default to unset)."""
-    parser.add_argument("--config", help="YAML recipe (keys are the long flag names with _)")
+    parser.add_argument("--config", help="YAML recipe file, or a shipped recipe's name (keys are the long flag names with _)")
     hints = _field_types()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -34,7 +34,8 @@ from typing import List, Optional
 
 from flashtune.bench.assets import prepare_data, prepare_model
 from flashtune.bench.peer import TOOL
-from flashtune.bench.runner import REPO, Bench, Run, mlx_lm_config, recipe_path  # noqa: F401 (mlx_lm_config: re-exported)
+from flashtune.bench.runner import Bench, Run, mlx_lm_config, recipe_path  # noqa: F401 (mlx_lm_config: re-exported)
+from flashtune.config import RECIPES_DIR
 
 IMPLS = ("baseline", "practical", "demo", "poc")
 GPU_MODELS = ("TinyLlama-1.1B", "Qwen2.5-1.5B")
@@ -78,12 +79,12 @@ def plan(models: List[str], impls: List[str], suites: List[str], lengths: List[i
 def default_results_dir() -> Path:
     from flashtune import env
 
-    return REPO / "results" / f"{date.today().isoformat()}-{env.short_device_tag()}"
+    return Path("results") / f"{date.today().isoformat()}-{env.short_device_tag()}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `flashtune bench finetune` and scripts/reproduce_finetune.py."""
-    parser.add_argument("--results", help="results folder (default: results/<date>-<device>)")
+    parser.add_argument("--results", help="results folder (default: results/<date>-<device> under the current folder)")
     parser.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto", help="which defaults to use (default: what MLX runs on)")
     parser.add_argument("--big", action="store_true", help="on a CPU: the GPU defaults (TinyLlama-1.1B, Qwen2.5-1.5B; slow)")
     parser.add_argument("--models", help="comma list of models (default: per device)")
@@ -102,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-s", type=float, help="start no run that would end after this many seconds; stop one that would")
     parser.add_argument("--cache-dir", help="model folders, data, run scratch (default: ~/.cache/flashtune/bench)")
     parser.add_argument("--export-dir", help="where mlx_lm's model folders with weights go (default: <cache-dir>/exports)")
-    parser.add_argument("--recipes", default=str(REPO / "recipes"), help="recipe folder")
+    parser.add_argument("--recipes", default=str(RECIPES_DIR), help="recipe folder (default: the recipes shipped in the package)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the timing data and random weights")
     parser.add_argument("--train-flags", default="", help="extra `flashtune train` flags for every flashtune run, e.g. "
                         "'--no-fuse-projections' (ablations; mlx_lm.lora runs are unchanged; recorded in each run's command)")

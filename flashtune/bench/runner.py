@@ -26,7 +26,8 @@ from flashtune.bench.assets import ModelSetup, export_weights, slug
 from flashtune.bench.peer import PREFIX, TOOL, parse_output, to_records
 from flashtune.errors import is_out_of_memory
 
-REPO = Path(__file__).resolve().parents[2]
+# The folder holding the flashtune package (a checkout or site-packages): child processes import it from there.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
 def recipe_path(suite: str, model: str, recipes: Path) -> Path:
@@ -59,7 +60,7 @@ class Run:
 
 def _child_env() -> Dict[str, str]:
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get("PYTHONPATH")]))
     return env
 
 

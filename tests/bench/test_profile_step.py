@@ -1,4 +1,4 @@
-"""scripts/profile_step.py's graph count sees what fusing the projections saves."""
+"""flashtune.bench.profile_step's graph count sees what fusing the projections saves."""
 
 import flashtune  # noqa: F401  (BLAS before mlx)
 import mlx.core as mx
@@ -6,12 +6,11 @@ from flashtune import models
 from flashtune.train.fused_projections import fuse_projections
 from flashtune.train.lora import adapter_config, apply_lora
 from flashtune.patch import patch
-from tests.scripts import load_script
+from flashtune.bench import profile_step
 from tests.tiny_models import write_tiny_hf_model
 
 
 def test_fused_projections_launch_fewer_kernels(tmp_path):
-    profile_step = load_script("profile_step")
     model, _, _ = models.load_model(str(write_tiny_hf_model(tmp_path / "llama", model_type="llama")))
     apply_lora(model, adapter_config(2, 4, 20.0, 0.0))
     patch(model, "baseline")

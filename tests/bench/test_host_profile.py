@@ -1,4 +1,4 @@
-"""scripts/host_profile.py: its first-step split runs end to end, and its py-spy summary counts
+"""flashtune.bench.host_profile: its first-step split runs end to end, and its py-spy summary counts
 only the samples inside the pipelined loop."""
 
 import json
@@ -8,17 +8,16 @@ from pathlib import Path
 
 from tests.tiny_models import write_tiny_hf_model
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from flashtune.bench import host_profile
 
-import host_profile  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_on_tiny_model(tmp_path, mode, length):
     """The script's stdout for ``mode`` on a tiny random Llama, batch 2 x ``length``."""
     model = write_tiny_hf_model(tmp_path / "llama", model_type="llama")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "host_profile.py"), mode, "--model", str(model), "--batch", "2", "--length", str(length)],
+        [sys.executable, "-m", "flashtune.bench.host_profile", mode, "--model", str(model), "--batch", "2", "--length", str(length)],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,11 +1,11 @@
-"""scripts/loss_agreement.py: distances between loss curves and the noise-band verdict."""
+"""flashtune.bench.loss_agreement: distances between loss curves and the noise-band verdict."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from tests.scripts import load_script
+from flashtune.bench import loss_agreement
 
 
 def write_run(folder: Path, name: str, losses):
@@ -16,7 +16,7 @@ def write_run(folder: Path, name: str, losses):
 
 
 def test_distances_and_verdict(tmp_path):
-    script = load_script("loss_agreement")
+    script = loss_agreement
     ref = [4.0 - 0.02 * i for i in range(100)]
     write_run(tmp_path, "demo", ref)
     write_run(tmp_path, "baseline", [x * 1.02 for x in ref])  # 2% off everywhere
@@ -31,7 +31,7 @@ def test_distances_and_verdict(tmp_path):
 
 
 def test_a_diverging_candidate_is_outside_the_band(tmp_path):
-    script = load_script("loss_agreement")
+    script = loss_agreement
     ref = [3.0] * 20
     write_run(tmp_path, "demo", ref)
     write_run(tmp_path, "practical", [3.03] * 20)
@@ -40,7 +40,7 @@ def test_a_diverging_candidate_is_outside_the_band(tmp_path):
 
 
 def test_missing_run_and_length_mismatch_are_named(tmp_path):
-    script = load_script("loss_agreement")
+    script = loss_agreement
     write_run(tmp_path, "demo", [1.0] * 5)
     with pytest.raises(SystemExit, match="no poc.jsonl"):
         script.compare(tmp_path, "demo", "poc")

@@ -1,0 +1,256 @@
+"""Where a LoRA training step's time goes: full step, forward, backward, LM head + loss, attention,
+optimizer, the LoRA branches (the step with mlx-lm's float32 branches vs flashtune's mixed ones), the
+host's share (time until mx.async_eval returns), what a new batch shape costs (trace + graph compile,
+then the first run's extra: kernels, cuDNN/cuBLAS plans), and the step with q/k/v and gate/up fused
+(flashtune.train.fused_projections, the trainer's default; "step" is with separate projections).
+
+    python scripts/profile_step.py --model TinyLlama-1.1B --attn demo --batch 4 --length 1024 [--tokenizer DIR]
+
+Each part is compiled and timed alone (median of --repeat after --warmup), on random tokens,
+with the same model, LoRA setup and dtype as `flashtune train --init random`.
+"""
+
+import argparse
+import collections
+import json
+import os
+import re
+import statistics
+import tempfile
+import time
+from functools import partial
+
+import flashtune  # noqa: F401
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten
+
+from flashtune import attention, env, models
+from flashtune.train.fused_projections import fuse_projections
+from flashtune.train.lora import adapter_config, apply_lora, set_lora_precision
+from flashtune.patch import patch
+from flashtune.train.step import loss_sum
+
+
+def timed(fn, warmup, repeat, state=()):
+    """Median ms of ``fn`` with its result and ``state`` evaluated (a compiled step's updated
+    parameters and optimizer state are lazy outputs: left unevaluated, their work would be
+    billed to the next call)."""
+    for _ in range(warmup):
+        mx.eval(fn(), state)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        mx.eval(fn(), state)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def compiled_step(model, value_and_grad, optimizer, state):
+    """The training step, compiled with ``state`` as inputs and outputs. Each call traces anew,
+    so it picks up the LoRA classes and parameters the model has at the time."""
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(inputs, targets, mask):
+        (loss, count), grads = value_and_grad(model, inputs, targets, mask)
+        optimizer.update(model, grads)
+        return loss
+
+    return step
+
+
+def dispatch_ms(fn, state, repeat):
+    """Median ms until mx.async_eval returns: the host's work to encode and launch one step."""
+    times = []
+    for _ in range(repeat):
+        out = fn()
+        start = time.perf_counter()
+        mx.async_eval(out, state)
+        times.append(time.perf_counter() - start)
+        mx.synchronize()
+    return 1e3 * statistics.median(times)
+
+
+def pipelined_ms(fn, state, warmup, repeat):
+    """Mean ms per step when step i+1 is dispatched (mx.async_eval) before waiting for step i,
+    so the host's per-step work overlaps the GPU's."""
+    for _ in range(warmup):
+        mx.eval(fn(), state)
+    start, previous = time.perf_counter(), None
+    for _ in range(repeat):
+        out = fn()
+        mx.async_eval(out, state)
+        if previous is not None:
+            mx.eval(previous)
+        previous = out
+    mx.eval(previous, state)
+    return 1e3 * (time.perf_counter() - start) / repeat
+
+
+def new_shape_ms(step, batch, state, warmup, repeat):
+    """(trace + graph compile, first run minus a steady run) for a batch shape not seen before."""
+    start = time.perf_counter()
+    out = step(*batch)
+    traced = time.perf_counter()
+    mx.eval(out, state)
+    first = time.perf_counter() - traced
+    return 1e3 * (traced - start), 1e3 * first - timed(lambda: step(*batch), warmup, repeat, state)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="TinyLlama-1.1B")
+    parser.add_argument("--attn", default="demo")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=1024)
+    parser.add_argument("--tokenizer")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    model, _, info = models.load_model(args.model, init="random", tokenizer=args.tokenizer)
+    apply_lora(model, adapter_config(16, 8, 20.0, 0.0), "mixed")
+    patch(model, args.attn)
+    mx.eval(model.parameters())
+    optimizer = initialized_optimizer(model)
+    B, L = args.batch, args.length
+    tokens = mx.random.randint(0, info.config["vocab_size"], (B, L + 1))
+    inputs, targets, mask = tokens[:, :-1], tokens[:, 1:], mx.ones((B, L))
+    value_and_grad = nn.value_and_grad(model, loss_sum)
+    state = [model.state, optimizer.state]
+
+    set_lora_precision(model, "float32")
+    step_float32 = compiled_step(model, value_and_grad, optimizer, state)
+    step_float32_lora = timed(lambda: step_float32(inputs, targets, mask), args.warmup, args.repeat, state)
+    set_lora_precision(model, "mixed")
+    step = compiled_step(model, value_and_grad, optimizer, state)
+    # A step with 8x fewer tokens: what stays is the per-step floor (kernel dispatch, launches).
+    short = tokens[:, : L // 8 + 1]
+    short_batch = (short[:, :-1], short[:, 1:], mx.ones((B, L // 8)))
+
+    @partial(mx.compile, inputs=state)
+    def forward_loss():
+        return loss_sum(model, inputs, targets, mask)[0]
+
+    # outputs=state too: nn.value_and_grad leaves its traced parameters in the model.
+    @partial(mx.compile, inputs=state, outputs=state)
+    def gradients():
+        return value_and_grad(model, inputs, targets, mask)[1]
+
+    grads = gradients()
+    mx.eval(grads)
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def update():
+        optimizer.update(model, grads)
+        return mx.array(0)
+
+    hidden = mx.random.normal((B, L, model.args.hidden_size)).astype(info.dtype and getattr(mx, info.dtype))
+    head = model.lm_head if hasattr(model, "lm_head") else model.model.embed_tokens.as_linear
+
+    @mx.compile
+    def head_loss():
+        def f(h):
+            return mx.fast.cross_entropy(head(h), targets).sum()
+        return mx.grad(f)(hidden)
+
+    a = model.layers[-1].self_attn
+    D = model.args.hidden_size // a.n_heads
+    q = mx.random.normal((B, a.n_heads, L, D)).astype(hidden.dtype)
+    kv = mx.random.normal((B, a.n_kv_heads, L, D)).astype(hidden.dtype)
+    fn = attention.get(args.attn)
+
+    @mx.compile
+    def attention_fwd_bwd():
+        return mx.grad(lambda q, k, v: fn(q, k, v, scale=D**-0.5, mask="causal").astype(mx.float32).sum(), argnums=(0, 1, 2))(q, kv, kv)
+
+    @mx.compile
+    def attention_fwd():
+        return fn(q, kv, kv, scale=D**-0.5, mask="causal")
+
+    n_layers, n_lora = len(model.layers), 16
+    L_new = L - L // 8  # a shape the step has not been compiled for
+    fresh = tokens[:, : L_new + 1]
+    trace_ms, first_run_ms = new_shape_ms(step, (fresh[:, :-1], fresh[:, 1:], mx.ones((B, L_new))), state, args.warmup, args.repeat)
+    parts = {
+        "step": timed(lambda: step(inputs, targets, mask), args.warmup, args.repeat, state),
+        "host time to dispatch the step (async_eval returns)": dispatch_ms(lambda: step(inputs, targets, mask), state, args.repeat),
+        "step, pipelined (step i+1 dispatched before step i is waited for)": pipelined_ms(lambda: step(inputs, targets, mask), state, args.warmup, args.repeat),
+        "step with float32 LoRA branches (mlx-lm's)": step_float32_lora,
+        f"step at B{B}x{L // 8} (1/8 of the tokens: per-step floor)": timed(lambda: step(*short_batch), args.warmup, args.repeat, state),
+        "forward+loss": timed(forward_loss, args.warmup, args.repeat),
+        "value_and_grad": timed(gradients, args.warmup, args.repeat),
+        "optimizer update": timed(update, args.warmup, args.repeat, state),
+        "lm head + loss (fwd+bwd)": timed(head_loss, args.warmup, args.repeat),
+    }
+    one_fb, one_f = timed(attention_fwd_bwd, args.warmup, args.repeat), timed(attention_fwd, args.warmup, args.repeat)
+    parts[f"attention ({n_lora} fwd+bwd, {n_layers - n_lora} fwd)"] = n_lora * one_fb + (n_layers - n_lora) * one_f
+    parts["rest of value_and_grad (linears, LoRA, norms, RoPE)"] = (
+        parts["value_and_grad"] - parts["lm head + loss (fwd+bwd)"] - parts[f"attention ({n_lora} fwd+bwd, {n_layers - n_lora} fwd)"]
+    )
+    parts[f"new shape (B{B}x{L_new}): trace + graph compile"] = trace_ms
+    parts[f"new shape (B{B}x{L_new}): first run minus a steady one"] = first_run_ms
+    graph = {"step": graph_size(step, (inputs, targets, mask), state)}
+    fuse_projections(model)
+    fused_step, fused_state = fresh_step(model)
+    graph["step with q/k/v and gate/up fused"] = graph_size(fused_step, (inputs, targets, mask), fused_state)
+    parts["step with q/k/v and gate/up fused (flashtune.train.fused_projections)"] = timed(
+        lambda: fused_step(inputs, targets, mask), args.warmup, args.repeat, fused_state)
+    parts["  fused: host time to dispatch the step"] = dispatch_ms(lambda: fused_step(inputs, targets, mask), fused_state, args.repeat)
+    parts[f"  fused: step at B{B}x{L // 8} (per-step floor)"] = timed(lambda: fused_step(*short_batch), args.warmup, args.repeat, fused_state)
+    step_ms = parts["step"]
+    print(f"{args.model} ({info.label}), attn {args.attn}, B{B}×L{L}, {info.dtype}, {env.device_name()}")
+    print(f"step {step_ms:.1f} ms = {B * L / step_ms * 1e3:,.0f} tokens/s")
+    for name, ms in parts.items():
+        print(f"  {name:68s} {ms:8.1f} ms  {100 * ms / step_ms:5.1f}% of the step")
+    for name, (nodes, kernels) in graph.items():
+        print(f"graph of the {name}: {nodes} nodes, {kernels} of them not views (about the kernels launched)")
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump({**env.run_info(vars(args)), "parts_ms": parts, "graph_nodes": graph}, handle, indent=1)
+
+
+# Primitives that are (usually) views or metadata: they launch no kernel.
+VIEW_PRIMITIVES = {"Transpose", "Broadcast", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Reshape", "Slice", "AsStrided"}
+
+
+def graph_primitives(step, batch, state):
+    """How many nodes of each primitive one compiled step's graph has, after MLX's compile
+    fusion (fused elementwise kernels show as Compiled... nodes). The step runs once."""
+    outputs = [step(*batch)] + [v for _, v in tree_flatten(state) if isinstance(v, mx.array)]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "step.dot")
+        mx.export_to_dot(path, *outputs)
+        labels = re.findall(r'label ="([^"]+)"', open(path).read())
+    mx.eval(outputs)
+    return collections.Counter(label.split(" ")[0] for label in labels)
+
+
+def graph_size(step, batch, state):
+    """(nodes, nodes that are not views) of one compiled step's graph: the host dispatches
+    about one kernel per non-view node."""
+    counts = graph_primitives(step, batch, state)
+    return sum(counts.values()), sum(n for name, n in counts.items() if name not in VIEW_PRIMITIVES)
+
+
+def initialized_optimizer(model):
+    """AdamW with its state already made, as the trainer does (so a step traces once per shape)
+    and evaluated (its zeros are inputs, not part of the step's graph)."""
+    optimizer = optim.AdamW(learning_rate=1e-4, weight_decay=0.01)
+    optimizer.init(model.trainable_parameters())
+    mx.eval(optimizer.state)
+    return optimizer
+
+
+def fresh_step(model):
+    """(compiled step, its state) of ``model`` as it is now, with a fresh optimizer (its state
+    follows the parameters' dtype) and a fresh trace."""
+    optimizer = initialized_optimizer(model)
+    state = [model.state, optimizer.state]
+    return compiled_step(model, nn.value_and_grad(model, loss_sum), optimizer, state), state
+
+
+if __name__ == "__main__":
+    main()
