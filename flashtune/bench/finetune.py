@@ -8,7 +8,7 @@ Suites (each run a fresh subprocess, its per-iteration JSONL under the results f
   own), by default just as long, so MLX's on-disk kernel cache holds the kernels of every batch
   shape the measured run compiles, for every tool alike. (A 5-iteration warm-up left mlx_lm.lora,
   which compiles ~16 shapes, partly cold: its 100 iterations took 19.0, 16.4 and 14.6 s in
-  three runs in a row on one H100, results/2026-11-24-h100-session4/repeats/.)
+  three runs in a row on one H100.)
 - ``sweep``: ``fixed_length`` runs at several sequence lengths with the same tokens per step
   (8x512 ... 1x4096), from ``recipes/sweep-<model>.yaml``.
 

@@ -242,7 +242,7 @@ def sweep_table(runs: List[Dict[str, Any]]) -> str:
 
 
 def targets_table(main: List[Dict[str, Any]], sweep: List[Dict[str, Any]]) -> str:
-    """The issue's targets, measured wherever the runs they need exist (stated for TinyLlama on an H100)."""
+    """flashtune's performance goals, measured wherever the runs they need exist (set for TinyLlama on an H100)."""
     rows = []
 
     def ok(runs, **match):
@@ -353,7 +353,7 @@ def write_report(results: Path) -> Path:
         lines += ["- " + n for n in _notes(runs, header)] + [""]
     targets = targets_table(main, sweep)
     if targets:
-        lines += ["## Targets", "", "The goals are issue 7's, stated for TinyLlama-1.1B on the lent H100 (4×1024 and 1×4096 "
+        lines += ["## Performance goals", "", "flashtune's goals, set for TinyLlama-1.1B on an NVIDIA H100 (4×1024 and 1×4096 "
                   "from the sweep; the time and steady tok/s goals from the main comparison); shown for every model measured.",
                   "", targets, ""]
     models = sorted({s["model"] for s in runs}, key=lambda m: [s["model"] for s in runs].index(m))
