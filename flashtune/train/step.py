@@ -41,10 +41,10 @@ class StepFunctions:
     def run(self, parts: List[data.Batch]):
         """Dispatches one iteration over its micro-batches; returns lazy (loss, tokens)."""
         if len(parts) == 1:
-            return self.full(*parts[0])
+            return self.full(*parts[0].arrays)
         grads, total, count = None, mx.array(0.0), mx.array(0.0)
         for part in parts:
-            loss, tokens, g = self.micro(*part)
+            loss, tokens, g = self.micro(*part.arrays)
             grads = g if grads is None else tree_map(mx.add, grads, g)
             total, count = total + loss, count + tokens
         return self.update(grads, total, count)

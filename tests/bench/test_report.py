@@ -1,4 +1,4 @@
-"""`flashtune report`: tables and plots from JSONL alone, failed runs shown, targets checked."""
+"""`flashtune report`: tables and plots from JSONL alone, failed runs shown, performance goals checked."""
 
 import pytest
 
@@ -45,7 +45,7 @@ def test_main_table_speedups_and_failures(tmp_path):
     assert f"{base['total_wall_s'] / demo['total_wall_s']:.3g}" in rows["demo"]
 
 
-def test_targets(tmp_path):
+def test_performance_goals(tmp_path):
     runs = report.collect(write_results(tmp_path))
     table = report.targets_table([s for s in runs if s["suite"] == "main"], [s for s in runs if s["suite"] == "sweep"])
     assert "demo tok/s vs baseline at 4×1024 | 1.50× | ≥ 1.3× | yes" in table
@@ -56,7 +56,7 @@ def test_targets(tmp_path):
 def test_write_report_tables_and_plots(tmp_path):
     results = write_results(tmp_path)
     md = report.write_report(results).read_text()
-    for heading in ("## Targets", f"## {LABEL}: 100 LoRA iterations", "### Warm-up runs", "sequence-length sweep", "## Attention benchmark"):
+    for heading in ("## Performance goals", f"## {LABEL}: 100 LoRA iterations", "### Warm-up runs", "sequence-length sweep", "## Attention benchmark"):
         assert heading in md
     assert "failed: out of memory" in md and "NVIDIA H100" in md and "random weights" in md
     for png in ("iterations-tinyllama-1.1b.png", "sweep-tokens-tinyllama-1.1b.png", "sweep-memory-tinyllama-1.1b.png", "attention-speedup.png"):

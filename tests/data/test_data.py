@@ -192,7 +192,7 @@ def test_batch_layout(tokenizer, multiple):
         assert B == 4 and L % multiple == 0
         assert (batch.inputs.dtype, batch.targets.dtype, batch.mask.dtype) == (mx.int32, mx.int32, mx.float32)
         assert batch.targets.shape == batch.mask.shape == (B, L)
-        inputs, targets, mask = (np.array(a) for a in batch)
+        inputs, targets, mask = (np.array(a) for a in batch.arrays)
         for row in range(B):
             n = int(np.flatnonzero(mask[row])[-1]) + 1  # real positions; the answer runs to the end
             assert (inputs[row, 1:n] == targets[row, : n - 1]).all()  # targets are inputs shifted by one

@@ -174,7 +174,7 @@ def test_gradient_accumulation_is_one_update_over_all_micro_batches(tiny, tmp_pa
     value_and_grad = nn.value_and_grad(model, step.loss_sum)
     grads, tokens = None, 0.0
     for batch in micro_batches:
-        (_, count), g = value_and_grad(model, *batch)
+        (_, count), g = value_and_grad(model, *batch.arrays)
         grads = g if grads is None else tree_map(mx.add, grads, g)
         tokens += count.item()
     optimizer = optim.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
