@@ -47,3 +47,28 @@ def test_missing_run_and_length_mismatch_are_named(tmp_path):
     write_run(tmp_path, "poc", [1.0] * 4)
     with pytest.raises(ValueError, match="5 vs 4|4 vs 5"):
         script.compare(tmp_path, "demo", "poc")
+
+
+def test_warmup_runs_give_the_run_to_run_noise(tmp_path):
+    script = loss_agreement
+    (tmp_path / "cold").mkdir()
+    ref = [3.0] * 20
+    write_run(tmp_path, "demo", ref)
+    write_run(tmp_path, "poc", [3.06] * 20)  # 2% from demo
+    write_run(tmp_path / "cold", "demo", [3.03] * 20)  # 1% from the measured demo run
+    write_run(tmp_path / "cold", "poc", [3.06 * 1.05] * 20)  # 5% from its own measured run
+    pairs = script.noise(script.read_runs(tmp_path), script.read_runs(tmp_path / "cold"), "demo")
+    assert list(pairs) == ["demo (warm-up run) vs demo", "poc (warm-up run) vs poc", "poc (warm-up run) vs demo"]
+    assert pairs["demo (warm-up run) vs demo"]["mean"] == pytest.approx(0.01)
+    assert pairs["poc (warm-up run) vs poc"]["mean"] == pytest.approx(0.05)
+    assert pairs["poc (warm-up run) vs demo"]["mean"] == pytest.approx(3.06 * 1.05 / 3.0 - 1)
+    assert script.main([str(tmp_path), "--warmups"]) == 0
+    assert "| demo (warm-up run) vs demo | 1.00% |" in (tmp_path / "loss-agreement.md").read_text()
+
+
+def test_warmups_without_warmup_runs_are_named(tmp_path):
+    script = loss_agreement
+    write_run(tmp_path, "demo", [1.0] * 5)
+    write_run(tmp_path, "poc", [1.0] * 5)
+    with pytest.raises(SystemExit, match="no warm-up runs"):
+        script.main([str(tmp_path), "--warmups"])
