@@ -8,7 +8,7 @@ Suites (each run a fresh subprocess, its per-iteration JSONL under the results f
   own), by default just as long, so MLX's on-disk kernel cache holds the kernels of every batch
   shape the measured run compiles, for every tool alike. (A 5-iteration warm-up left mlx_lm.lora,
   which compiles ~16 shapes, partly cold: its 100 iterations took 19.0, 16.4 and 14.6 s in
-  three runs in a row on one H100.)
+  three runs in a row on one H100: benchmarks/h100/finetune-repeats/repeats.md.)
 - ``sweep``: ``fixed_length`` runs at several sequence lengths with the same tokens per step
   (8x512 ... 1x4096), from ``recipes/sweep-<model>.yaml``.
 
