@@ -24,6 +24,7 @@ from typing import Dict, List, Optional
 
 from flashtune.bench.assets import ModelSetup, export_weights, slug
 from flashtune.bench.peer import PREFIX, TOOL, parse_output, to_records
+from flashtune.bench.portable import portable_file, run_roots
 from flashtune.errors import is_out_of_memory
 
 # The folder holding the flashtune package (a checkout or site-packages): child processes import it from there.
@@ -139,6 +140,8 @@ class Bench:
             print(f"  {run.name}: stopped at the time budget; left for the next call", flush=True)
             return None
         self.durations.setdefault((run.suite, run.model), []).append(time.perf_counter() - tic)
+        # Records name no absolute path of this machine, so a results folder can be committed as is.
+        portable_file(partial, run_roots(results=self.results, cache=self.cache, repo=PACKAGE_PARENT))
         partial.replace(target)
         self.counts["done"] += 1
         self.counts["failed"] += status != "ok"
