@@ -10,6 +10,17 @@ simd_sum reductions. The bodies are in metal_source.py.
 Every launch is first described (``forward_launch``, ``backward_launches``: kernel source,
 inputs, template constants, grid, threadgroup) and then run by ``run_on_gpu``; the tests run
 the same descriptions on the CPU through ``metal_emulator``.
+
+Verified without Apple hardware, under that emulation (tests/attention/kernels): the
+algorithm and this exact source, wrapped as MLX wraps it, against a float64 reference for
+every head dim, both dtypes, causal or not, odd lengths, Lq != Lk and GQA; that no thread
+reads or writes outside its buffers, races on threadgroup memory, reads threadgroup memory
+before it is written, or reaches a barrier or simd_sum that others of its group or simdgroup
+skip; and the 32 KB threadgroup-memory limit. Only a Mac can verify that the Metal compiler
+accepts the source, the GPU's own rounding (fused multiply-adds, exp2 precision, simd_sum
+order), the pipeline's thread limit and the speed; ``poc`` therefore still checks every
+variant against ``practical`` at first use and falls back if it fails (see poc.py and
+docs/metal-emulator.md).
 """
 
 import functools
