@@ -5,7 +5,9 @@ Forward: online softmax over K/V tiles held in threadgroup memory, saving the lo
 of its GQA group, and dQ in a separate pass (no atomics), both recomputing probabilities from
 the LSE; nothing of size Lq x Lk is ever stored. One simdgroup owns one row (a query row, or a
 key row in the dK/dV pass) and its 32 lanes split the head dimension; dot products are
-simd_sum reductions. The bodies are in metal_source.py.
+simd_sum reductions. With ``segments`` (per-document ids) a row sees only its own document,
+and every tile whose documents cannot meet the block's is skipped by the whole threadgroup.
+The bodies are in metal_source.py.
 
 Every launch is first described (``forward_launch``, ``backward_launches``: kernel source,
 inputs, template constants, grid, threadgroup) and then run by ``run_on_gpu``; the tests run
@@ -13,10 +15,11 @@ the same descriptions on the CPU through ``metal_emulator``.
 
 Verified without Apple hardware, under that emulation (tests/attention/kernels): the
 algorithm and this exact source, wrapped as MLX wraps it, against a float64 reference for
-every head dim, both dtypes, causal or not, odd lengths, Lq != Lk and GQA; that no thread
-reads or writes outside its buffers, races on threadgroup memory, reads threadgroup memory
-before it is written, or reaches a barrier or simd_sum that others of its group or simdgroup
-skip; and the 32 KB threadgroup-memory limit. Only a Mac can verify that the Metal compiler
+every head dim, both dtypes, causal or not, odd lengths, Lq != Lk, GQA and segments
+(documents of length 1, across tiles, padding; the tiles skipped are counted); that no thread
+reads or writes outside its buffers, races on threadgroup memory, lets threadgroup memory
+it never wrote (NaN there) reach a result, or reaches a barrier or simd_sum that others of
+its group or simdgroup skip; and the 32 KB threadgroup-memory limit. Only a Mac can verify that the Metal compiler
 accepts the source, the GPU's own rounding (fused multiply-adds, exp2 precision, simd_sum
 order), the pipeline's thread limit and the speed; ``poc`` therefore still checks every
 variant against ``practical`` at first use and falls back if it fails (see poc.py and
@@ -37,6 +40,7 @@ ROWS = 8  # simdgroups, hence rows, per threadgroup
 # Keys (forward, dQ) or queries (dK/dV) per threadgroup-memory tile: two float32 tiles of
 # 16 x 128 are 16 KB, half of the 32 KB an Apple GPU threadgroup may hold.
 TILE = 16
+SEGMENTS = True  # forward and backward take per-document ids (segments=)
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,18 @@ class Launch:
 Runner = Callable[[Launch], Sequence[mx.array]]
 
 _BACKWARD_INPUTS = ("q", "k", "v", "dout", "lse", "delta", "params")
+_BACKWARD_SEGMENT_INPUTS = ("q", "k", "v", "segments", "dout", "lse", "delta", "params")
 FORWARD = Kernel("ftpoc_flash_fwd", ("q", "k", "v", "params"), ("out", "lse"),
                  metal_source.FORWARD)
 DQ = Kernel("ftpoc_flash_dq", _BACKWARD_INPUTS, ("dq",), metal_source.DQ)
 DKDV = Kernel("ftpoc_flash_dkdv", _BACKWARD_INPUTS, ("dk", "dv"), metal_source.DKDV)
+# The same kernels with per-document masking and tile skipping (metal_source's markers).
+FORWARD_SEGMENTS = Kernel("ftpoc_flash_fwd_seg", ("q", "k", "v", "segments", "params"),
+                          ("out", "lse"), metal_source.FORWARD_SEGMENTS)
+DQ_SEGMENTS = Kernel("ftpoc_flash_dq_seg", _BACKWARD_SEGMENT_INPUTS, ("dq",),
+                     metal_source.DQ_SEGMENTS)
+DKDV_SEGMENTS = Kernel("ftpoc_flash_dkdv_seg", _BACKWARD_SEGMENT_INPUTS, ("dk", "dv"),
+                       metal_source.DKDV_SEGMENTS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -122,12 +134,38 @@ def _params(scale: float) -> mx.array:
     return mx.array([scale], dtype=mx.float32)
 
 
-def forward_launch(q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool) -> Launch:
-    """The forward kernel's launch for q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D)."""
+def checked_segments(q: mx.array, k: mx.array, segments: Optional[mx.array]) -> Optional[mx.array]:
+    """The document ids as int32 (B, L), or None.
+
+    Raises:
+        ValueError: ids that are not integers of shape (B, L) with Lq == Lk == L.
+    """
+    if segments is None:
+        return None
+    B, _, L_q, _ = q.shape
+    L_k = k.shape[2]
+    if L_q != L_k or tuple(segments.shape) != (B, L_q):
+        raise ValueError(
+            f"segments must have shape (B, L) with Lq == Lk == L; got segments "
+            f"{tuple(segments.shape)}, q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    if not mx.issubdtype(segments.dtype, mx.integer):
+        raise ValueError(f"segments must hold integer document ids; got {segments.dtype}")
+    return segments.astype(mx.int32)
+
+
+def forward_launch(
+    q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool,
+    segments: Optional[mx.array] = None,
+) -> Launch:
+    """The forward kernel's launch for q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) and optional
+    document ids (B, L) (``checked_segments``)."""
     B, n_heads, L_q, _ = q.shape
+    segments = checked_segments(q, k, segments)
+    with_ids = () if segments is None else (segments,)
     return Launch(
-        kernel=FORWARD,
-        inputs=(q, k, v, _params(scale)),
+        kernel=FORWARD if segments is None else FORWARD_SEGMENTS,
+        inputs=(q, k, v, *with_ids, _params(scale)),
         template=_template(q, causal),
         grid=_rows_grid(L_q, n_heads, B),
         threadgroup=(32 * ROWS, 1, 1),
@@ -145,30 +183,43 @@ def backward_launches(
     d_out: mx.array,
     scale: float,
     causal: bool,
+    segments: Optional[mx.array] = None,
 ) -> Tuple[Launch, Launch]:
     """The dQ and dK/dV launches; the row sums delta = rowsum(dO * O) are MLX ops here."""
     B, n_heads, L_q, _ = q.shape
     n_kv_heads, L_k = k.shape[1], k.shape[2]
+    segments = checked_segments(q, k, segments)
+    with_ids = () if segments is None else (segments,)
     d_out = d_out.astype(q.dtype)
     delta = mx.sum(d_out.astype(mx.float32) * out.astype(mx.float32), axis=-1)
-    inputs = (q, k, v, d_out, lse, delta, _params(scale))
+    inputs = (q, k, v, *with_ids, d_out, lse, delta, _params(scale))
     template = _template(q, causal)
-    dq = Launch(DQ, inputs, template, _rows_grid(L_q, n_heads, B), (32 * ROWS, 1, 1),
+    dq_kernel, dkdv_kernel = (DQ, DKDV) if segments is None else (DQ_SEGMENTS, DKDV_SEGMENTS)
+    dq = Launch(dq_kernel, inputs, template, _rows_grid(L_q, n_heads, B), (32 * ROWS, 1, 1),
                 (tuple(q.shape),), (q.dtype,))
-    dkdv = Launch(DKDV, inputs, template, _rows_grid(L_k, n_kv_heads, B), (32 * ROWS, 1, 1),
-                  (tuple(k.shape), tuple(v.shape)), (k.dtype, v.dtype))
+    dkdv = Launch(dkdv_kernel, inputs, template, _rows_grid(L_k, n_kv_heads, B),
+                  (32 * ROWS, 1, 1), (tuple(k.shape), tuple(v.shape)), (k.dtype, v.dtype))
     return dq, dkdv
 
 
 def forward(
     q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool,
-    run: Optional[Runner] = None,
+    segments: Optional[mx.array] = None, run: Optional[Runner] = None,
 ) -> Tuple[mx.array, mx.array]:
-    """Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32, log2 units.
+    """Flash-attention forward.
 
-    ``run`` executes the launch (default ``run_on_gpu``; the tests pass the emulator's).
+    Args:
+        q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D), bf16 or fp16 (``supports``).
+        scale: multiplier of q kᵀ. causal: lower-right aligned causal mask (Lq <= Lk).
+        segments: None, or int32 (B, L) document ids with Lq == Lk == L: query i sees key j
+            only when both ids are equal and non-negative (and j <= i when causal); rows with
+            a negative id are padding (output 0, lse +inf, zero gradient).
+        run: executes a launch (default ``run_on_gpu``; the tests pass the emulator's).
+
+    Returns:
+        out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32, log2 units.
     """
-    out, lse = (run or run_on_gpu)(forward_launch(q, k, v, scale, causal))
+    out, lse = (run or run_on_gpu)(forward_launch(q, k, v, scale, causal, segments))
     return out, lse
 
 
@@ -181,10 +232,12 @@ def backward(
     d_out: mx.array,
     scale: float,
     causal: bool,
+    segments: Optional[mx.array] = None,
     run: Optional[Runner] = None,
 ) -> Tuple[mx.array, mx.array, mx.array]:
-    """dq, dk, dv in the inputs' dtype (dQ by its own pass); ``run`` as in ``forward``."""
-    dq_launch, dkdv_launch = backward_launches(q, k, v, out, lse, d_out, scale, causal)
+    """dq, dk, dv in the inputs' dtype (dQ by its own pass); arguments as in ``forward``,
+    with its out and lse and the cotangent d_out."""
+    dq_launch, dkdv_launch = backward_launches(q, k, v, out, lse, d_out, scale, causal, segments)
     run = run or run_on_gpu
     (dq,) = run(dq_launch)
     dk, dv = run(dkdv_launch)

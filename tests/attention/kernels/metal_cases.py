@@ -1,5 +1,8 @@
 """Inputs, float64 expectations and error checks shared by the tests of the emulated Metal kernels."""
 
+import dataclasses
+import functools
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -9,6 +12,7 @@ import numpy as np
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
 import mlx.core as mx
 from flashtune.attention.kernels import metal
+from flashtune.attention.kernels import metal_emulator as emulator
 from tests.attention import reference
 
 # Relative L2 error vs float64 on the same rounded inputs. Measured under emulation on the
@@ -96,3 +100,18 @@ def assert_close(got: Dict[str, mx.array], want: Dict[str, np.ndarray], dtype, l
         details = {n: reference.describe_error(got[n], want[n]) for n in bad if n != "lse"}
     assert not bad, f"{label}: errors over {bounds}: {bad}; {details}; all: {errors}"
     return errors
+
+
+def mutated(kernel: metal.Kernel, old: str, new: str) -> types.SimpleNamespace:
+    """metal's forward/backward with one textual edit of `kernel`, every launch emulated. The
+    edited text must occur exactly once, so a mutant cannot silently stop applying."""
+    assert kernel.source.count(old) == 1, f"{kernel.name}: {old!r} occurs {kernel.source.count(old)} times"
+    broken = dataclasses.replace(kernel, source=kernel.source.replace(old, new))
+
+    def run_launch(launch):
+        if launch.kernel == kernel:
+            launch = dataclasses.replace(launch, kernel=broken)
+        return emulator.run(launch)
+
+    return types.SimpleNamespace(forward=functools.partial(metal.forward, run=run_launch),
+                                 backward=functools.partial(metal.backward, run=run_launch))

@@ -1,13 +1,10 @@
 """Deliberately broken copies of poc's Metal kernels must fail under the emulator.
 
-Each mutant is one textual edit of the real source (the edited text must occur exactly once,
-so a mutant cannot silently stop applying), run on a problem the real kernel passes, and must
-fail in the way named: an emulator error or a mismatch with float64.
+Each mutant is one textual edit of the real source (metal_cases.mutated), run on a problem the
+real kernel passes, and must fail in the way named: an emulator error or a mismatch with float64.
 """
 
 import dataclasses
-import functools
-import types
 from typing import Optional, Tuple
 
 import pytest
@@ -17,7 +14,7 @@ import mlx.core as mx
 from flashtune.attention.kernels import metal
 from flashtune.attention.kernels import metal_emulator as emulator
 from tests.attention.kernels.metal_cases import (
-    TOLERANCE, Problem, assert_close, expected, inputs, run,
+    TOLERANCE, Problem, assert_close, expected, inputs, mutated, run,
 )
 
 BARRIER = "threadgroup_barrier(mem_flags::mem_threadgroup);"
@@ -75,20 +72,6 @@ MUTANTS = [
 ]
 
 
-def mutated(mutant: Mutant) -> types.SimpleNamespace:
-    """The kernels with the mutant's kernel edited, every launch emulated."""
-    assert mutant.kernel.source.count(mutant.old) == 1, f"{mutant}: the edit no longer applies"
-    broken = dataclasses.replace(mutant.kernel, source=mutant.kernel.source.replace(mutant.old, mutant.new))
-
-    def run_launch(launch):
-        if launch.kernel == mutant.kernel:
-            launch = dataclasses.replace(launch, kernel=broken)
-        return emulator.run(launch)
-
-    return types.SimpleNamespace(forward=functools.partial(metal.forward, run=run_launch),
-                                 backward=functools.partial(metal.backward, run=run_launch))
-
-
 @pytest.mark.parametrize("mutant", MUTANTS, ids=str)
 def test_mutant_fails_as_named(mutant):
     p = mutant.problem
@@ -96,13 +79,14 @@ def test_mutant_fails_as_named(mutant):
     scale = p.head_dim**-0.5
     want = expected(q, k, v, d_out, scale, "causal" if p.causal else None)
     assert_close(run(emulator.kernels(), q, k, v, d_out, scale, p.causal), want, p.dtype, "real kernel")
+    broken = mutated(mutant.kernel, mutant.old, mutant.new)
     if mutant.error:
         with pytest.raises(emulator.EmulationError, match=mutant.error) as info:
-            run(mutated(mutant), q, k, v, d_out, scale, p.causal)
+            run(broken, q, k, v, d_out, scale, p.causal)
         assert mutant.kernel.name in str(info.value)
         return
     with pytest.raises(AssertionError) as info:
-        assert_close(run(mutated(mutant), q, k, v, d_out, scale, p.causal), want, p.dtype,
+        assert_close(run(broken, q, k, v, d_out, scale, p.causal), want, p.dtype,
                      str(mutant), names=mutant.mismatch)
     for name in mutant.mismatch:
         assert f"'{name}'" in str(info.value).split("; all:")[0], str(info.value)

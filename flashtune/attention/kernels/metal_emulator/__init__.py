@@ -16,8 +16,8 @@ __all__ = ["EmulationError", "Execution", "Stats", "execute", "kernels", "run"]
 
 
 def kernels(checked: bool = True) -> types.SimpleNamespace:
-    """The interface poc takes from ``metal`` (forward, backward, supports, DTYPES, HEAD_DIMS),
-    with each launch run by the emulator.
+    """The interface poc takes from ``metal`` (forward, backward, supports, DTYPES, HEAD_DIMS,
+    SEGMENTS), with each launch run by the emulator.
 
     Args:
         checked: bounds-checked buffers and race-checked threadgroup memory.
@@ -29,4 +29,5 @@ def kernels(checked: bool = True) -> types.SimpleNamespace:
         supports=metal.supports,
         DTYPES=metal.DTYPES,
         HEAD_DIMS=metal.HEAD_DIMS,
+        SEGMENTS=metal.SEGMENTS,
     )
