@@ -13,17 +13,16 @@ Every launch is first described (``forward_launch``, ``backward_launches``: kern
 inputs, template constants, grid, threadgroup) and then run by ``run_on_gpu``; the tests run
 the same descriptions on the CPU through ``metal_emulator``.
 
-Verified without Apple hardware, under that emulation (tests/attention/kernels): the
-algorithm and this exact source, wrapped as MLX wraps it, against a float64 reference for
-every head dim, both dtypes, causal or not, odd lengths, Lq != Lk, GQA and segments
-(documents of length 1, across tiles, padding; the tiles skipped are counted); that no thread
-reads or writes outside its buffers, races on threadgroup memory, lets threadgroup memory
-it never wrote (NaN there) reach a result, or reaches a barrier or simd_sum that others of
-its group or simdgroup skip; and the 32 KB threadgroup-memory limit. Only a Mac can verify that the Metal compiler
-accepts the source, the GPU's own rounding (fused multiply-adds, exp2 precision, simd_sum
-order), the pipeline's thread limit and the speed; ``poc`` therefore still checks every
-variant against ``practical`` at first use and falls back if it fails (see poc.py and
-docs/metal-emulator.md).
+Verified without Apple hardware, under that emulation (tests/attention/kernels): the algorithm
+and this exact source, wrapped as MLX wraps it, against a float64 reference for every head dim,
+both dtypes, causal or not, odd lengths, Lq != Lk, GQA and segments (documents of length 1,
+across tiles, padding; the tiles skipped are counted); that no thread reads or writes outside
+its buffers, races on threadgroup memory, lets threadgroup memory it never wrote (NaN there)
+reach a result, or reaches a barrier or simd_sum that others of its group or simdgroup skip;
+and the 32 KB threadgroup-memory limit. Only a Mac can verify that the Metal compiler accepts
+the source, the GPU's own rounding (fused multiply-adds, exp2 precision, simd_sum order), the
+pipeline's thread limit and the speed; ``poc`` therefore still checks every variant against
+``practical`` at first use and falls back if it fails (see poc.py and docs/metal-emulator.md).
 """
 
 import functools

@@ -105,7 +105,8 @@ def assert_close(got: Dict[str, mx.array], want: Dict[str, np.ndarray], dtype, l
 def mutated(kernel: metal.Kernel, old: str, new: str) -> types.SimpleNamespace:
     """metal's forward/backward with one textual edit of `kernel`, every launch emulated. The
     edited text must occur exactly once, so a mutant cannot silently stop applying."""
-    assert kernel.source.count(old) == 1, f"{kernel.name}: {old!r} occurs {kernel.source.count(old)} times"
+    count = kernel.source.count(old)
+    assert count == 1, f"{kernel.name}: {old!r} occurs {count} times"
     broken = dataclasses.replace(kernel, source=kernel.source.replace(old, new))
 
     def run_launch(launch):

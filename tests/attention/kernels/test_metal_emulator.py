@@ -175,7 +175,8 @@ def test_divergent_barriers_and_simd_functions_are_errors(code, message):
 
 def test_compile_errors_cite_the_kernel_line():
     body = "\n    const uint i = thread_index_in_threadgroup;\n    out[i] = no_such_name;\n"
-    with pytest.raises(emulator.EmulationError, match=r"(?s)probe: the C\+\+ compiler rejected.*probe:3"):
+    message = r"(?s)probe: the C\+\+ compiler rejected.*probe:3"
+    with pytest.raises(emulator.EmulationError, match=message):
         emulator.run(launch(body, {"x": ramp()}, {"out": ((N,), mx.float32)}))
 
 

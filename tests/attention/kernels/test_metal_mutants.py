@@ -40,7 +40,8 @@ MUTANTS = [
            Problem(1, 2, 1, 9, 40), error=r"data race on threadgroup [KV]s\[\d+\]: written after a read"),
     Mutant("forward-no-barrier-between-load-and-use", metal.FORWARD,
            f"        }}\n        {BARRIER}\n        float s[TILE];", "        }\n        float s[TILE];",
-           Problem(1, 2, 1, 9, 40), error=r"data race on threadgroup Ks\[\d+\]: (read|written) after a (write|read) by thread"),
+           Problem(1, 2, 1, 9, 40),
+           error=r"data race on threadgroup Ks\[\d+\]: (read|written) after a (write|read) by thread"),
     Mutant("dq-tile-bound-off-by-one", metal.DQ,
            "const bool ok = n0 + r < Lk;", "const bool ok = n0 + r <= Lk;",
            Problem(1, 2, 1, 9, 40), error=r"buffer k\[\d+\] is out of bounds"),
@@ -58,9 +59,11 @@ MUTANTS = [
            "Ls[r] = ok ? lse[qbase + m0 + r] : INFINITY;", "if (ok) Ls[r] = lse[qbase + m0 + r];",
            Problem(1, 2, 1, 7, 7), mismatch=("dk", "dv")),
     Mutant("forward-padding-rows-return-early", metal.FORWARD,
-           "float m = -INFINITY, l = 0.0f;", "float m = -INFINITY, l = 0.0f;\n    if (row >= Lq) return;",
+           "float m = -INFINITY, l = 0.0f;",
+           "float m = -INFINITY, l = 0.0f;\n    if (row >= Lq) return;",
            Problem(1, 2, 1, 7, 7),
-           error=r"threadgroup_barrier at line \d+:\d+ is reached by threads 0-223 only; threads 224-255 have exited"),
+           error=r"threadgroup_barrier at line \d+:\d+ is reached by threads 0-223 only; "
+                 r"threads 224-255 have exited"),
     Mutant("forward-lanes-without-head-dim-work-skip-simd_sum", metal.FORWARD,
            "float x = simd_sum(part) * scale_log2;",
            "float x = lane * 4 < D ? simd_sum(part) * scale_log2 : 0.0f;",
@@ -98,9 +101,11 @@ def test_oversized_tiles_are_measured_per_head_dim():
     p = dataclasses.replace(mutant.problem, head_dim=64)
     q, k, v, d_out = inputs(p)
     launch = metal.forward_launch(q, k, v, 0.125, False)
-    broken = dataclasses.replace(launch.kernel, source=launch.kernel.source.replace(mutant.old, mutant.new))
+    source = launch.kernel.source.replace(mutant.old, mutant.new)
+    broken = dataclasses.replace(launch.kernel, source=source)
     result = emulator.execute(dataclasses.replace(launch, kernel=broken))
     assert result.stats.threadgroup_bytes == 5 * metal.TILE * 64 * 4 <= 32768
     want = expected(q, k, v, d_out, 0.125, None)
-    errors = assert_close({"out": result.outputs[0]}, want, p.dtype, "4x K tile at D=64", names=("out",))
+    errors = assert_close({"out": result.outputs[0]}, want, p.dtype, "4x K tile at D=64",
+                          names=("out",))
     assert errors["out"] <= TOLERANCE[mx.bfloat16]

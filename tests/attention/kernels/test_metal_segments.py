@@ -126,7 +126,8 @@ def test_tiles_that_cannot_meet_are_skipped(causal):
     q, k, v, d_out = inputs(problem)
     segments = mx.array(ids)
     fwd = emulator.execute(metal.forward_launch(q, k, v, 0.2, causal, segments))
-    dq_launch, dkdv_launch = metal.backward_launches(q, k, v, *fwd.outputs, d_out, 0.2, causal, segments)
+    dq_launch, dkdv_launch = metal.backward_launches(
+        q, k, v, *fwd.outputs, d_out, 0.2, causal, segments)
     rows, keys, total = visited_tiles(ids, causal)
     assert fwd.stats.barriers == 2 * rows * 3
     assert emulator.execute(dq_launch).stats.barriers == 2 * rows * 3
@@ -157,9 +158,11 @@ def test_skip_decided_per_row_breaks_the_barriers():
     makes simdgroups pass different barriers, which the emulator reports."""
     problem, ids = segment_problem("documents-crossing-tiles", 2, 1, 32, mx.bfloat16, False)
     q, k, v, d_out = inputs(problem)
-    per_row = SKIP.replace("tile_hi < docs_lo || tile_lo > docs_hi", "tile_hi < my_doc || tile_lo > my_doc")
+    per_row = SKIP.replace("tile_hi < docs_lo || tile_lo > docs_hi",
+                           "tile_hi < my_doc || tile_lo > my_doc")
     broken = mutated(metal.DQ_SEGMENTS, SKIP, per_row)
-    with pytest.raises(emulator.EmulationError, match=r"ftpoc_flash_dq_seg: .*(different barriers|reached by threads)"):
+    message = r"ftpoc_flash_dq_seg: .*(different barriers|reached by threads)"
+    with pytest.raises(emulator.EmulationError, match=message):
         run(broken, q, k, v, d_out, 0.2, False, segments=mx.array(ids))
 
 
@@ -168,7 +171,8 @@ def test_without_segments_the_launches_are_the_plain_kernels():
     assert metal.forward_launch(q, k, v, 0.2, True).kernel is metal.FORWARD
     assert "segments" not in metal.FORWARD.source + metal.DQ.source + metal.DKDV.source
     out, lse = metal.forward(q, k, v, 0.2, True, run=emulator.run)
-    launches = metal.backward_launches(q, k, v, out, lse, d_out, 0.2, True, segments=mx.zeros((1, 9), mx.int32))
+    ids = mx.zeros((1, 9), mx.int32)
+    launches = metal.backward_launches(q, k, v, out, lse, d_out, 0.2, True, segments=ids)
     assert [x.kernel for x in launches] == [metal.DQ_SEGMENTS, metal.DKDV_SEGMENTS]
 
 

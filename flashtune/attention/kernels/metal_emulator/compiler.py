@@ -43,7 +43,9 @@ def compiler() -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise EmulationError("the Metal emulator needs a C++20 compiler (c++, g++ or clang++); none found")
+    raise EmulationError(
+        "the Metal emulator needs a C++20 compiler (c++, g++ or clang++); none found"
+    )
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,6 +1,7 @@
 """Runs a Metal kernel launch on the CPU: marshals MLX arrays into the compiled emulator and back."""
 
 import ctypes
+import threading
 from dataclasses import dataclass
 from typing import List
 
@@ -17,6 +18,8 @@ _NUMPY = {
     mx.int64: np.int64, mx.float16: np.uint16, mx.bfloat16: np.uint16, mx.float32: np.float32,
 }
 ERROR_BYTES = 8192
+# The runtime keeps the running thread in process globals, and ctypes releases the GIL.
+_ONE_GRID_AT_A_TIME = threading.Lock()
 
 
 class _Stats(ctypes.Structure):
@@ -39,6 +42,8 @@ class Stats:
 
 @dataclass(frozen=True)
 class Execution:
+    """A launch's outputs and what its grid did."""
+
     outputs: List[mx.array]
     stats: Stats
 
@@ -58,6 +63,23 @@ def _poisoned(shape, dtype: mx.Dtype) -> np.ndarray:
 def _from_numpy(buffer: np.ndarray, shape, dtype: mx.Dtype) -> mx.array:
     out = mx.array(buffer).reshape(shape)
     return out.view(dtype) if dtype in _STORAGE else out
+
+
+def _launch(library, launch, buffers, shapes, strides, stats, error) -> int:
+    """Calls the library's mtlemu_launch (the signature source.translation_unit writes)."""
+    n = len(buffers)
+    return library.mtlemu_launch(
+        (ctypes.c_void_p * n)(*[b.ctypes.data for b in buffers]),
+        (ctypes.c_uint64 * n)(*[b.size for b in buffers]),
+        (ctypes.c_void_p * len(shapes))(*[s.ctypes.data for s in shapes]),
+        (ctypes.c_void_p * len(strides))(*[s.ctypes.data for s in strides]),
+        (ctypes.c_int32 * len(shapes))(*[x.ndim for x in launch.inputs]),
+        (ctypes.c_uint32 * 3)(*launch.grid),
+        (ctypes.c_uint32 * 3)(*launch.threadgroup),
+        ctypes.byref(stats),
+        error,
+        ctypes.c_size_t(ERROR_BYTES),
+    )
 
 
 def execute(launch, checked: bool = True) -> Execution:
@@ -83,21 +105,10 @@ def execute(launch, checked: bool = True) -> Execution:
     buffers = inputs + outputs
     shapes = [np.array(x.shape, dtype=np.int32) for x in launch.inputs]
     strides = [np.array([s // a.itemsize for s in a.strides], dtype=np.int64) for a in inputs]
-    n = len(buffers)
     stats = _Stats()
     error = ctypes.create_string_buffer(ERROR_BYTES)
-    status = library.mtlemu_launch(
-        (ctypes.c_void_p * n)(*[b.ctypes.data for b in buffers]),
-        (ctypes.c_uint64 * n)(*[b.size for b in buffers]),
-        (ctypes.c_void_p * len(shapes))(*[s.ctypes.data for s in shapes]),
-        (ctypes.c_void_p * len(strides))(*[s.ctypes.data for s in strides]),
-        (ctypes.c_int32 * len(inputs))(*[x.ndim for x in launch.inputs]),
-        (ctypes.c_uint32 * 3)(*launch.grid),
-        (ctypes.c_uint32 * 3)(*launch.threadgroup),
-        ctypes.byref(stats),
-        error,
-        ctypes.c_size_t(ERROR_BYTES),
-    )
+    with _ONE_GRID_AT_A_TIME:
+        status = _launch(library, launch, buffers, shapes, strides, stats, error)
     if status != 0:
         raise EmulationError(f"{name}: {error.value.decode(errors='replace')}")
     results = [_from_numpy(b, s, d) for b, s, d in

@@ -215,7 +215,8 @@ void Group::stalled() const {
     (threads_[t].wait == Wait::done ? exited : waiting).push_back(t);
   throw KernelError(name() + ": threadgroup_barrier at " + str(threads_[waiting.front()].site) +
                     " is reached by threads " + thread_list(waiting) + " only; threads " +
-                    thread_list(exited) + " have exited (every thread of a threadgroup must reach it)");
+                    thread_list(exited) +
+                    " have exited (every thread of a threadgroup must reach it)");
 }
 
 void* Group::declare(const char* name, size_t element_size, size_t count,

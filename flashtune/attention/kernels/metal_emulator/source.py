@@ -120,7 +120,9 @@ def _template_value(value: Any) -> Tuple[str, str]:
 
 def _type_name(dtype: mx.Dtype) -> str:
     if dtype not in TYPE_NAMES:
-        raise EmulationError(f"the emulator has no element type for {dtype}; valid: {list(TYPE_NAMES)}")
+        raise EmulationError(
+            f"the emulator has no element type for {dtype}; valid: {list(TYPE_NAMES)}"
+        )
     return TYPE_NAMES[dtype]
 
 
@@ -162,7 +164,9 @@ def _outputs(launch, checked: bool) -> Tuple[List[str], List[str]]:
         t, i = _type_name(dtype), first + j
         if checked:
             params.append(f"::mtlemu::DeviceOut<{t}> {name}")
-            args.append(f'{{static_cast<{t}*>(buffers[{i}]), sizes[{i}], "{name}", writers_{j}.data}}')
+            args.append(
+                f'{{static_cast<{t}*>(buffers[{i}]), sizes[{i}], "{name}", writers_{j}.data}}'
+            )
         else:
             params.append(f"{t}* {name}")
             args.append(f"static_cast<{t}*>(buffers[{i}])")
