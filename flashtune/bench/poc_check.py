@@ -277,7 +277,7 @@ def nvcc_report(log):
                        + f"constexpr int HEAD_DIM = {D}; constexpr int NWARPS = {nw}; "
                        + f"constexpr int MTILES = {mt}; constexpr int BLOCK_N = {nw}; "
                        + f"constexpr int WARPGROUPS = {nw if kind == 'bwd_sm90' else mt}; "
-                       + f"constexpr int QTILES = {mt}; constexpr int STAGES = 2; "
+                       + f"constexpr int QTILES = {mt}; constexpr int STAGES = 3; "  # the wgmma forward takes 3 buffers
                        + "constexpr bool CAUSAL = true;\n" + body + "}\n}\n")
                 path = work / f"{kind}_{D}_{nw}_{mt}.cu"
                 path.write_text(src)
