@@ -48,6 +48,8 @@ class TrainConfig:
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "most tokens per example (default: the model context); longer is an error unless --truncate", "min": 2})
     truncate: bool = field(default=False, metadata={"help": "truncate over-long examples instead of failing"})
     pad_to_multiple: Optional[int] = field(default=None, metadata={"help": "pad batch length to a multiple (default: lengths planned per run for few compiles, see flashtune.data.shapes)", "min": 1})
+    pack: bool = field(default=False, metadata={"help": "pack several examples into each row, kept apart by per-document attention (flashtune.data.packing)"})
+    pack_length: Optional[int] = field(default=None, metadata={"help": "with --pack: tokens per packed row (default: the longest example, rounded up to the device's length granularity)", "min": 1})
     fixed_length: Optional[int] = field(default=None, metadata={"help": "pad every batch to this length (one compiled shape; timing runs)", "min": 1})
     grad_checkpoint: bool = field(default=False, metadata={"help": "recompute block activations in the backward (less memory)"})
     compile: bool = field(default=True, metadata={"help": "compile the training step (mx.compile)"})

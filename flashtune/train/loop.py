@@ -51,6 +51,15 @@ def _show(bar: tqdm, record: Dict[str, Any]) -> None:
     )
 
 
+def _train_batches(run: Run):
+    """The run's batches from its first unfinished step: packed rows with --pack, else padded."""
+    config = run.config
+    start = run.start * config.grad_accumulation
+    if config.pack:
+        return data.iterate_packed_batches(run.splits.train, config.batch_size, run.pad_lengths[0], seed=config.seed, start_step=start)
+    return data.iterate_batches(run.splits.train, config.batch_size, seed=config.seed, start_step=start, pad_to_multiple=run.pad_to, pad_lengths=run.pad_lengths)
+
+
 class Trainer:
     """One run's loop state: its step functions, records, progress bar and last checkpoint."""
 
@@ -65,7 +74,7 @@ class Trainer:
             compiled=config.compile, completed=run.start,
         )
         self.pipelined = pipelines(config, env.backend())
-        self.batches = data.iterate_batches(run.splits.train, config.batch_size, seed=config.seed, start_step=run.start * config.grad_accumulation, pad_to_multiple=run.pad_to, pad_lengths=run.pad_lengths)
+        self.batches = _train_batches(run)
 
     def _stop_on_nan(self, it: int, loss: float) -> None:
         raise TrainingError(

@@ -101,6 +101,8 @@ def plan_pad_lengths(config: TrainConfig, dataset, backend: str, world_size: int
     when resuming, so a resumed run pads (and compiles) exactly as the uninterrupted one.
     """
     costs = shapes.COSTS.get(backend, shapes.COSTS["cpu"])
+    if config.pack:
+        return [pack_length(config, dataset, costs.granularity)], costs.granularity
     if config.fixed_length:
         return [config.fixed_length], costs.granularity
     if config.pad_to_multiple:
@@ -108,6 +110,13 @@ def plan_pad_lengths(config: TrainConfig, dataset, backend: str, world_size: int
     n = config.iters * config.grad_accumulation
     lengths = [data.longest_input(b) for b in data.batch_examples(dataset, config.batch_size, seed=config.seed, num_steps=n)]
     return shapes.plan_lengths(lengths, costs, rows=config.batch_size // world_size), costs.granularity
+
+
+def pack_length(config: TrainConfig, dataset, granularity: int) -> int:
+    """Slots per packed row: --pack-length, else the longest example rounded up to ``granularity``."""
+    if config.pack_length:
+        return config.pack_length
+    return shapes.round_up(int(max(dataset.lengths)) - 1, granularity)
 
 
 def make_schedule(config: TrainConfig):
@@ -134,6 +143,8 @@ def _load(config: TrainConfig, spec, data_format: str):
     mx.random.seed(config.seed)
     model, tokenizer, info = models.load_model(spec, init=config.init, dtype=config.dtype, quantized=config.qlora or None, seed=config.seed, tokenizer=config.tokenizer)
     splits = data.load_dataset(config.data, tokenizer, mask_prompt=config.mask_prompt and data_format != "text", max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=info.max_position_embeddings)
+    if config.pack and config.pack_length and config.truncate:
+        splits.train = data.check_lengths(splits.train, config.pack_length + 1, truncate=True)
     longest = max(splits.train.lengths) - 1
     if config.fixed_length and longest > config.fixed_length:
         raise ValueError(f"fixed_length={config.fixed_length} is shorter than the longest example ({longest} inputs)")
@@ -195,6 +206,8 @@ def prepare(config: TrainConfig) -> Run:
     attention.check_name(config.attn)
     spec = models.resolve(config.model)
     data_format = check_data_files(config.data)
+    if config.pack and config.fixed_length:
+        raise ValueError("--pack with --fixed-length: both set the row length; give --pack-length instead")
     world, rank, world_size = _join_world(config)
     run_dir = run_dir_for(config, check=rank == 0)
 

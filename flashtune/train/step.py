@@ -6,19 +6,25 @@ optimizer's and the random generator's state as its implicit inputs and outputs.
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 
 from flashtune import data
+from flashtune.patch import packed
 
 
-def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array):
+def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, segments: Optional[mx.array] = None):
     """Summed token cross-entropy and token count; dividing by the global count after summing
-    over micro-batches and ranks gives exactly the loss of the combined batch."""
-    logits = model(inputs)
+    over micro-batches and ranks gives exactly the loss of the combined batch. ``segments``
+    (packed rows' document ids) keep each document's attention to itself."""
+    if segments is None:
+        logits = model(inputs)
+    else:
+        with packed(model, segments):
+            logits = model(inputs)
     # Fused on CUDA and Metal (one pass over the vocabulary, float32 accumulation).
     ce = mx.fast.cross_entropy(logits, targets) * mask
     return ce.astype(mx.float32).sum(), mask.sum()
@@ -63,12 +69,12 @@ def make_steps(model: nn.Module, optimizer, world, world_size: int, compile: boo
         optimizer.update(model, tree_map(lambda g: g / total_tokens, grads))
         return total_loss / total_tokens, total_tokens
 
-    def micro(inputs, targets, mask):
-        (loss, tokens), grads = value_and_grad(model, inputs, targets, mask)
+    def micro(*batch):  # inputs, targets, mask[, segments]
+        (loss, tokens), grads = value_and_grad(model, *batch)
         return loss, tokens, grads
 
-    def full(inputs, targets, mask):
-        loss, tokens, grads = micro(inputs, targets, mask)
+    def full(*batch):
+        loss, tokens, grads = micro(*batch)
         return update(grads, loss, tokens)
 
     wrap = partial(mx.compile, inputs=state, outputs=state) if compile else (lambda f: f)
