@@ -49,3 +49,23 @@ def test_runs_record_alike_and_failures_are_results(tmp_path):
     md = write_report(results).read_text()
     assert "| mlx_lm.lora | ok | 4 |" in md and "| baseline | failed |" in md
     assert json.loads((results / "main" / "tiny" / "demo.jsonl").read_text().splitlines()[0])["bench"]["impl"] == "demo"
+
+
+def test_dora_runs_of_both_tools_train_dora(tmp_path):
+    folder = write_tiny_hf_model(tmp_path / "tiny")
+    data = write_text_dataset(tmp_path / "data")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "finetune-tiny.yaml").write_text(RECIPE)
+    setup = ModelSetup("tiny", "pretrained", str(folder), "pretrained", folder, folder, "tiny word-level")
+    results = tmp_path / "results"
+    bench = Bench(results, tmp_path, recipes, {"tiny": setup}, {("main", "tiny", None): data})
+    for impl in ("demo", "mlx_lm.lora"):
+        assert bench.execute(Run("main", "tiny", impl, fine_tune_type="dora")) == "ok"
+    ours, peer = (summarize_run(results / "dora" / "main" / "tiny" / f"{i}.jsonl") for i in ("demo", "mlx_lm.lora"))
+    assert ours["fine_tune_type"] == peer["fine_tune_type"] == "dora"
+    command = ours["bench"]["command"]
+    assert ours["run_info"]["config"]["fine_tune_type"] == "dora" and command[command.index("--fine-tune-type") + 1] == "dora"
+    assert peer["run_info"]["config"]["mlx_lm"]["fine_tune_type"] == "dora" and peer["iters"] == 4
+    assert "dora · 2 layers" in (results / "logs" / "dora" / "main" / "tiny" / "mlx_lm.lora.log").read_text()  # mlx-lm's own header
+    assert "4 DoRA iterations" in write_report(results).read_text()
