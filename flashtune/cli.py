@@ -20,7 +20,8 @@ def _bench_attention(args) -> int:
     import mlx.core as mx
 
     from flashtune.bench import attention as bench
-    from flashtune.bench.report import attention_table, demo_length_note, describe_header
+    from flashtune.bench.attention_report import attention_table, demo_length_note
+    from flashtune.bench.report import describe_header
 
     sets = ["memory"] if args.memory else args.sets.split(",")
     for name in sets:

@@ -19,6 +19,7 @@ from flashtune.errors import ConfigError
 # Recipes shipped with the package: `--config NAME` finds recipes/NAME.yaml here.
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 LORA_PRECISIONS = ("mixed", "float32")  # see flashtune.train.lora.set_lora_precision
+FINE_TUNE_TYPES = ("lora", "dora", "full")  # mlx_lm lora's --fine-tune-type, same meanings
 
 
 @dataclass
@@ -31,12 +32,13 @@ class TrainConfig:
     data: Optional[str] = field(default=None, metadata={"help": "folder with train.jsonl/valid.jsonl (default: the shipped dataset)"})
     dtype: Optional[str] = field(default=None, metadata={"help": "parameter dtype (default: bfloat16 on GPU, float32 on CPU)", "choices": ["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]})
     qlora: bool = field(default=False, metadata={"help": "keep quantized base weights quantized (QLoRA)"})
-    # LoRA.
-    lora_layers: int = field(default=16, metadata={"help": "number of final blocks that get LoRA", "min": 1})
+    # What trains: LoRA/DoRA adapters or every weight of the last blocks.
+    fine_tune_type: str = field(default="lora", metadata={"help": "lora | dora (LoRA plus a learned magnitude per output row) | full (every weight of the last --lora-layers blocks); as mlx_lm lora's", "choices": list(FINE_TUNE_TYPES)})
+    lora_layers: int = field(default=16, metadata={"help": "number of final blocks fine-tuned: they get LoRA/DoRA, or with full train all their weights (mlx_lm's --num-layers)", "min": 1})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank", "min": 1})
     lora_scale: float = field(default=20.0, metadata={"help": "LoRA scale (mlx-lm's convention)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout", "min": 0.0, "below": 1.0})
-    lora_precision: str = field(default="mixed", metadata={"help": "LoRA branch compute: mixed (activations' dtype, float32 parameters) | float32 (mlx-lm's)", "choices": list(LORA_PRECISIONS)})
+    lora_precision: str = field(default="mixed", metadata={"help": "LoRA/DoRA branch compute: mixed (activations' dtype, float32 parameters) | float32 (mlx-lm's layers); not used by full", "choices": list(LORA_PRECISIONS)})
     # Optimization.
     iters: int = field(default=100, metadata={"help": "training iterations", "min": 1})
     batch_size: int = field(default=4, metadata={"help": "sequences per iteration (per rank)", "min": 1})
@@ -53,7 +55,7 @@ class TrainConfig:
     fixed_length: Optional[int] = field(default=None, metadata={"help": "pad every batch to this length (one compiled shape; timing runs)", "min": 1})
     grad_checkpoint: bool = field(default=False, metadata={"help": "recompute block activations in the backward (less memory)"})
     compile: bool = field(default=True, metadata={"help": "compile the training step (mx.compile)"})
-    fuse_projections: bool = field(default=True, metadata={"help": "compute each LoRA'd block's q/k/v and gate/up as one matmul + one LoRA branch each (same math and adapters; fewer kernels per step)"})
+    fuse_projections: bool = field(default=True, metadata={"help": "compute each LoRA'd block's q/k/v and gate/up as one matmul + one LoRA branch each (same math and adapters; fewer kernels per step); LoRA and DoRA, not full"})
     pipeline: bool = field(default=True, metadata={"help": "on GPUs, dispatch each step before waiting for the previous one, so the host's work overlaps the device's (costs memory: two steps in flight)"})
     mask_prompt: bool = field(default=True, metadata={"help": "no loss on prompt tokens (completions/chat data)"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, LoRA init, dropout)"})
@@ -72,6 +74,11 @@ class TrainConfig:
     def __post_init__(self):
         for f in fields(self):
             check_value(f.name, getattr(self, f.name), f.metadata)
+        if self.qlora and self.fine_tune_type == "full":
+            raise ConfigError(
+                "--qlora keeps the base weights quantized and frozen, so it trains adapters only: "
+                "use --fine-tune-type lora or dora with it, or full without --qlora"
+            )
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

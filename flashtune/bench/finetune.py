@@ -12,6 +12,10 @@ Suites (each run a fresh subprocess, its per-iteration JSONL under the results f
 - ``sweep``: ``fixed_length`` runs at several sequence lengths with the same tokens per step
   (8x512 ... 1x4096), from ``recipes/sweep-<model>.yaml``.
 
+``--fine-tune-type dora`` (or ``full``) trains that way in every run, flashtune's and
+mlx_lm.lora's alike; such runs go under ``<results>/dora/`` (``full/``), carry the type in their
+bench header, and the report titles their tables with it, so they never mix with LoRA runs.
+
 Defaults per device: on a GPU, TinyLlama-1.1B and Qwen2.5-1.5B on variable-length text of
 300-1020 tokens; on a CPU, the embedded SmolLM2-135M on the shipped dataset with a small sweep
 (``--big`` asks for the big models). Real weights are used when cached, else architecture-exact
@@ -35,7 +39,7 @@ from typing import List, Optional
 from flashtune.bench.assets import prepare_data, prepare_model
 from flashtune.bench.peer import TOOL
 from flashtune.bench.runner import Bench, Run, mlx_lm_config, recipe_path  # noqa: F401 (mlx_lm_config: re-exported)
-from flashtune.config import RECIPES_DIR
+from flashtune.config import FINE_TUNE_TYPES, RECIPES_DIR
 
 IMPLS = ("baseline", "practical", "demo", "poc")
 GPU_MODELS = ("TinyLlama-1.1B", "Qwen2.5-1.5B")
@@ -60,19 +64,20 @@ def check_train_flags(text: str) -> List[str]:
 
 
 def plan(models: List[str], impls: List[str], suites: List[str], lengths: List[int], sweep_tokens: int,
-         warmup_iters: int, sweep_iters: Optional[int], sweep_impls: List[str], iters: Optional[int] = None) -> List[Run]:  # fmt: skip
+         warmup_iters: int, sweep_iters: Optional[int], sweep_impls: List[str], iters: Optional[int] = None,
+         fine_tune_type: str = "lora") -> List[Run]:  # fmt: skip
     """The runs, in order: per model, each tool's warm-up then measured run, then the sweep."""
     runs = []
     for model in models:
         if "main" in suites:
             for impl in impls:
                 if warmup_iters:  # < 0: as long as the measured run
-                    runs.append(Run("cold", model, impl, iters=iters if warmup_iters < 0 else warmup_iters))
-                runs.append(Run("main", model, impl, iters=iters))
+                    runs.append(Run("cold", model, impl, iters=iters if warmup_iters < 0 else warmup_iters, fine_tune_type=fine_tune_type))
+                runs.append(Run("main", model, impl, iters=iters, fine_tune_type=fine_tune_type))
         if "sweep" in suites:
             for length in lengths:
                 for impl in sweep_impls:
-                    runs.append(Run("sweep", model, impl, length, max(sweep_tokens // length, 1), sweep_iters))
+                    runs.append(Run("sweep", model, impl, length, max(sweep_tokens // length, 1), sweep_iters, fine_tune_type))
     return runs
 
 
@@ -95,6 +100,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-impls", help=f"comma list for the sweep (default: {', '.join(IMPLS)})")
     parser.add_argument("--sweep-iters", type=int, help="sweep iterations (default: the sweep recipe's)")
     parser.add_argument("--iters", type=int, help="main-suite iterations (default: the recipe's, 100)")
+    parser.add_argument("--fine-tune-type", choices=FINE_TUNE_TYPES, default="lora", help="what every run trains, flashtune's and "
+                        "mlx_lm.lora's alike: lora, dora or full (dora and full results go under <results>/<type>/; default: lora)")
     parser.add_argument("--warmup-iters", type=int, help="iterations of the warm-up run before each main run (0: none, -1: as many as the measured run; default -1 GPU, 0 CPU)")
     parser.add_argument("--random-init", action="store_true", help="random weights even where real ones are available")
     parser.add_argument("--shipped-data", action="store_true", help="main suite on the shipped dataset instead of 300-1020-token text")
@@ -132,11 +139,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     results = Path(args.results) if args.results else default_results_dir()
     cache = Path(args.cache_dir or os.environ.get("FLASHTUNE_BENCH_CACHE", "~/.cache/flashtune/bench")).expanduser()
     recipes = Path(args.recipes)
-    runs = plan(models, impls, suites, lengths, sweep_tokens, warmup, args.sweep_iters, sweep_impls, args.iters)
+    runs = plan(models, impls, suites, lengths, sweep_tokens, warmup, args.sweep_iters, sweep_impls, args.iters, args.fine_tune_type)
     for run in runs:
         if not recipe_path(run.suite, run.model, recipes).is_file():
             raise SystemExit(f"no recipe {recipe_path(run.suite, run.model, recipes)} for {run.name}")
-    print(f"{len(runs)} runs into {results} ({kind} defaults{', big models' if args.big else ''}; cache {cache})", flush=True)
+    print(f"{len(runs)} {args.fine_tune_type} runs into {results} ({kind} defaults{', big models' if args.big else ''}; cache {cache})", flush=True)
     if kind == "cpu" and not (args.big or args.models):
         print("CPU-only machine: the comparison runs on the embedded SmolLM2-135M with the shipped dataset and a "
               "small sweep (--big: TinyLlama-1.1B and Qwen2.5-1.5B, slowly)", flush=True)

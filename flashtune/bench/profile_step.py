@@ -1,10 +1,10 @@
 """Where a LoRA training step's time goes: full step, forward, backward, LM head + loss, attention,
-optimizer, the LoRA branches (the step with mlx-lm's float32 branches vs flashtune's mixed ones), the
+optimizer, the LoRA or DoRA layers (the step with mlx-lm's float32 layers vs flashtune's mixed ones), the
 host's share (time until mx.async_eval returns), what a new batch shape costs (trace + graph compile,
 then the first run's extra: kernels, cuDNN/cuBLAS plans), and the step with q/k/v and gate/up fused
 (flashtune.train.fused_projections, the trainer's default; "step" is with separate projections).
 
-    python scripts/profile_step.py --model TinyLlama-1.1B --attn demo --batch 4 --length 1024 [--tokenizer DIR]
+    python scripts/profile_step.py --model TinyLlama-1.1B --attn demo --batch 4 --length 1024 [--tokenizer DIR] [--fine-tune-type dora]
 
 Each part is compiled and timed alone (median of --repeat after --warmup), on random tokens,
 with the same model, LoRA setup and dtype as `flashtune train --init random`.
@@ -27,6 +27,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
 from flashtune import attention, env, models
+from flashtune.train.dora import MixedPrecisionDoRALinear
 from flashtune.train.fused_projections import fuse_projections
 from flashtune.train.lora import adapter_config, apply_lora, set_lora_precision
 from flashtune.patch import patch
@@ -58,6 +59,23 @@ def compiled_step(model, value_and_grad, optimizer, state):
         return loss
 
     return step
+
+
+def dora_norm_parts(model, warmup, repeat):
+    """ms for the row norms of every DoRA layer, as mlx-lm takes them (the adapted weight formed)
+    and as flashtune does (flashtune.train.dora: the expanded square norm), each compiled."""
+    layers = [m for _, m in model.named_modules() if isinstance(m, MixedPrecisionDoRALinear)]
+
+    def adapted_weight_norms():
+        return [mx.linalg.norm(m.linear.weight + (m.scale * m.lora_b.T) @ m.lora_a.T, axis=1) for m in layers]
+
+    def expanded_norms():
+        return [m.magnitude() for m in layers]
+
+    return {
+        f"DoRA row norms of {len(layers)} layers, adapted weight formed (mlx-lm)": timed(mx.compile(adapted_weight_norms), warmup, repeat),
+        f"DoRA row norms of {len(layers)} layers, expanded (flashtune)": timed(mx.compile(expanded_norms), warmup, repeat),
+    }
 
 
 def dispatch_ms(fn, state, repeat):
@@ -105,13 +123,14 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--tokenizer")
+    parser.add_argument("--fine-tune-type", choices=["lora", "dora"], default="lora", help="adapters on the last 16 blocks")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--out")
     args = parser.parse_args()
 
     model, _, info = models.load_model(args.model, init="random", tokenizer=args.tokenizer)
-    apply_lora(model, adapter_config(16, 8, 20.0, 0.0), "mixed")
+    apply_lora(model, adapter_config(16, 8, 20.0, 0.0, args.fine_tune_type), "mixed")
     patch(model, args.attn)
     mx.eval(model.parameters())
     optimizer = initialized_optimizer(model)
@@ -178,7 +197,7 @@ def main():
         "step": timed(lambda: step(inputs, targets, mask), args.warmup, args.repeat, state),
         "host time to dispatch the step (async_eval returns)": dispatch_ms(lambda: step(inputs, targets, mask), state, args.repeat),
         "step, pipelined (step i+1 dispatched before step i is waited for)": pipelined_ms(lambda: step(inputs, targets, mask), state, args.warmup, args.repeat),
-        "step with float32 LoRA branches (mlx-lm's)": step_float32_lora,
+        f"step with mlx-lm's float32 {args.fine_tune_type} layers": step_float32_lora,
         f"step at B{B}x{L // 8} (1/8 of the tokens: per-step floor)": timed(lambda: step(*short_batch), args.warmup, args.repeat, state),
         "forward+loss": timed(forward_loss, args.warmup, args.repeat),
         "value_and_grad": timed(gradients, args.warmup, args.repeat),
@@ -190,6 +209,8 @@ def main():
     parts["rest of value_and_grad (linears, LoRA, norms, RoPE)"] = (
         parts["value_and_grad"] - parts["lm head + loss (fwd+bwd)"] - parts[f"attention ({n_lora} fwd+bwd, {n_layers - n_lora} fwd)"]
     )
+    if args.fine_tune_type == "dora":
+        parts.update(dora_norm_parts(model, args.warmup, args.repeat))
     parts[f"new shape (B{B}x{L_new}): trace + graph compile"] = trace_ms
     parts[f"new shape (B{B}x{L_new}): first run minus a steady one"] = first_run_ms
     graph = {"step": graph_size(step, (inputs, targets, mask), state)}
@@ -201,7 +222,7 @@ def main():
     parts["  fused: host time to dispatch the step"] = dispatch_ms(lambda: fused_step(inputs, targets, mask), fused_state, args.repeat)
     parts[f"  fused: step at B{B}x{L // 8} (per-step floor)"] = timed(lambda: fused_step(*short_batch), args.warmup, args.repeat, fused_state)
     step_ms = parts["step"]
-    print(f"{args.model} ({info.label}), attn {args.attn}, B{B}×L{L}, {info.dtype}, {env.device_name()}")
+    print(f"{args.model} ({info.label}), {args.fine_tune_type}, attn {args.attn}, B{B}×L{L}, {info.dtype}, {env.device_name()}")
     print(f"step {step_ms:.1f} ms = {B * L / step_ms * 1e3:,.0f} tokens/s")
     for name, ms in parts.items():
         print(f"  {name:68s} {ms:8.1f} ms  {100 * ms / step_ms:5.1f}% of the step")

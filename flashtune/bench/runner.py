@@ -46,17 +46,21 @@ class Run:
     length: Optional[int] = None  # sweep: fixed_length
     batch: Optional[int] = None  # sweep: batch size
     iters: Optional[int] = None  # overrides the recipe
+    fine_tune_type: str = "lora"  # for flashtune and mlx_lm.lora alike
 
     @property
     def relpath(self) -> Path:
+        """Where its JSONL goes; runs of another type than LoRA under a folder named after it."""
+        kind = [] if self.fine_tune_type == "lora" else [self.fine_tune_type]
         if self.suite == "sweep":
-            return Path("sweep", self.model, f"L{self.length}-{self.impl}.jsonl")
-        return Path("main", self.model, *(["cold"] if self.suite == "cold" else []), f"{self.impl}.jsonl")
+            return Path(*kind, "sweep", self.model, f"L{self.length}-{self.impl}.jsonl")
+        return Path(*kind, "main", self.model, *(["cold"] if self.suite == "cold" else []), f"{self.impl}.jsonl")
 
     @property
     def name(self) -> str:
         shape = f" {self.batch}x{self.length}" if self.length else ""
-        return f"{self.suite} {self.model}{shape} {self.impl}"
+        kind = "" if self.fine_tune_type == "lora" else f" {self.fine_tune_type}"
+        return f"{self.suite}{kind} {self.model}{shape} {self.impl}"
 
 
 def _child_env() -> Dict[str, str]:
@@ -153,7 +157,7 @@ class Bench:
     def _config(self, run: Run):
         from flashtune import config as config_module
 
-        overrides = {}
+        overrides = {"fine_tune_type": run.fine_tune_type}
         if run.iters:
             overrides["iters"] = run.iters
         if run.suite == "sweep":
@@ -165,7 +169,7 @@ class Bench:
         data = self.data.get((run.suite if run.suite != "cold" else "main", run.model, run.length))
         meta = data / "meta.json" if data else None
         return {"bench": {
-            "suite": run.suite, "model": run.model, "label": setup.label, "weights": setup.weights,
+            "suite": run.suite, "fine_tune_type": run.fine_tune_type, "model": run.model, "label": setup.label, "weights": setup.weights,
             "tokenizer": setup.tokenizer_note, "impl": run.impl, "tool": TOOL if run.impl == TOOL else "flashtune",
             "length": run.length, "batch": config.batch_size, "iters": config.iters, "recipe": str(recipe_path(run.suite, run.model, self.recipes)),
             "data": str(data) if data else "flashtune's shipped dataset (capitals)",
@@ -201,7 +205,7 @@ class Bench:
         run_dir = Path(tempfile.mkdtemp(prefix="ft-run-", dir=self.cache))
         command = [sys.executable, "-m", "flashtune.cli", "train", "--config", str(recipe_path(run.suite, run.model, self.recipes)),
                    "--attn", run.impl, "--model", setup.train_model, "--init", setup.init, "--records", str(partial),
-                   "--out", str(run_dir), "--overwrite", "--no-sample"]  # fmt: skip
+                   "--out", str(run_dir), "--overwrite", "--no-sample", "--fine-tune-type", run.fine_tune_type]  # fmt: skip
         if data:
             command += ["--data", str(data)]
         if run.iters:
@@ -295,13 +299,14 @@ def _is_text_data(folder: Optional[Path]) -> bool:
 
 
 def mlx_lm_config(config, run: Run, data: Optional[Path] = None) -> dict:
-    """mlx_lm lora's -c config with flashtune's LoRA, optimizer, schedule, eval and length settings.
+    """mlx_lm lora's -c config with flashtune's fine-tuning type, LoRA, optimizer, schedule, eval and length settings.
 
     Prompt masking is passed on except for ``text`` data, which has no prompt (flashtune ignores
     the flag there; mlx_lm refuses it).
     """
     peak, warm = config.learning_rate, config.warmup
     return {
+        "fine_tune_type": config.fine_tune_type,
         "lora_parameters": {"rank": config.lora_rank, "scale": config.lora_scale, "dropout": config.lora_dropout},
         "optimizer": "adamw", "optimizer_config": {"adamw": {"weight_decay": config.weight_decay}},
         "learning_rate": peak,

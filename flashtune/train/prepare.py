@@ -2,10 +2,12 @@
 
 ``prepare(config)`` validates the attention name, the model name, the data files and the run
 folder before loading anything heavy; then it loads the model and data, plans the padded batch
-lengths, adds LoRA, swaps attention, creates the optimizer, restores a checkpoint when resuming,
-and writes the records' ``run_info`` header. The result is a `Run`: what the loop works on.
+lengths, adds LoRA or DoRA (or unfreezes the last blocks: full fine-tuning), swaps attention,
+creates the optimizer, restores a checkpoint when resuming, and writes the records' ``run_info``
+header. The result is a `Run`: what the loop works on.
 """
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,11 +22,11 @@ from flashtune import attention, data, env, models
 from flashtune.config import TrainConfig
 from flashtune.data import shapes
 from flashtune.errors import TrainingError
-from flashtune.log import logger
+from flashtune.log import logger, say_once
 from flashtune.patch import patch
 from flashtune.train import checkpoint, records
 from flashtune.train.fused_projections import fuse_projections
-from flashtune.train.lora import adapter_config, apply_lora, enable_grad_checkpoint
+from flashtune.train.lora import adapter_config, apply_lora, enable_grad_checkpoint, train_last_blocks
 
 
 @dataclass
@@ -151,17 +153,30 @@ def _load(config: TrainConfig, spec, data_format: str):
     return model, tokenizer, info, splits
 
 
+def _make_trainable(model: nn.Module, config: TrainConfig) -> Tuple[Dict[str, Any], int]:
+    """LoRA, DoRA or the last blocks' weights, as --fine-tune-type says: (adapter config, trainable)."""
+    adapters = adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout, config.fine_tune_type)
+    if config.fine_tune_type != "full":
+        return adapters, apply_lora(model, adapters, config.lora_precision)
+    say_once(
+        "full-fine-tune",
+        f"full fine-tuning: every weight of the last {config.lora_layers} blocks trains; --lora-precision, "
+        "--fuse-projections and the LoRA rank, scale and dropout apply to LoRA/DoRA branches only and are not used",
+        level=logging.INFO,
+    )
+    return adapters, train_last_blocks(model, config.lora_layers)
+
+
 def _adapt(model: nn.Module, config: TrainConfig) -> Tuple[Dict[str, Any], int, int]:
-    """LoRA, the attention swap, fused projections and checkpointing: (adapter config, trainable, fused groups)."""
-    lora = adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout)
-    n_trainable = apply_lora(model, lora, config.lora_precision)
+    """What trains, the attention swap, fused projections and checkpointing: (adapter config, trainable, fused groups)."""
+    adapters, n_trainable = _make_trainable(model, config)
     patch(model, config.attn)
-    fused_groups = fuse_projections(model) if config.fuse_projections else 0
+    fused_groups = fuse_projections(model) if config.fuse_projections and config.fine_tune_type != "full" else 0
     if config.grad_checkpoint:
         enable_grad_checkpoint(model)
     # Random-init weights are lazy: materialize them now, as loading, not inside step 1's timing.
     mx.eval(model.parameters())
-    return lora, n_trainable, fused_groups
+    return adapters, n_trainable, fused_groups
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> optim.Optimizer:

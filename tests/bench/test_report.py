@@ -72,3 +72,19 @@ def test_report_command(tmp_path, capsys):
 
 def test_empty_folder(tmp_path):
     assert "No results found" in report.write_report(tmp_path).read_text()
+
+
+def test_dora_runs_get_their_own_tables_and_goal(tmp_path):
+    results = write_results(tmp_path)
+    for impl, step_s in (("demo", 0.1), ("mlx_lm.lora", 0.25)):
+        write_run(results, f"dora/main/TinyLlama-1.1B/{impl}.jsonl", suite="main", impl=impl, step_s=step_s, fine_tune_type="dora")
+    runs = report.collect(results)
+    assert {s["fine_tune_type"] for s in runs} == {"lora", "dora"}  # files without the key are LoRA runs
+    md = report.write_report(results).read_text()
+    assert f"## {LABEL}: 100 LoRA iterations" in md and f"## {LABEL}: 100 DoRA iterations" in md
+    lora_table = md.split("100 LoRA iterations")[1].split("## ")[0]
+    dora_table = md.split("100 DoRA iterations")[1].split("## ")[0]
+    assert lora_table.count("| demo |") == 1 and dora_table.count("| demo |") == 1 and "| baseline |" not in dora_table
+    # (2 + 99 * 0.1) / (2 + 99 * 0.25): the DoRA goal is half of mlx_lm.lora's DoRA time
+    assert "TinyLlama-1.1B (DoRA) | time for 100 iterations, best flashtune (demo) / mlx_lm.lora | 0.44 | ≤ 0.5 | yes" in md
+    assert (results / "iterations-tinyllama-1.1b-dora.png").is_file() and (results / "iterations-tinyllama-1.1b.png").is_file()
