@@ -1,7 +1,8 @@
 """Registry of attention implementations, keyed by the names the CLI and YAML use.
 
-Every implementation has the signature ``fn(q, k, v, *, scale, mask=None) -> out`` described in
-``flashtune.attention.contract``. Nothing is chosen at import time: callers ask by name.
+Every implementation has the signature ``fn(q, k, v, *, scale, mask=None, segments=None) -> out``
+described in ``flashtune.attention.contract`` (``segments``: int32 (B, L) document ids of packed
+sequences). Nothing is chosen at import time: callers ask by name.
 """
 
 from typing import Callable, Dict, List

@@ -65,9 +65,9 @@ class CountingAttention:
         self.attention_name = name
         self.calls = 0
 
-    def __call__(self, q, k, v, *, scale, mask=None):
+    def __call__(self, q, k, v, *, scale, mask=None, segments=None):
         self.calls += 1
-        return self.fn(q, k, v, scale=scale, mask=mask)
+        return self.fn(q, k, v, scale=scale, mask=mask, segments=segments)
 
 
 class Session:
