@@ -6,7 +6,8 @@ optimizer's and the random generator's state as its implicit inputs and outputs.
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, List, Optional
+from contextlib import nullcontext
+from typing import Callable, List
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -16,15 +17,10 @@ from flashtune import data
 from flashtune.patch import packed
 
 
-def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, segments: Optional[mx.array] = None):
+def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array):
     """Summed token cross-entropy and token count; dividing by the global count after summing
-    over micro-batches and ranks gives exactly the loss of the combined batch. ``segments``
-    (packed rows' document ids) keep each document's attention to itself."""
-    if segments is None:
-        logits = model(inputs)
-    else:
-        with packed(model, segments):
-            logits = model(inputs)
+    over micro-batches and ranks gives exactly the loss of the combined batch."""
+    logits = model(inputs)
     # Fused on CUDA and Metal (one pass over the vocabulary, float32 accumulation).
     ce = mx.fast.cross_entropy(logits, targets) * mask
     return ce.astype(mx.float32).sum(), mask.sum()
@@ -69,8 +65,11 @@ def make_steps(model: nn.Module, optimizer, world, world_size: int, compile: boo
         optimizer.update(model, tree_map(lambda g: g / total_tokens, grads))
         return total_loss / total_tokens, total_tokens
 
-    def micro(*batch):  # inputs, targets, mask[, segments]
-        (loss, tokens), grads = value_and_grad(model, *batch)
+    def micro(inputs, targets, mask, *segments):
+        # Packed rows: the document ids must cover the backward too, which gradient
+        # checkpointing builds by re-running each block's forward after the loss returns.
+        with packed(model, segments[0]) if segments else nullcontext():
+            (loss, tokens), grads = value_and_grad(model, inputs, targets, mask)
         return loss, tokens, grads
 
     def full(*batch):

@@ -6,7 +6,7 @@ import pytest
 
 import flashtune  # noqa: F401
 import mlx.core as mx
-import mlx.nn as nn
+import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
 from flashtune import attention, config as config_module, data
@@ -14,8 +14,8 @@ from flashtune.data import packing
 from flashtune.patch import patch
 from flashtune.train import loop, records
 from flashtune.train.fused_projections import fuse_projections
-from flashtune.train.lora import adapter_config, apply_lora
-from flashtune.train.step import loss_sum
+from flashtune.train.lora import adapter_config, apply_lora, enable_grad_checkpoint
+from flashtune.train.step import make_steps
 from tests.tiny_models import tiny_model, write_text_dataset, write_tiny_hf_model
 
 LENGTHS = (9, 1, 23, 14)  # tokens per document; a one-token document has nothing to predict
@@ -26,7 +26,7 @@ def documents(seed=0):
     return [data.Example(rng.integers(4, 128, size=n + 1).tolist(), offset=min(2, n), source=f"doc{i}") for i, n in enumerate(LENGTHS)]
 
 
-def lora_model(model_type, attn, fused):
+def lora_model(model_type, attn, checkpointed):
     model = tiny_model(model_type, seed=1)
     mx.random.seed(2)
     apply_lora(model, adapter_config(2, 4, 20.0, 0.0))
@@ -34,21 +34,25 @@ def lora_model(model_type, attn, fused):
     lora_b = [(k, mx.random.normal(v.shape) * 0.05) for k, v in tree_flatten(model.trainable_parameters()) if k.endswith("lora_b")]
     model.load_weights(lora_b, strict=False)
     patch(model, attn)
-    if fused:
-        fuse_projections(model)
+    fuse_projections(model)  # the trainer's default
+    if checkpointed:
+        enable_grad_checkpoint(model)
     return model
 
 
 def loss_and_grads(model, batch):
-    (loss, tokens), grads = nn.value_and_grad(model, loss_sum)(model, *batch.arrays)
+    """The trainer's micro-batch step (uncompiled): summed loss, tokens and gradients."""
+    optimizer = optim.AdamW(learning_rate=1e-3)
+    loss, tokens, grads = make_steps(model, optimizer, None, 1, compile=False).micro(*batch.arrays)
     return loss.item(), tokens.item(), dict(tree_flatten(grads))
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
 @pytest.mark.parametrize("attn", attention.names())
-def test_packed_batch_equals_its_documents_run_one_by_one(model_type, attn):
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["", "grad-checkpoint"])
+def test_packed_batch_equals_its_documents_run_one_by_one(model_type, attn, checkpointed):
     docs = documents()
-    model = lora_model(model_type, attn, fused=True)
+    model = lora_model(model_type, attn, checkpointed)
     packed = packing.make_packed_batch([docs[:2], docs[2:], []], pack_length=40)
     loss, tokens, grads = loss_and_grads(model, packed)
     want_loss, want_tokens, want_grads = 0.0, 0.0, None
