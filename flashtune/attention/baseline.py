@@ -2,6 +2,7 @@
 
 import mlx.core as mx
 
+from flashtune import env
 from flashtune.attention import register
 from flashtune.attention.contract import (
     as_grouped,
@@ -12,6 +13,11 @@ from flashtune.attention.contract import (
     safe_row_max,
     same_segment,
 )
+
+
+def runs_here() -> str:
+    """The path this implementation takes on the current backend (``flashtune attention``)."""
+    return f"MLX ops on {env.backend()}: the (Lq, Lk) scores of every head are held, forward and backward"
 
 
 @register("baseline")

@@ -1,6 +1,6 @@
 """MLX's fused ``mx.fast.scaled_dot_product_attention``, made training-aware.
 
-What helps, per backend (measured on the lent H100 and on the Linux CPU; see results/):
+What helps, per backend (measured on an H100 and on the Linux CPU; benchmarks/h100/attention/):
 - CUDA: MLX runs cuDNN's fused backward only when the query length is a multiple of 128
   (mlx/backend/cuda/scaled_dot_product_attention.cpp, ``ScaledDotProductAttentionVJP::
   use_fallback``); otherwise the gradient recomputes unfused attention with the full score
@@ -70,7 +70,7 @@ def padded_length(q: mx.array, k: mx.array) -> int:
 def _pad_axis(x: mx.array, axis: int, extra: int, value=0) -> mx.array:
     # Concatenating a filled block beat mx.pad on the H100 in every case measured (demo fwd+bwd at
     # L=1000, compiled: 0.55 vs 0.65 ms for Qwen2.5-1.5B's heads, 0.81 vs 0.84 ms for TinyLlama's;
-    # results/2026-11-24-h100-session3/attention/demo-pad-variants.txt).
+    # `flashtune bench attention --impl demo` with each padding).
     shape = list(x.shape)
     shape[axis] = extra
     return mx.concatenate([x, mx.full(shape, value, dtype=x.dtype)], axis=axis)
@@ -121,6 +121,20 @@ def _fused_forward_reference_backward(q, k, v, scale, mask):
         return tuple(grads)
 
     return fused(*arrays)
+
+
+_PATHS = {
+    "cuda": "cuDNN's fused forward and backward for fp16/bf16 with head dim <= 128 (queries padded to a "
+            "multiple of 128); MLX's unfused path otherwise",
+    "metal": "fused forward for inference; when training, MLX's unfused forward and backward (it has no fused "
+             "backward on Metal): (L, L) scores per head",
+    "cpu": "MLX's unfused forward and backward (no fused kernel on the CPU): (L, L) scores per head",
+}
+
+
+def runs_here() -> str:
+    """The path this implementation takes on the current backend (``flashtune attention``)."""
+    return _PATHS[env.backend()]
 
 
 @register("demo")

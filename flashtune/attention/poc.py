@@ -37,8 +37,8 @@ from flashtune.log import logger, say_once
 
 KERNELS = {"cuda": cuda_kernels, "metal": metal_kernels}
 # practical, not demo, on CUDA too: demo's cuDNN path returned dq = 0 and then an illegal
-# memory access for Lq > Lk with an array mask on the H100 (results/poc/run2), and a
-# fallback must be right first.
+# memory access for Lq > Lk with an array mask on an H100 (`python scripts/poc_gpu_check.py`),
+# and a fallback must be right first.
 FALLBACKS = {"cuda": practical, "metal": practical, "cpu": practical}
 # Relative L2 error allowed in the self-check against float32 ``practical``: bf16 kernels
 # land near 4e-3 (outputs) and 1e-2 (gradients); a wrong kernel is off by O(1).
@@ -209,6 +209,19 @@ def _route(q: mx.array, k: mx.array, mask, segments) -> Tuple[str, str]:
         what = "segments self-check" if packed else "self-check"
         return fallback, f"the {kind} kernel failed its {what} ({reason})"
     return kind, ""
+
+
+def runs_here() -> str:
+    """The path this implementation takes on the current backend (``flashtune attention``)."""
+    kind = backend()
+    if kind == "cpu":
+        return "no kernel backend on the CPU: runs practical"
+    kernels = KERNELS[kind]
+    dims = "/".join(map(str, kernels.HEAD_DIMS))
+    flavour = ("wgmma on this Hopper GPU (mma.sync for other head dims)" if cuda_kernels.is_sm90() else "mma.sync") if kind == "cuda" else "simdgroup"
+    packed = "packed rows too" if getattr(kernels, "SEGMENTS", False) else "packed rows go to practical"
+    return (f"{kind} kernels ({flavour}) for bf16/fp16, head dims {dims}, no mask or causal ({packed}); "
+            "each variant checks itself against practical at first use and falls back if it fails")
 
 
 @register("poc")

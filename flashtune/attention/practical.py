@@ -250,6 +250,12 @@ def _flash_function(
     return flash
 
 
+def runs_here() -> str:
+    """The path this implementation takes on the current backend (``flashtune attention``)."""
+    block = default_block()
+    return f"MLX ops on {env.backend()} in {block} x {block} tiles; O(L) extra memory forward and backward"
+
+
 @register("practical")
 @conforming
 def practical(
