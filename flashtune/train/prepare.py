@@ -140,13 +140,25 @@ def _join_world(config: TrainConfig):
     return world, rank, world_size
 
 
+def load_splits(config: TrainConfig, tokenizer, data_format: str, model_context: Optional[int]) -> data.DatasetSplits:
+    """The tokenized splits of ``config.data`` as training sees them (prompt masking, length limits).
+
+    Args:
+        data_format: what `check_data_files` returned ("text" data has no prompt to mask).
+        model_context: the model's max_position_embeddings.
+    """
+    mask_prompt = config.mask_prompt and data_format != "text"
+    splits = data.load_dataset(config.data, tokenizer, mask_prompt=mask_prompt, max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=model_context)
+    if config.pack and config.pack_length and config.truncate:
+        splits.train = data.check_lengths(splits.train, config.pack_length + 1, truncate=True)
+    return splits
+
+
 def _load(config: TrainConfig, spec, data_format: str):
     """Model, tokenizer, info and tokenized splits, checked against --fixed-length."""
     mx.random.seed(config.seed)
     model, tokenizer, info = models.load_model(spec, init=config.init, dtype=config.dtype, quantized=config.qlora or None, seed=config.seed, tokenizer=config.tokenizer)
-    splits = data.load_dataset(config.data, tokenizer, mask_prompt=config.mask_prompt and data_format != "text", max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=info.max_position_embeddings)
-    if config.pack and config.pack_length and config.truncate:
-        splits.train = data.check_lengths(splits.train, config.pack_length + 1, truncate=True)
+    splits = load_splits(config, tokenizer, data_format, info.max_position_embeddings)
     longest = max(splits.train.lengths) - 1
     if config.fixed_length and longest > config.fixed_length:
         raise ValueError(f"fixed_length={config.fixed_length} is shorter than the longest example ({longest} inputs)")
