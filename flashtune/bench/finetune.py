@@ -8,7 +8,10 @@ Suites (each run a fresh subprocess, its per-iteration JSONL under the results f
   own), by default just as long, so MLX's on-disk kernel cache holds the kernels of every batch
   shape the measured run compiles, for every tool alike. (A 5-iteration warm-up left mlx_lm.lora,
   which compiles ~16 shapes, partly cold: its 100 iterations took 19.0, 16.4 and 14.6 s in
-  three runs in a row on one H100: benchmarks/h100/finetune-repeats/repeats.md.)
+  three runs in a row on one H100: benchmarks/h100/finetune-repeats/repeats.md.) Beside them,
+  Hugging Face transformers + PEFT on PyTorch (``hf-peft``, ``hf-peft+compile``:
+  `flashtune.bench.hf_peft`) on the same weights and batches, where torch with CUDA is installed
+  (skipped with one line elsewhere).
 - ``sweep``: ``fixed_length`` runs at several sequence lengths with the same tokens per step
   (8x512 ... 1x4096), from ``recipes/sweep-<model>.yaml``.
 
@@ -25,6 +28,7 @@ Runs are resumable: each JSONL is written as ``.partial`` and renamed when the r
 failed (a failure, e.g. out of memory, is a result: ``{"status": "failed", ...}``).
 ``--skip-existing`` skips finished runs; ``--budget-s`` starts no run that would not finish in
 time (from the durations seen so far) and stops one that overruns, leaving it for the next call.
+``--repeats N`` runs the whole plan N times, into ``rep1/`` ... ``repN/`` (`flashtune.bench.repeats`).
 """
 
 import argparse
@@ -36,8 +40,11 @@ from datetime import date
 from pathlib import Path
 from typing import List, Optional
 
+from flashtune.bench import hf_peft
 from flashtune.bench.assets import prepare_data, prepare_model
+from flashtune.bench.hf_peft import HF_IMPLS
 from flashtune.bench.peer import TOOL
+from flashtune.bench.repeats import run_repeated
 from flashtune.bench.runner import Bench, Run, mlx_lm_config, recipe_path  # noqa: F401 (mlx_lm_config: re-exported)
 from flashtune.config import FINE_TUNE_TYPES, RECIPES_DIR
 
@@ -93,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto", help="which defaults to use (default: what MLX runs on)")
     parser.add_argument("--big", action="store_true", help="on a CPU: the GPU defaults (TinyLlama-1.1B, Qwen2.5-1.5B; slow)")
     parser.add_argument("--models", help="comma list of models (default: per device)")
-    parser.add_argument("--impls", help=f"comma list from {', '.join(IMPLS)}, {TOOL} (default: all)")
+    parser.add_argument("--impls", help=f"comma list from {', '.join([*IMPLS, TOOL, *HF_IMPLS])} (default: all)")
     parser.add_argument("--suites", default="main,sweep", help="comma list: main, sweep (default: both)")
     parser.add_argument("--lengths", help="sweep lengths, comma list (default: 512,1024,2048,4096 on GPU; 64,128,256 on CPU)")
     parser.add_argument("--sweep-tokens", type=int, help="tokens per sweep step; batch = this / length (default: 4096 GPU, 256 CPU)")
@@ -117,24 +124,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip report.md and plots at the end")
     parser.add_argument("--pack", help="also write the results folder as this .tar.gz (to carry it off a device)")
+    parser.add_argument("--repeats", type=int, default=1, help="run the whole plan N times, into rep1/ ... repN/ of the results folder")
+    hf_peft.add_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Runs the comparison as the options say; returns 0 when nothing is left to run."""
     from flashtune import env
 
+    if args.repeats > 1:
+        return run_repeated(args, run_from_args)
     kind = args.device if args.device != "auto" else ("cpu" if env.backend() == "cpu" else "gpu")
     defaults = DEFAULTS["gpu" if kind == "gpu" or args.big else "cpu"]
     split = lambda text, cast=str: [cast(x) for x in text.split(",") if x]  # noqa: E731
     models = split(args.models) if args.models else list(defaults["models"])
-    impls = split(args.impls) if args.impls else [*IMPLS, TOOL]
+    impls = split(args.impls) if args.impls else [*IMPLS, TOOL, *HF_IMPLS]
     lengths = split(args.lengths, int) if args.lengths else list(defaults["lengths"])
     sweep_tokens = args.sweep_tokens or defaults["sweep_tokens"]
     warmup = args.warmup_iters if args.warmup_iters is not None else (defaults["warmup_iters"] if kind == "gpu" else 0)
     sweep_impls = split(args.sweep_impls) if args.sweep_impls else list(IMPLS)
     suites = split(args.suites)
-    for name in {*impls, *sweep_impls} - {*IMPLS, TOOL}:
-        raise SystemExit(f"unknown implementation {name!r}; choose from {', '.join([*IMPLS, TOOL])}")
+    for name in {*impls, *sweep_impls} - {*IMPLS, TOOL, *HF_IMPLS}:
+        raise SystemExit(f"unknown implementation {name!r}; choose from {', '.join([*IMPLS, TOOL, *HF_IMPLS])}")
+    impls, sweep_impls, hf_options = hf_peft.keep_available(impls, sweep_impls, args.torch_python, args.hf_peft_device)
     train_flags = check_train_flags(args.train_flags)
     results = Path(args.results) if args.results else default_results_dir()
     cache = Path(args.cache_dir or os.environ.get("FLASHTUNE_BENCH_CACHE", "~/.cache/flashtune/bench")).expanduser()
@@ -158,6 +170,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     max_length = max(lengths) if "sweep" in suites else 0
     setups = {m: prepare_model(m, cache, dtype, args.seed, max_length, args.random_init, args.export_dir) for m in models}
     bench = Bench(results, cache, recipes, setups, {}, args.skip_existing, args.retry_failed, args.budget_s, train_flags)
+    bench.hf = hf_options
     for i, run in enumerate(runs):
         if run.suite == "cold" and bench.should_skip(runs[i + 1]):  # a warm-up belongs to its measured run
             continue

@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from flashtune.bench import hf_peft
 from flashtune.bench.assets import ModelSetup, export_weights, slug
+from flashtune.bench.hf_peft import HF_IMPLS, HF_TOOL, HfOptions
 from flashtune.bench.peer import PREFIX, TOOL, parse_output, to_records
 from flashtune.bench.portable import portable_file, run_roots
 from flashtune.errors import is_out_of_memory
@@ -93,6 +95,7 @@ class Bench:
     retry_failed: bool = False
     budget_s: Optional[float] = None
     train_flags: List[str] = field(default_factory=list)  # added to every `flashtune train` (ablations)
+    hf: Optional[HfOptions] = None  # where the hf-peft runs go (None: none planned)
     started: float = field(default_factory=time.perf_counter)
     durations: Dict[tuple, List[float]] = field(default_factory=dict)
     counts: Dict[str, int] = field(default_factory=lambda: {"done": 0, "skipped": 0, "left": 0, "failed": 0})
@@ -137,7 +140,7 @@ class Bench:
         partial.unlink(missing_ok=True)
         tic = time.perf_counter()
         try:
-            status = (self._peer if run.impl == TOOL else self._flashtune)(run, partial)
+            status = self._tool(run.impl)(run, partial)
         except BudgetExceeded:
             partial.unlink(missing_ok=True)
             self.counts["left"] += 1
@@ -153,6 +156,12 @@ class Bench:
         return status
 
     # --- one run of each tool --------------------------------------------------------------------
+
+    def _tool(self, impl: str):
+        """The method that runs ``impl``: mlx_lm.lora, an hf-peft variant, or flashtune train."""
+        if impl == TOOL:
+            return self._peer
+        return self._hf_peft if impl in HF_IMPLS else self._flashtune
 
     def _config(self, run: Run):
         from flashtune import config as config_module
@@ -267,6 +276,36 @@ class Bench:
         extra = {"first_to_last_report_s": stamps[-1] - stamps[0] if len(stamps) > 1 else None}
         return self._finish(partial, rc, wall, log.read_text(errors="replace"), config, extra)
 
+    def _hf_peft(self, run: Run, partial: Path) -> str:
+        """transformers + PEFT on the weights and batches flashtune trains on (flashtune.bench.hf_peft)."""
+        if self.hf is None:
+            raise ValueError(f"{run.name}: no torch Python set up for {', '.join(HF_IMPLS)} (see flashtune.bench.hf_peft.check)")
+        setup, config, log = self.setups[run.model], self._config(run), self._log(run)
+        data = self.data.get((run.suite if run.suite != "cold" else "main", run.model, run.length)) or _shipped_data()
+        work = Path(tempfile.mkdtemp(prefix="hf-peft-run-", dir=self.cache))
+        try:
+            try:
+                export_weights(setup, log.with_suffix(".export.log"), _child_env())
+                command = hf_peft.prepare_run(setup, config, run.impl, data, self.hf, work, partial)
+            except (subprocess.CalledProcessError, ValueError, OSError) as error:  # a result too: recorded, not raised
+                exported = log.with_suffix(".export.log")
+                text = exported.read_text(errors="replace") if isinstance(error, subprocess.CalledProcessError) else f"{type(error).__name__}: {error}"
+                _append(partial, self._tool_header(run, config, [], HF_TOOL))
+                return self._finish(partial, 1, 0.0, text, config)
+            _append(partial, self._tool_header(run, config, command, HF_TOOL))
+            tic = time.perf_counter()
+            with open(log, "w") as handle:
+                proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=hf_peft.child_env())
+                rc = self._wait(proc, self._watch(proc))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return self._finish(partial, rc, time.perf_counter() - tic, log.read_text(errors="replace"), config)
+
+    def _tool_header(self, run: Run, config, command: List[str], tool: str) -> dict:
+        header = self._header(run, config, command)
+        header["bench"]["tool"] = tool
+        return header
+
     def _finish(self, partial: Path, rc: int, wall: float, log_text: str, config, extra: Optional[dict] = None) -> str:
         lines = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
         steps = [r for r in lines if "iter" in r and not r.get("eval")]
@@ -336,5 +375,6 @@ def _one_line(path: Path) -> str:
     s = summarize_run(path)
     if s["status"] != "ok":
         return f"FAILED ({'out of memory' if s.get('oom') else 'error'}): {str(s.get('error', '')).splitlines()[-1:]}"
+    peak = "unknown" if s["peak_mem_gb"] is None else f"{s['peak_mem_gb']:.2f} GB"  # torch on a CPU reports none
     return (f"{s['iters']} it in {s['total_wall_s']:.1f} s (process {s['process_wall_s']:.0f} s), steady "
-            f"{s['steady_tokens_per_s']:,.0f} tok/s, peak {s['peak_mem_gb']:.2f} GB, loss {s['final_loss']:.3f}")
+            f"{s['steady_tokens_per_s']:,.0f} tok/s, peak {peak}, loss {s['final_loss']:.3f}")
