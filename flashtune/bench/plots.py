@@ -5,6 +5,7 @@ from typing import Any, Dict, List
 
 IMPL_STYLE = {  # one colour per implementation in every plot
     "baseline": "#7f7f7f", "practical": "#1f77b4", "demo": "#d62728", "poc": "#2ca02c", "mlx_lm.lora": "#ff7f0e",
+    "hf-peft": "#8c564b", "hf-peft+compile": "#e377c2",
 }  # fmt: skip
 
 
@@ -17,7 +18,7 @@ def _pyplot():
     return plt
 
 
-MARKERS = {"baseline": "s", "practical": "^", "demo": "o", "poc": "D", "mlx_lm.lora": "v"}
+MARKERS = {"baseline": "s", "practical": "^", "demo": "o", "poc": "D", "mlx_lm.lora": "v", "hf-peft": "P", "hf-peft+compile": "X"}
 
 
 def _color(impl: str) -> str:

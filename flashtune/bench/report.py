@@ -5,6 +5,9 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from flashtune.bench.goals import targets_table
+from flashtune.bench.hf_peft import HF_IMPLS, HF_TOOL, report_note
+
 
 def read_jsonl(path: Path) -> Tuple[dict, List[dict]]:
     """Returns (run_info header or {}, records) of one JSONL results file."""
@@ -42,9 +45,8 @@ def describe_header(header: dict) -> str:
 
 # --- fine-tuning runs (flashtune.bench.finetune) ------------------------------------------------
 
-IMPL_ORDER = ("baseline", "practical", "demo", "poc", "mlx_lm.lora")
+IMPL_ORDER = ("baseline", "practical", "demo", "poc", "mlx_lm.lora", *HF_IMPLS)
 KIND_WORDS = {"lora": "LoRA", "dora": "DoRA", "full": "full fine-tuning"}  # by fine_tune_type
-TIME_GOALS = {"lora": 1 / 3, "dora": 1 / 2}  # best flashtune time / mlx_lm.lora's, same fine-tuning type
 
 
 def kinds(runs: List[Dict[str, Any]]) -> List[Tuple[str, str]]:
@@ -52,7 +54,8 @@ def kinds(runs: List[Dict[str, Any]]) -> List[Tuple[str, str]]:
     return list(dict.fromkeys((s["model"], s["fine_tune_type"]) for s in runs))
 
 
-def _named(model: str, kind: str) -> str:
+def named(model: str, kind: str) -> str:
+    """The model as tables name it: with its fine-tuning type unless LoRA."""
     return model if kind == "lora" else f"{model} ({KIND_WORDS.get(kind, kind)})"
 
 
@@ -149,9 +152,9 @@ def _status(s: Dict[str, Any]) -> str:
 
 
 def main_table(runs: List[Dict[str, Any]]) -> str:
-    """The 100-iteration comparison of one model: one row per implementation and mlx_lm.lora."""
+    """The 100-iteration comparison of one model: one row per implementation, mlx_lm.lora and hf-peft."""
     ok = {s["impl"]: s for s in runs if s["status"] == "ok"}
-    base, peer = ok.get("baseline", {}), ok.get("mlx_lm.lora", {})
+    base, peer, hf = ok.get("baseline", {}), ok.get("mlx_lm.lora", {}), ok.get(HF_TOOL, {})
     rows = []
     for s in sorted(runs, key=lambda s: _order(s["impl"])):
         good = s["status"] == "ok"
@@ -162,12 +165,13 @@ def main_table(runs: List[Dict[str, Any]]) -> str:
             s.get("steady_tokens_per_s") if good else None,
             _ratio(base.get("total_wall_s"), s.get("total_wall_s")) if good else None,
             _ratio(peer.get("total_wall_s"), s.get("total_wall_s")) if good else None,
+            _ratio(hf.get("total_wall_s"), s.get("total_wall_s")) if good else None,
             s.get("peak_mem_gb") if good else None, s.get("final_loss") if good else None,
             s.get("final_val_loss") if good else None,
         ])  # fmt: skip
     columns = [
         "impl", "status", "iters", "train time s", "process s", "median step ms", "tok/s",
-        "steady tok/s", "speedup vs baseline", "speedup vs mlx_lm.lora", "peak GB", "final loss", "val loss",
+        "steady tok/s", "speedup vs baseline", "speedup vs mlx_lm.lora", "speedup vs hf-peft", "peak GB", "final loss", "val loss",
     ]  # fmt: skip
     return markdown_table(columns, rows)
 
@@ -203,52 +207,6 @@ def sweep_table(runs: List[Dict[str, Any]]) -> str:
     return markdown_table(columns, rows)
 
 
-def targets_table(main: List[Dict[str, Any]], sweep: List[Dict[str, Any]]) -> str:
-    """flashtune's performance goals, measured wherever the runs they need exist (set for TinyLlama on an H100)."""
-    rows = []
-
-    def ok(runs, **match):
-        return {s["impl"]: s for s in runs if s["status"] == "ok" and all(s.get(k) == v for k, v in match.items())}
-
-    def failed(runs, impl, **match):
-        return any(s["impl"] == impl and s["status"] != "ok" and all(s.get(k) == v for k, v in match.items()) for s in runs)
-
-    for model, kind in sorted(kinds(sweep)):
-        runs = [s for s in sweep if (s["model"], s["fine_tune_type"]) == (model, kind)]
-        model = _named(model, kind)
-        at = ok(runs, length=1024)
-        if "demo" in at and "baseline" in at:
-            r = at["demo"]["steady_tokens_per_s"] / at["baseline"]["steady_tokens_per_s"]
-            rows.append([model, f"demo tok/s vs baseline at {at['demo']['batch']}×1024", f"{r:.2f}×", "≥ 1.3×", "yes" if r >= 1.3 else "no"])
-        L = 4096
-        if any(s["length"] == L for s in runs):
-            at = ok(runs, length=L)
-            best = max((at[i] for i in ("demo", "poc") if i in at), key=lambda s: s["steady_tokens_per_s"], default=None)
-            if best and "baseline" in at:
-                r = best["steady_tokens_per_s"] / at["baseline"]["steady_tokens_per_s"]
-                m = best["peak_mem_gb"] / at["baseline"]["peak_mem_gb"]
-                rows.append([model, f"best of demo/poc ({best['impl']}) tok/s vs baseline at {best['batch']}×{L}", f"{r:.2f}×", "≥ 2×", "yes" if r >= 2 else "no"])
-                rows.append([model, f"its peak memory vs baseline at {best['batch']}×{L}", f"{m:.2f}", "≤ 0.5", "yes" if m <= 0.5 else "no"])
-            elif best and failed(runs, "baseline", length=L):
-                rows.append([model, f"{best['impl']} vs baseline at {best['batch']}×{L}", "baseline failed (out of memory?)", "≥ 2×, ≤ 0.5 memory", "yes"])
-    for model, kind in sorted(kinds(main)):
-        at = ok([s for s in main if (s["model"], s["fine_tune_type"]) == (model, kind)])
-        flash = [at[i] for i in ("baseline", "practical", "demo", "poc") if i in at]
-        if flash and "mlx_lm.lora" in at:
-            peer, goal = at["mlx_lm.lora"], TIME_GOALS.get(kind)
-            best = min(flash, key=lambda s: s["total_wall_s"])
-            r = best["total_wall_s"] / peer["total_wall_s"]
-            met = "–" if goal is None else "yes" if r <= goal else "no"
-            rows.append([_named(model, kind), f"time for {best['iters']} iterations, best flashtune ({best['impl']}) / mlx_lm.lora",
-                         f"{r:.2f}", "–" if goal is None else f"≤ {goal:.2g}", met])  # fmt: skip
-            if kind != "lora":
-                continue
-            fastest = max(flash, key=lambda s: s["steady_tokens_per_s"])
-            r = fastest["steady_tokens_per_s"] / peer["steady_tokens_per_s"]
-            rows.append([model, f"steady tok/s, best flashtune ({fastest['impl']}) vs mlx_lm.lora", f"{r:.2f}×", "≥ 1.5×", "yes" if r >= 1.5 else "no"])
-    return markdown_table(["model", "target", "measured", "goal", "met"], rows) if rows else ""
-
-
 def _data_note(s: Dict[str, Any]) -> str:
     b = s["bench"]
     meta = b.get("data_meta") or {}
@@ -277,6 +235,9 @@ def _notes(runs: List[Dict[str, Any]], header: dict) -> List[str]:
         "it pads to a multiple of 32 (+1); flashtune pads to lengths planned per run (flashtune.data.shapes: multiples of 128 on CUDA, 32 elsewhere, merged where a compile costs more than the padding), and on GPUs dispatches each step before waiting for the previous one. Losses differ by batch order, and "
         "val loss by each tool's own pick of validation batches (mlx_lm takes the shortest first): compare them within a tool.",
     ]
+    hf = [s for s in runs if s["impl"] in HF_IMPLS]
+    if hf:
+        notes.append(report_note(next((s["run_info"] for s in hf if s["run_info"].get("tool") == HF_TOOL), {})))
     for label, note in sorted({(s["label"], s.get("tokenizer")) for s in runs if s.get("label")}):
         weights = "random-init" in label
         line = f"**{label}**: " + ("architecture-exact random weights (timing does not depend on weight values)" if weights else "real weights")
