@@ -1,0 +1,32 @@
+"""--repeats N: the whole plan N times, each into its own rep<i>/ folder with its own report."""
+
+import argparse
+import tarfile
+
+from flashtune.bench import finetune
+from flashtune.bench.repeats import run_repeated
+
+
+def test_each_repeat_gets_its_own_folder_and_the_worst_status_wins(tmp_path, capsys):
+    seen = []
+
+    def once(args: argparse.Namespace) -> int:
+        seen.append((args.results, args.repeats, args.pack))
+        (tmp_path / args.results / "report.md").parent.mkdir(parents=True)
+        (tmp_path / args.results / "report.md").write_text("a report")
+        return 3 if len(seen) == 2 else 0  # the second repeat left a run for another call
+
+    args = argparse.Namespace(results=str(tmp_path / "r"), repeats=3, pack=str(tmp_path / "all.tgz"), dry_run=False)
+    assert run_repeated(args, once) == 3
+    assert seen == [(str(tmp_path / "r" / f"rep{i}"), 1, None) for i in (1, 2, 3)]
+    with tarfile.open(tmp_path / "all.tgz") as tar:
+        assert sorted(n for n in tar.getnames() if n.endswith(".md")) == [f"r/rep{i}/report.md" for i in (1, 2, 3)]
+    assert "repeat 3 of 3" in capsys.readouterr().out
+
+
+def test_the_cli_plans_every_repeat(tmp_path, capsys):
+    argv = ["--dry-run", "--device", "cpu", "--suites", "main", "--impls", "demo", "--repeats", "2", "--results", str(tmp_path)]
+    assert finetune.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"1 runs into {tmp_path / 'rep1'}" in out and f"1 runs into {tmp_path / 'rep2'}" in out
+    assert not (tmp_path / "rep1").exists()  # a dry run writes nothing
