@@ -132,7 +132,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Runs the comparison as the options say; returns 0 when nothing is left to run."""
     from flashtune import env
 
-    if args.repeats > 1:
+    if args.repeats != 1:
         return run_repeated(args, run_from_args)
     kind = args.device if args.device != "auto" else ("cpu" if env.backend() == "cpu" else "gpu")
     defaults = DEFAULTS["gpu" if kind == "gpu" or args.big else "cpu"]

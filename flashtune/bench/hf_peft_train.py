@@ -118,9 +118,13 @@ def load_model(folder: Path, dtype: str, device: str, seed: int):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    import transformers
+
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
-    kind = {"dtype": _torch_dtype(dtype), "attn_implementation": "sdpa"}
+    # transformers before 4.56 names the argument torch_dtype, and would pass an unknown `dtype` on to the config unused.
+    old = tuple(int(part) for part in transformers.__version__.split(".")[:2]) < (4, 56)
+    kind = {"torch_dtype" if old else "dtype": _torch_dtype(dtype), "attn_implementation": "sdpa"}
     if any(folder.glob("*.safetensors")):
         model, info = AutoModelForCausalLM.from_pretrained(folder, config=config, use_safetensors=True, output_loading_info=True, **kind)
         # A weight the file lacks would be initialized at random without a word: refuse instead.
@@ -132,6 +136,8 @@ def load_model(folder: Path, dtype: str, device: str, seed: int):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, **kind)
         source = f"random-init from {folder / 'config.json'} (HF's initialization, torch seed {seed})"
+    if next(model.parameters()).dtype != _torch_dtype(dtype):
+        raise ValueError(f"the model loaded as {next(model.parameters()).dtype}, not {dtype}")
     return model.to(device), source
 
 

@@ -20,6 +20,8 @@ def run_repeated(args: argparse.Namespace, run_once: Callable[[argparse.Namespac
     """
     from flashtune.bench.finetune import default_results_dir
 
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats {args.repeats}: give 1 or more")
     root = Path(args.results) if args.results else default_results_dir()
     status = 0
     for rep in range(1, args.repeats + 1):

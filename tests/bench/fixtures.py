@@ -72,3 +72,25 @@ def write_results(results: Path) -> Path:
         attention.append(r)
     (Path(results) / "attention.jsonl").write_text("".join(json.dumps(r) + "\n" for r in attention))
     return Path(results)
+
+
+def tiny_bench(tmp_path: Path, recipe: str, **options):
+    """A `Bench` over the tiny HF model and text dataset (tests.tiny_models), its main recipe ``recipe``.
+
+    Args:
+        options: more `Bench` fields (train_flags, hf, ...).
+
+    Returns:
+        The Bench; its results go to ``tmp_path / "results"``.
+    """
+    from flashtune.bench.assets import ModelSetup
+    from flashtune.bench.runner import Bench
+    from tests.tiny_models import write_text_dataset, write_tiny_hf_model
+
+    folder = write_tiny_hf_model(tmp_path / "tiny")
+    data = write_text_dataset(tmp_path / "data")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "finetune-tiny.yaml").write_text(recipe)
+    setup = ModelSetup("tiny", "pretrained", str(folder), "pretrained", folder, folder, "tiny word-level")
+    return Bench(tmp_path / "results", tmp_path, recipes, {"tiny": setup}, {("main", "tiny", None): data}, **options)

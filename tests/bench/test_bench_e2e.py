@@ -4,32 +4,21 @@ import json
 
 import pytest
 
-from flashtune.bench.assets import ModelSetup
-from flashtune.bench.finetune import Bench, Run
+from flashtune.bench.finetune import Run
 from flashtune.bench.report import read_run, summarize_run, write_report
-from tests.tiny_models import write_text_dataset, write_tiny_hf_model
+
+from .fixtures import tiny_bench
 
 pytestmark = pytest.mark.slow  # five subprocesses, ~25 s on 2 cores
 
 RECIPE = "model: tiny\niters: 4\nbatch_size: 2\nlora_layers: 2\nsteps_per_eval: 2\nval_batches: 1\nsteps_per_save: 0\nsample: false\n"
 
 
-def tiny_bench(tmp_path, **options) -> Bench:
-    """A Bench over the tiny model with a 4-iteration recipe, results in tmp_path / "results"."""
-    folder = write_tiny_hf_model(tmp_path / "tiny")
-    data = write_text_dataset(tmp_path / "data")
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    (recipes / "finetune-tiny.yaml").write_text(RECIPE)
-    setup = ModelSetup("tiny", "pretrained", str(folder), "pretrained", folder, folder, "tiny word-level")
-    return Bench(tmp_path / "results", tmp_path, recipes, {"tiny": setup}, {("main", "tiny", None): data}, **options)
-
-
 def test_runs_record_alike_and_failures_are_results(tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "train.jsonl").write_text('{"text": "fine"}\n{"nope": 1}\n')
-    bench = tiny_bench(tmp_path, train_flags=["--no-fuse-projections"])
+    bench = tiny_bench(tmp_path, RECIPE, train_flags=["--no-fuse-projections"])
     results = bench.results
     assert bench.execute(Run("main", "tiny", "demo")) == "ok"
     assert bench.execute(Run("main", "tiny", "mlx_lm.lora")) == "ok"
@@ -57,7 +46,7 @@ def test_runs_record_alike_and_failures_are_results(tmp_path):
 
 
 def test_dora_runs_of_both_tools_train_dora(tmp_path):
-    bench = tiny_bench(tmp_path)
+    bench = tiny_bench(tmp_path, RECIPE)
     results = bench.results
     for impl in ("demo", "mlx_lm.lora"):
         assert bench.execute(Run("main", "tiny", impl, fine_tune_type="dora")) == "ok"

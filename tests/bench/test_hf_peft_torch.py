@@ -16,12 +16,14 @@ import mlx.core as mx
 from flashtune import models
 from flashtune.bench import hf_peft
 from flashtune.bench.assets import ModelSetup
-from flashtune.bench.finetune import Bench, Run
+from flashtune.bench.finetune import Run
 from flashtune.bench.report import summarize_run, write_report
 from flashtune.config import TrainConfig
 from flashtune.train.lora import adapter_config, apply_lora
 from flashtune.train.step import loss_sum
 from tests.tiny_models import write_text_dataset, write_tiny_hf_model
+
+from .fixtures import tiny_bench
 
 OPTIONS, WHY = hf_peft.check(hf_peft.torch_python(None), "cpu")
 pytestmark = pytest.mark.skipif(OPTIONS is None, reason=f"no torch here ({WHY}); set {hf_peft.TORCH_PYTHON_ENV}")
@@ -70,13 +72,8 @@ def test_first_loss_and_lora_match_flashtune_and_loss_falls(tmp_path, model_type
 @pytest.fixture
 def bench(tmp_path):
     """A Bench with the tiny model, 4 iterations per run, hf-peft on the CPU."""
-    folder = write_tiny_hf_model(tmp_path / "tiny")
-    data = write_text_dataset(tmp_path / "data")
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    (recipes / "finetune-tiny.yaml").write_text("model: tiny\niters: 4\nbatch_size: 2\nlora_layers: 2\nsteps_per_eval: 0\nsteps_per_save: 0\nsample: false\n")
-    setup = ModelSetup("tiny", "pretrained", str(folder), "pretrained", folder, folder, "tiny word-level")
-    return Bench(tmp_path / "results", tmp_path, recipes, {"tiny": setup}, {("main", "tiny", None): data}, hf=OPTIONS)
+    recipe = "model: tiny\niters: 4\nbatch_size: 2\nlora_layers: 2\nsteps_per_eval: 0\nsteps_per_save: 0\nsample: false\n"
+    return tiny_bench(tmp_path, recipe, hf=OPTIONS)
 
 
 def test_bench_runs_and_reports_hf_peft(bench):

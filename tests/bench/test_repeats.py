@@ -3,6 +3,8 @@
 import argparse
 import tarfile
 
+import pytest
+
 from flashtune.bench import finetune
 from flashtune.bench.repeats import run_repeated
 
@@ -30,3 +32,5 @@ def test_the_cli_plans_every_repeat(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"1 runs into {tmp_path / 'rep1'}" in out and f"1 runs into {tmp_path / 'rep2'}" in out
     assert not (tmp_path / "rep1").exists()  # a dry run writes nothing
+    with pytest.raises(SystemExit, match="--repeats 0: give 1 or more"):
+        finetune.main([*argv[:-3], "0", *argv[-2:]])
