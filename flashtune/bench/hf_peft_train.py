@@ -2,7 +2,7 @@
 
 A standalone file: it imports numpy and the standard library at the top and torch, transformers
 and peft inside functions (never mlx, never the flashtune package), so any Python that has torch
-runs it by path, and flashtune's tests import its pure helpers without torch:
+runs it by path, and flashtune's tests import its pure functions without torch:
 
     python hf_peft_train.py --model DIR --batches DIR --config run.json --out records.jsonl
     python hf_peft_train.py --probe     # one JSON line: versions, CUDA, device name

@@ -8,12 +8,16 @@ spread: each repeat is a complete results folder with its own report.
 import argparse
 import copy
 import tarfile
+import time
 from pathlib import Path
 from typing import Callable
 
 
 def run_repeated(args: argparse.Namespace, run_once: Callable[[argparse.Namespace], int]) -> int:
     """Calls ``run_once`` for rep1 ... rep<args.repeats> under ``args.results``; packs them all with ``--pack``.
+
+    ``--budget-s`` bounds the whole call: each repeat gets what the ones before it left, and one
+    that finds too little leaves its runs for the next call (``--skip-existing`` resumes there).
 
     Returns:
         The largest exit status of the repeats (3 when runs were left for another call).
@@ -23,11 +27,13 @@ def run_repeated(args: argparse.Namespace, run_once: Callable[[argparse.Namespac
     if args.repeats < 1:
         raise SystemExit(f"--repeats {args.repeats}: give 1 or more")
     root = Path(args.results) if args.results else default_results_dir()
-    status = 0
+    status, started = 0, time.perf_counter()
     for rep in range(1, args.repeats + 1):
-        print(f"repeat {rep} of {args.repeats}: {root / f'rep{rep}'}", flush=True)
         one = copy.copy(args)
         one.results, one.repeats, one.pack = str(root / f"rep{rep}"), 1, None
+        if args.budget_s is not None:  # one budget for the whole call
+            one.budget_s = args.budget_s - (time.perf_counter() - started)
+        print(f"repeat {rep} of {args.repeats}: {one.results}", flush=True)
         status = max(status, run_once(one))
     if args.pack and not args.dry_run:
         with tarfile.open(args.pack, "w:gz") as tar:

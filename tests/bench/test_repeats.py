@@ -2,6 +2,7 @@
 
 import argparse
 import tarfile
+import time
 
 import pytest
 
@@ -18,7 +19,7 @@ def test_each_repeat_gets_its_own_folder_and_the_worst_status_wins(tmp_path, cap
         (tmp_path / args.results / "report.md").write_text("a report")
         return 3 if len(seen) == 2 else 0  # the second repeat left a run for another call
 
-    args = argparse.Namespace(results=str(tmp_path / "r"), repeats=3, pack=str(tmp_path / "all.tgz"), dry_run=False)
+    args = argparse.Namespace(results=str(tmp_path / "r"), repeats=3, pack=str(tmp_path / "all.tgz"), dry_run=False, budget_s=None)
     assert run_repeated(args, once) == 3
     assert seen == [(str(tmp_path / "r" / f"rep{i}"), 1, None) for i in (1, 2, 3)]
     with tarfile.open(tmp_path / "all.tgz") as tar:
@@ -34,3 +35,15 @@ def test_the_cli_plans_every_repeat(tmp_path, capsys):
     assert not (tmp_path / "rep1").exists()  # a dry run writes nothing
     with pytest.raises(SystemExit, match="--repeats 0: give 1 or more"):
         finetune.main([*argv[:-3], "0", *argv[-2:]])
+
+
+def test_one_budget_for_every_repeat(tmp_path):
+    budgets = []
+
+    def once(args: argparse.Namespace) -> int:
+        budgets.append(args.budget_s)
+        time.sleep(0.05)
+        return 0
+
+    run_repeated(argparse.Namespace(results=str(tmp_path), repeats=3, pack=None, dry_run=False, budget_s=100.0), once)
+    assert budgets[0] <= 100.0 and budgets[0] - budgets[1] >= 0.05 and budgets[1] - budgets[2] >= 0.05
