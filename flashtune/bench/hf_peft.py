@@ -11,7 +11,8 @@ this side decides whether and where it runs, and prepares what it trains on:
   (`prepare.plan_pad_lengths`) and writes every iteration's (inputs, targets, mask) as .npz;
 - LoRA on every Linear of the last ``lora_layers`` blocks (mlx-lm's default targets, PEFT's
   ``layers_to_transform``), rank r and ``lora_alpha = scale * r`` (mlx-lm's ``scale`` is PEFT's
-  ``alpha / r``); AdamW with flashtune's weight decay and warm-up + cosine schedule.
+  ``alpha / r``); ``--fine-tune-type dora`` is PEFT's ``use_dora``, ``full`` trains every weight
+  of those blocks; AdamW with flashtune's weight decay and warm-up + cosine schedule.
 
 ``hf-peft`` runs eagerly, ``hf-peft+compile`` under ``torch.compile``. Both need torch with
 CUDA (``--hf-peft-device cpu`` runs them on the CPU instead); elsewhere they are skipped with
@@ -125,22 +126,25 @@ def export_batches(config, data_dir: Path, setup, backend: str, folder: Path) ->
     from flashtune.bench.assets import tokenizer_of
     from flashtune.train.prepare import check_data_files, load_splits, plan_pad_lengths
 
+    if config.pack:
+        raise ValueError("hf-peft trains padded batches: --pack (packed rows with per-document attention) is flashtune's alone")
     context = json.loads((Path(setup.hf_folder) / "config.json").read_text()).get("max_position_embeddings")
     config = _with_data(config, data_dir)
     splits = load_splits(config, tokenizer_of(setup), check_data_files(config.data), context)
     pad_lengths, pad_to = plan_pad_lengths(config, splits.train, backend)
     n = config.iters * config.grad_accumulation
     folder.mkdir(parents=True, exist_ok=True)
-    files, shapes, tokens = [], [], 0
+    meta: Dict[str, Any] = {"files": [], "shapes": [], "documents": [], "input_tokens": [], "loss_tokens": 0}
     for i, batch in enumerate(data.iterate_batches(splits.train, config.batch_size, seed=config.seed, num_steps=n, pad_to_multiple=pad_to, pad_lengths=pad_lengths)):
         arrays = {"inputs": np.array(batch.inputs), "targets": np.array(batch.targets), "mask": np.array(batch.mask)}
-        files.append(f"step-{i + 1:05d}.npz")
-        np.savez(folder / files[-1], **arrays)
-        shapes.append(list(arrays["inputs"].shape))
-        tokens += int(arrays["mask"].sum())
-    meta = {"files": files, "shapes": shapes, "loss_tokens": tokens, "pad_lengths": pad_lengths, "pad_to_multiple": pad_to,
-            "backend": backend, "batch_size": config.batch_size, "grad_accumulation": config.grad_accumulation,
-            "seed": config.seed, "data": str(data_dir)}  # fmt: skip
+        meta["files"].append(f"step-{i + 1:05d}.npz")
+        np.savez(folder / meta["files"][-1], **arrays)
+        meta["shapes"].append(list(arrays["inputs"].shape))
+        meta["documents"].append(batch.documents)
+        meta["input_tokens"].append(batch.input_tokens)
+        meta["loss_tokens"] += int(arrays["mask"].sum())
+    meta.update(pad_lengths=pad_lengths, pad_to_multiple=pad_to, backend=backend, batch_size=config.batch_size,
+                grad_accumulation=config.grad_accumulation, seed=config.seed, data=str(data_dir))  # fmt: skip
     (folder / "batches.json").write_text(json.dumps(meta))
     return meta
 
@@ -165,7 +169,7 @@ def run_config(config, label: str, dtype: str, device: str, compiled: bool) -> D
         "iters": config.iters, "grad_accumulation": config.grad_accumulation, "learning_rate": config.learning_rate,
         "warmup": config.warmup, "min_lr_ratio": config.min_lr_ratio, "weight_decay": config.weight_decay,
         "lora": {"rank": config.lora_rank, "alpha": config.lora_scale * config.lora_rank, "dropout": config.lora_dropout, "layers": config.lora_layers},
-        "grad_checkpoint": config.grad_checkpoint, "dtype": dtype, "device": device, "compile": compiled, "seed": config.seed,
+        "fine_tune_type": config.fine_tune_type, "grad_checkpoint": config.grad_checkpoint, "dtype": dtype, "device": device, "compile": compiled, "seed": config.seed,
         "label": label, "flashtune_config": config.to_dict(),
     }  # fmt: skip
 
@@ -199,7 +203,7 @@ def report_note(info: Dict[str, Any]) -> str:
         "`attn_implementation=\"sdpa\"` (causal, no mask), in the same dtype, on the weights mlx_lm.lora gets "
         "(flashtune's own, saved as an HF folder) and on the very batches flashtune trains on (same order and "
         "padding, exported as .npz). LoRA on the same projections of the same last blocks (`layers_to_transform`), "
-        "rank r, `lora_alpha` = scale × r; torch's AdamW (fused on CUDA) with the same weight decay and warm-up + cosine "
+        "rank r, `lora_alpha` = scale × r (DoRA: PEFT's `use_dora`; full fine-tuning: every weight of those blocks); torch's AdamW (fused on CUDA) with the same weight decay and warm-up + cosine "
         "schedule; loss = sum(CE × mask) / sum(mask). Each iteration is timed after `torch.cuda.synchronize()`; peak "
         "GB is `torch.cuda.max_memory_allocated` (none on a CPU). What differs: PEFT computes the LoRA branch in "
         "float32 (as mlx-lm does; flashtune in the activations' dtype), torch's AdamW corrects the moments' bias "

@@ -64,24 +64,32 @@ def learning_rate(step: int, config: Dict[str, Any]) -> float:
     return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, decay) / decay))
 
 
-def load_batches(folder: Path) -> Tuple[Dict[str, Any], List[Dict[str, np.ndarray]]]:
-    """(batches.json, micro-batches in order), every array read into memory before training."""
+def load_batches(folder: Path) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+    """(batches.json, micro-batches in order), every array read into memory before training.
+
+    A micro-batch holds ``inputs``, ``targets``, ``mask`` and its ``documents`` (examples) and
+    ``input_tokens`` (slots holding example tokens) as batches.json lists them.
+    """
     folder = Path(folder)
     meta = json.loads((folder / "batches.json").read_text())
     batches = []
-    for name in meta["files"]:
+    for i, name in enumerate(meta["files"]):
         with np.load(folder / name) as arrays:
-            batches.append({k: arrays[k] for k in ("inputs", "targets", "mask")})
+            batch = {k: arrays[k] for k in ("inputs", "targets", "mask")}
+        batch.update(documents=meta["documents"][i], input_tokens=meta["input_tokens"][i])
+        batches.append(batch)
     return meta, batches
 
 
 def step_record(it: int, wall: float, tokens: int, loss: float, lr: float, peak_gb: Optional[float],
-                shapes: List[Tuple[int, int]], new_shape: bool, label: str) -> Dict[str, Any]:  # fmt: skip
-    """One iteration's record, with flashtune.train.records' fields (``attn`` is "sdpa")."""
+                parts: List[Dict[str, Any]], new_shape: bool, label: str) -> Dict[str, Any]:  # fmt: skip
+    """One iteration over the micro-batches ``parts``: a record with flashtune.train.records' fields (``attn`` is "sdpa")."""
+    shapes = [tuple(int(n) for n in p["inputs"].shape) for p in parts]
     return {
         "iter": it, "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall, "loss": loss, "lr": lr,
         "peak_mem_gb": peak_gb, "attn": "sdpa", "model": label, "shape": list(shapes[0]),
-        "padded_tokens": sum(b * n for b, n in shapes), "warmup": new_shape, "source": TOOL,
+        "padded_tokens": sum(b * n for b, n in shapes), "documents": sum(p["documents"] for p in parts),
+        "input_tokens": sum(p["input_tokens"] for p in parts), "warmup": new_shape, "source": TOOL,
     }  # fmt: skip
 
 
@@ -149,17 +157,32 @@ def lora_targets(model) -> List[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in block.named_modules() if isinstance(m, torch.nn.Linear)})
 
 
-def add_lora(model, lora: Dict[str, Any], seed: int):
-    """PEFT LoRA on every Linear of the last ``lora["layers"]`` blocks; returns (peft model, its LoraConfig as a dict)."""
+def make_trainable(model, lora: Dict[str, Any], fine_tune_type: str, seed: int):
+    """What trains, as mlx-lm's --fine-tune-type means it, on the last ``lora["layers"]`` blocks.
+
+    "lora" and "dora": PEFT adapters (``use_dora`` for DoRA) on every Linear of those blocks;
+    "full": every weight of those blocks (embedding, final norm and LM head stay frozen).
+
+    Returns:
+        (the model to train, a description of what trains: PEFT's LoraConfig as a dict, or the blocks).
+    """
     import torch
     from peft import LoraConfig, get_peft_model
 
     n_blocks = len(model.model.layers)
     if not 0 < lora["layers"] <= n_blocks:
         raise ValueError(f"lora layers {lora['layers']}, but the model has {n_blocks} blocks; choose 1..{n_blocks}")
+    blocks = list(range(n_blocks - lora["layers"], n_blocks))
+    if fine_tune_type == "full":
+        model.requires_grad_(False)
+        for index in blocks:
+            model.model.layers[index].requires_grad_(True)
+        return model, {"fine_tune_type": "full", "blocks": blocks}
+    if fine_tune_type not in ("lora", "dora"):
+        raise ValueError(f"fine_tune_type {fine_tune_type!r}; choose lora, dora or full")
     config = LoraConfig(
         r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora_targets(model),
-        layers_to_transform=list(range(n_blocks - lora["layers"], n_blocks)), layers_pattern="layers", bias="none",
+        layers_to_transform=blocks, layers_pattern="layers", bias="none", use_dora=fine_tune_type == "dora",
         task_type="CAUSAL_LM",
     )  # fmt: skip
     torch.manual_seed(seed)  # LoRA A's initialization
@@ -207,14 +230,14 @@ class Trainer:
         base, source = load_model(model_dir, config["dtype"], self.device, config["seed"])
         if config.get("grad_checkpoint"):
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.model, lora_config = add_lora(base, config["lora"], config["seed"])
+        self.model, trains = make_trainable(base, config["lora"], config.get("fine_tune_type", "lora"), config["seed"])
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         fused = {"fused": True} if self.device == "cuda" else {}
         self.optimizer = torch.optim.AdamW(params, lr=0.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=config["weight_decay"], **fused)
         self.loss = make_loss(self.model, config["compile"])
         trainable = sum(p.numel() for p in params)
-        self.write(run_info(config, weights=source, lora_config=_jsonable(lora_config), trainable_params=trainable,
+        self.write(run_info(config, weights=source, trains=_jsonable(trains), trainable_params=trainable,
                             adapter_dtype=str(params[0].dtype).replace("torch.", "")))  # fmt: skip
 
     def write(self, record: Dict[str, Any]) -> None:
@@ -232,7 +255,7 @@ class Trainer:
 
         return torch.cuda.max_memory_allocated() / 1e9 if self.device == "cuda" else None
 
-    def step(self, parts: List[Dict[str, np.ndarray]], lr: float) -> Tuple[float, int]:
+    def step(self, parts: List[Dict[str, Any]], lr: float) -> Tuple[float, int]:
         """One update over its micro-batches; returns (loss, loss tokens), the device waited for."""
         import torch
 
@@ -251,7 +274,7 @@ class Trainer:
         self.sync()
         return loss, tokens
 
-    def run(self, batches: List[Dict[str, np.ndarray]]) -> None:
+    def run(self, batches: List[Dict[str, Any]]) -> None:
         """Every iteration, timed and recorded; a new batch shape flags its iteration ``warmup``."""
         import torch
 
@@ -273,7 +296,7 @@ class Trainer:
                 raise RuntimeError(f"loss became {loss} at iteration {it}")
             new_shape = any(s not in seen for s in shapes)
             seen.update(shapes)
-            self.write(step_record(it, wall, tokens, loss, lr, self.peak_gb(), shapes, new_shape, config["label"]))
+            self.write(step_record(it, wall, tokens, loss, lr, self.peak_gb(), parts, new_shape, config["label"]))
 
 
 def _jsonable(value: Any) -> Any:

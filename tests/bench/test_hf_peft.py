@@ -110,6 +110,7 @@ def test_exported_batches_are_the_ones_flashtune_trains_on(tmp_path, kind):
         for name in ("inputs", "targets", "mask"):
             expected = np.array(getattr(theirs, name))
             assert mine[name].dtype == expected.dtype and np.array_equal(mine[name], expected), name
+        assert (mine["documents"], mine["input_tokens"]) == (theirs.documents, theirs.input_tokens)
     assert meta["pad_lengths"] == run.pad_lengths and meta["loss_tokens"] == sum(int(b.mask.sum().item()) for b in ours)
     prompt_masked = [b["mask"][row, 0] == 0 for b in exported for row in range(len(b["mask"]))]
     assert all(prompt_masked) if kind == "completions" else not any(prompt_masked)
@@ -120,6 +121,7 @@ def test_run_config_speaks_peft_and_schedule_matches_flashtune():
     run = hf_peft.run_config(config, "TinyLlama-1.1B (random-init weights)", "bfloat16", "cuda", compiled=True)
     assert run["lora"] == {"rank": 8, "alpha": 160.0, "dropout": 0.0, "layers": 16}  # PEFT's scaling alpha / r = mlx-lm's scale
     assert hf_peft_train.check_config(run) is run and run["compile"] and run["weight_decay"] == config.weight_decay
+    assert run["fine_tune_type"] == "lora" and hf_peft.run_config(TrainConfig(fine_tune_type="dora"), "m", "float32", "cpu", False)["fine_tune_type"] == "dora"
     schedule = make_schedule(config)
     for step in range(0, 105):
         expected = schedule(mx.array(step)).item()
@@ -128,17 +130,22 @@ def test_run_config_speaks_peft_and_schedule_matches_flashtune():
         hf_peft_train.check_config({k: v for k, v in dict(run, lora={"rank": 8, "dropout": 0, "layers": 1}).items() if k != "seed"})
 
 
+def part(rows: int, length: int, documents: int, input_tokens: int) -> dict:
+    """A micro-batch as hf_peft_train.load_batches returns it."""
+    arrays = {k: np.zeros((rows, length), np.int32) for k in ("inputs", "targets")}
+    return dict(arrays, mask=np.ones((rows, length), np.float32), documents=documents, input_tokens=input_tokens)
+
+
 def test_records_carry_flashtune_fields(tmp_path):
     written = []
     log = iterations.IterationLog(write=written.append, show=lambda r: None, nan_stop=pytest.fail, fields={"attn": "demo", "model": "m", "world_size": 1}, compiled=True)
-    done = iterations.Iteration(1, 0.0, [(4, 128)], mx.array(2.5), mx.array(300), mx.array(1e-4))
-    log.complete(done)
-    ours = hf_peft_train.step_record(1, 0.5, 300, 2.5, 1e-4, None, [(4, 128)], True, "m")
+    log.complete(iterations.Iteration(1, 0.0, [(4, 128)], documents=4, input_tokens=400, loss=mx.array(2.5), tokens=mx.array(300), lr=mx.array(1e-4)))
+    ours = hf_peft_train.step_record(1, 0.5, 300, 2.5, 1e-4, None, [part(4, 128, 4, 400)], True, "m")
     assert set(written[0]) - {"world_size"} == set(ours) - {"source"}
-    assert (ours["attn"], ours["padded_tokens"], ours["tokens_per_s"], ours["shape"]) == ("sdpa", 512, 600.0, [4, 128])
+    assert (ours["attn"], ours["padded_tokens"], ours["tokens_per_s"], ours["shape"], ours["documents"], ours["input_tokens"]) == ("sdpa", 512, 600.0, [4, 128], 4, 400)
     path = write_run(tmp_path, "main/TinyLlama-1.1B/hf-peft.jsonl", suite="main", impl="hf-peft", iters=3)
     lines = path.read_text().splitlines()
-    steps = [hf_peft_train.step_record(i, 0.2, 100, 3.0 - i / 10, 1e-4, None, [(4, 128 * (1 + i // 2))], i in (1, 2), "m") for i in (1, 2, 3)]
+    steps = [hf_peft_train.step_record(i, 0.2, 100, 3.0 - i / 10, 1e-4, None, [part(4, 128 * (1 + i // 2), 4, 300)], i in (1, 2), "m") for i in (1, 2, 3)]
     path.write_text("\n".join(lines[:2] + [json.dumps(r) for r in steps] + lines[-1:]) + "\n")
     s = report.summarize_run(path)
     assert s["status"] == "ok" and s["iters"] == 3 and s["warmup_steps"] == 2 and s["peak_mem_gb"] is None

@@ -19,7 +19,7 @@ from flashtune.bench.assets import ModelSetup
 from flashtune.bench.finetune import Run
 from flashtune.bench.report import summarize_run, write_report
 from flashtune.config import TrainConfig
-from flashtune.train.lora import adapter_config, apply_lora
+from flashtune.train.lora import adapter_config, apply_lora, train_last_blocks
 from flashtune.train.step import loss_sum
 from tests.tiny_models import write_text_dataset, write_tiny_hf_model
 
@@ -45,23 +45,34 @@ def train(tmp_path, folder, data, **settings):
     return config, [json.loads(line) for line in out.read_text().splitlines()], work / "batches"
 
 
-@pytest.mark.parametrize("model_type", list(ARCHITECTURES))
-def test_first_loss_and_lora_match_flashtune_and_loss_falls(tmp_path, model_type):
+def flashtune_trainable(model, config) -> int:
+    """How many parameters flashtune trains on ``model`` for ``config``'s fine-tuning type."""
+    if config.fine_tune_type == "full":
+        return train_last_blocks(model, config.lora_layers)
+    return apply_lora(model, adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, 0.0, config.fine_tune_type))
+
+
+@pytest.mark.parametrize("model_type, fine_tune_type", [("llama", "lora"), ("qwen2", "lora"), ("llama", "dora"), ("qwen2", "full")])
+def test_first_loss_and_trainable_match_flashtune_and_loss_falls(tmp_path, model_type, fine_tune_type):
     folder = write_tiny_hf_model(tmp_path / "model", model_type, **ARCHITECTURES[model_type])
     data = write_text_dataset(tmp_path / "data")
-    config, records, batches = train(tmp_path, folder, data)
+    config, records, batches = train(tmp_path, folder, data, fine_tune_type=fine_tune_type)
     info, steps = records[0], records[1:]
     assert info["run_info"] and info["tool"] == "hf-peft" and info["device"]["backend"] == "cpu" and info["torch"]
-    assert info["lora_config"]["layers_to_transform"] == [1] and info["lora_config"]["lora_alpha"] == 160.0
+    if fine_tune_type == "full":
+        assert info["trains"] == {"fine_tune_type": "full", "blocks": [1]}
+    else:
+        assert info["trains"]["layers_to_transform"] == [1] and info["trains"]["lora_alpha"] == 160.0
+        assert info["trains"]["use_dora"] == (fine_tune_type == "dora")
 
     model, _, _ = models.load_model(str(folder), dtype="float32")
     first = dict(mx.load(str(batches / "step-00001.npz")))
     total, count = loss_sum(model, first["inputs"], first["targets"], first["mask"])
-    # LoRA's B starts at zero on both sides, so the first loss is the base model's
+    # LoRA's B starts at zero on both sides (DoRA's magnitude at the weight's norm), so the first loss is the base model's
     expected = (total / count).item()
     assert steps[0]["loss"] == pytest.approx(expected, rel=1e-5), (steps[0]["loss"], expected)
     assert steps[0]["tokens"] == int(count.item())
-    assert info["trainable_params"] == apply_lora(model, adapter_config(1, config.lora_rank, config.lora_scale, 0.0))
+    assert info["trainable_params"] == flashtune_trainable(model, config)
 
     losses = [r["loss"] for r in steps]
     assert [r["iter"] for r in steps] == list(range(1, 11)) and steps[0]["warmup"] and not steps[-1]["warmup"]

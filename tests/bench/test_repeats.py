@@ -31,7 +31,7 @@ def test_the_cli_plans_every_repeat(tmp_path, capsys):
     argv = ["--dry-run", "--device", "cpu", "--suites", "main", "--impls", "demo", "--repeats", "2", "--results", str(tmp_path)]
     assert finetune.main(argv) == 0
     out = capsys.readouterr().out
-    assert f"1 runs into {tmp_path / 'rep1'}" in out and f"1 runs into {tmp_path / 'rep2'}" in out
+    assert f"1 lora runs into {tmp_path / 'rep1'}" in out and f"1 lora runs into {tmp_path / 'rep2'}" in out
     assert not (tmp_path / "rep1").exists()  # a dry run writes nothing
     with pytest.raises(SystemExit, match="--repeats 0: give 1 or more"):
         finetune.main([*argv[:-3], "0", *argv[-2:]])
