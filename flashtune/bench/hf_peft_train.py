@@ -103,9 +103,20 @@ def probe() -> Dict[str, Any]:
     cuda = torch.cuda.is_available()
     return {
         "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-        "cuda": cuda, "cuda_version": torch.version.cuda, "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor(),
+        "cuda": cuda, "cuda_version": torch.version.cuda, "device_name": torch.cuda.get_device_name(0) if cuda else cpu_name(),
         "python": sys.executable,
     }  # fmt: skip
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _torch_dtype(name: str):
@@ -213,7 +224,7 @@ def run_info(config: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
         "run_info": True, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "tool": TOOL,
         "torch": info["torch"], "transformers": info["transformers"], "peft": info["peft"], "numpy": np.__version__,
         "cuda_version": info["cuda_version"], "python": platform.python_version(),
-        "device": {"name": info["device_name"] if backend == "cuda" else platform.processor() or platform.machine(), "backend": backend, "platform": platform.platform()},
+        "device": {"name": info["device_name"] if backend == "cuda" else cpu_name(), "backend": backend, "platform": platform.platform()},
         "attn_implementation": "sdpa", "dtype": config["dtype"], "seed": config["seed"], "config": config, **extra,
     }  # fmt: skip
 
