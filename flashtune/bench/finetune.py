@@ -35,7 +35,6 @@ import argparse
 import os
 import shlex
 import sys
-import tarfile
 from datetime import date
 from pathlib import Path
 from typing import List, Optional
@@ -44,7 +43,7 @@ from flashtune.bench import hf_peft
 from flashtune.bench.assets import prepare_data, prepare_model
 from flashtune.bench.hf_peft import HF_IMPLS
 from flashtune.bench.peer import TOOL
-from flashtune.bench.repeats import run_repeated
+from flashtune.bench.repeats import run_repeated, write_archive
 from flashtune.bench.runner import Bench, Run, mlx_lm_config, recipe_path  # noqa: F401 (mlx_lm_config: re-exported)
 from flashtune.config import FINE_TUNE_TYPES, RECIPES_DIR
 
@@ -123,7 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "'--no-fuse-projections' (ablations; mlx_lm.lora runs are unchanged; recorded in each run's command)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip report.md and plots at the end")
-    parser.add_argument("--pack", help="also write the results folder as this .tar.gz (to carry it off a device)")
+    parser.add_argument("--archive", help="also write the results folder as this .tar.gz (to carry it off a device)")
     parser.add_argument("--repeats", type=int, default=1, help="run the whole plan N times, into rep1/ ... repN/ of the results folder")
     hf_peft.add_arguments(parser)
 
@@ -186,10 +185,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         from flashtune.bench.report import write_report
 
         print(f"report: {write_report(results)}", flush=True)
-    if args.pack:
-        with tarfile.open(args.pack, "w:gz") as tar:
-            tar.add(results, arcname=results.name)
-        print(f"packed {results} into {args.pack}", flush=True)
+    if args.archive:
+        write_archive(results, args.archive)
     if c["left"]:
         print("some runs are left: run the same command again (with --skip-existing) to finish them", flush=True)
     return 3 if c["left"] else 0

@@ -14,7 +14,7 @@ from typing import Callable
 
 
 def run_repeated(args: argparse.Namespace, run_once: Callable[[argparse.Namespace], int]) -> int:
-    """Calls ``run_once`` for rep1 ... rep<args.repeats> under ``args.results``; packs them all with ``--pack``.
+    """Calls ``run_once`` for rep1 ... rep<args.repeats> under ``args.results``; archives them all with ``--archive``.
 
     ``--budget-s`` bounds the whole call: each repeat gets what the ones before it left, and one
     that finds too little leaves its runs for the next call (``--skip-existing`` resumes there).
@@ -30,13 +30,18 @@ def run_repeated(args: argparse.Namespace, run_once: Callable[[argparse.Namespac
     status, started = 0, time.perf_counter()
     for rep in range(1, args.repeats + 1):
         one = copy.copy(args)
-        one.results, one.repeats, one.pack = str(root / f"rep{rep}"), 1, None
+        one.results, one.repeats, one.archive = str(root / f"rep{rep}"), 1, None
         if args.budget_s is not None:  # one budget for the whole call
             one.budget_s = args.budget_s - (time.perf_counter() - started)
         print(f"repeat {rep} of {args.repeats}: {one.results}", flush=True)
         status = max(status, run_once(one))
-    if args.pack and not args.dry_run:
-        with tarfile.open(args.pack, "w:gz") as tar:
-            tar.add(root, arcname=root.name)
-        print(f"packed {root} into {args.pack}", flush=True)
+    if args.archive and not args.dry_run:
+        write_archive(root, args.archive)
     return status
+
+
+def write_archive(folder: Path, path: str) -> None:
+    """``folder`` as a .tar.gz at ``path`` (results carried off a machine as one file)."""
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    print(f"archived {folder} into {path}", flush=True)

@@ -14,12 +14,12 @@ def test_each_repeat_gets_its_own_folder_and_the_worst_status_wins(tmp_path, cap
     seen = []
 
     def once(args: argparse.Namespace) -> int:
-        seen.append((args.results, args.repeats, args.pack))
+        seen.append((args.results, args.repeats, args.archive))
         (tmp_path / args.results / "report.md").parent.mkdir(parents=True)
         (tmp_path / args.results / "report.md").write_text("a report")
         return 3 if len(seen) == 2 else 0  # the second repeat left a run for another call
 
-    args = argparse.Namespace(results=str(tmp_path / "r"), repeats=3, pack=str(tmp_path / "all.tgz"), dry_run=False, budget_s=None)
+    args = argparse.Namespace(results=str(tmp_path / "r"), repeats=3, archive=str(tmp_path / "all.tgz"), dry_run=False, budget_s=None)
     assert run_repeated(args, once) == 3
     assert seen == [(str(tmp_path / "r" / f"rep{i}"), 1, None) for i in (1, 2, 3)]
     with tarfile.open(tmp_path / "all.tgz") as tar:
@@ -45,5 +45,5 @@ def test_one_budget_for_every_repeat(tmp_path):
         time.sleep(0.05)
         return 0
 
-    run_repeated(argparse.Namespace(results=str(tmp_path), repeats=3, pack=None, dry_run=False, budget_s=100.0), once)
+    run_repeated(argparse.Namespace(results=str(tmp_path), repeats=3, archive=None, dry_run=False, budget_s=100.0), once)
     assert budgets[0] <= 100.0 and budgets[0] - budgets[1] >= 0.05 and budgets[1] - budgets[2] >= 0.05
