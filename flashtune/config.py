@@ -181,3 +181,12 @@ def resolve(args: Optional[argparse.Namespace] = None, **overrides: Any) -> Trai
 
 def recipe_keys() -> List[str]:
     return [f.name for f in fields(TrainConfig)]
+
+
+def options_table() -> str:
+    """Every training option as a Markdown table (flag, YAML key, default, meaning), for the docs."""
+    rows = ["| flag | YAML key | default | meaning |", "|---|---|---|---|"]
+    for f in fields(TrainConfig):
+        meaning = f.metadata.get("help", "").replace("|", "\\|")
+        rows.append(f"| `--{f.name.replace('_', '-')}` | `{f.name}` | `{f.default}` | {meaning} |")
+    return "\n".join(rows)
