@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 from functools import partial
+from typing import Callable, Dict, Tuple
 
 import flashtune  # noqa: F401
 import mlx.core as mx
@@ -116,7 +117,7 @@ def new_shape_ms(step, batch, state, warmup, repeat):
     return 1e3 * (traced - start), 1e3 * first - timed(lambda: step(*batch), warmup, repeat, state)
 
 
-def main():
+def _arguments():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="TinyLlama-1.1B")
     parser.add_argument("--attn", default="demo")
@@ -127,102 +128,154 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--out")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    model, _, info = models.load_model(args.model, init="random", tokenizer=args.tokenizer)
-    apply_lora(model, adapter_config(16, 8, 20.0, 0.0, args.fine_tune_type), "mixed")
-    patch(model, args.attn)
-    mx.eval(model.parameters())
-    optimizer = initialized_optimizer(model)
-    B, L = args.batch, args.length
-    tokens = mx.random.randint(0, info.config["vocab_size"], (B, L + 1))
-    inputs, targets, mask = tokens[:, :-1], tokens[:, 1:], mx.ones((B, L))
-    value_and_grad = nn.value_and_grad(model, loss_sum)
-    state = [model.state, optimizer.state]
 
-    set_lora_precision(model, "float32")
-    step_float32 = compiled_step(model, value_and_grad, optimizer, state)
-    step_float32_lora = timed(lambda: step_float32(inputs, targets, mask), args.warmup, args.repeat, state)
-    set_lora_precision(model, "mixed")
-    step = compiled_step(model, value_and_grad, optimizer, state)
-    # A step with 8x fewer tokens: what stays is the per-step floor (kernel dispatch, launches).
-    short = tokens[:, : L // 8 + 1]
-    short_batch = (short[:, :-1], short[:, 1:], mx.ones((B, L // 8)))
+class Setup:
+    """The profiled model with adapters on its last 16 blocks (as the recipes), a batch and its step."""
 
-    @partial(mx.compile, inputs=state)
+    def __init__(self, args):
+        self.args = args
+        self.model, _, self.info = models.load_model(args.model, init="random", tokenizer=args.tokenizer)
+        self.n_lora = min(16, len(self.model.layers))
+        apply_lora(self.model, adapter_config(self.n_lora, 8, 20.0, 0.0, args.fine_tune_type), "mixed")
+        patch(self.model, args.attn)
+        mx.eval(self.model.parameters())
+        self.optimizer = initialized_optimizer(self.model)
+        B, L = args.batch, args.length
+        self.tokens = mx.random.randint(0, self.info.config["vocab_size"], (B, L + 1))
+        self.batch = (self.tokens[:, :-1], self.tokens[:, 1:], mx.ones((B, L)))
+        self.value_and_grad = nn.value_and_grad(self.model, loss_sum)
+        self.state = [self.model.state, self.optimizer.state]
+
+    def timed(self, fn, state=None) -> float:
+        return timed(fn, self.args.warmup, self.args.repeat, state)
+
+    def shorter(self, length: int) -> tuple:
+        """A batch of the same rows cut to ``length`` tokens."""
+        cut = self.tokens[:, : length + 1]
+        return cut[:, :-1], cut[:, 1:], mx.ones((self.args.batch, length))
+
+
+def step_parts(s: Setup) -> Tuple[Dict[str, float], Callable]:
+    """The whole step: compiled, dispatched, pipelined, with mlx-lm's float32 adapters, per-step floor, new shape."""
+    args, B, L = s.args, s.args.batch, s.args.length
+    set_lora_precision(s.model, "float32")
+    step_float32 = compiled_step(s.model, s.value_and_grad, s.optimizer, s.state)
+    float32_ms = s.timed(lambda: step_float32(*s.batch), s.state)
+    set_lora_precision(s.model, "mixed")
+    step = compiled_step(s.model, s.value_and_grad, s.optimizer, s.state)
+    L_new = L - L // 8  # a shape the step has not been compiled for
+    trace_ms, first_run_ms = new_shape_ms(step, s.shorter(L_new), s.state, args.warmup, args.repeat)
+    parts = {
+        "step": s.timed(lambda: step(*s.batch), s.state),
+        "host time to dispatch the step (async_eval returns)": dispatch_ms(lambda: step(*s.batch), s.state, args.repeat),
+        "step, pipelined (step i+1 dispatched before step i is waited for)": pipelined_ms(lambda: step(*s.batch), s.state, args.warmup, args.repeat),
+        f"step with mlx-lm's float32 {args.fine_tune_type} layers": float32_ms,
+        # 8x fewer tokens: what stays is the per-step floor (kernel dispatch, launches).
+        f"step at B{B}x{L // 8} (1/8 of the tokens: per-step floor)": s.timed(lambda: step(*s.shorter(L // 8)), s.state),
+        f"new shape (B{B}x{L_new}): trace + graph compile": trace_ms,
+        f"new shape (B{B}x{L_new}): first run minus a steady one": first_run_ms,
+    }
+    return parts, step
+
+
+def component_parts(s: Setup) -> Dict[str, float]:
+    """Forward, gradients, optimizer, the head's loss and attention alone, each compiled on its own."""
+    model, (inputs, targets, mask) = s.model, s.batch
+
+    @partial(mx.compile, inputs=s.state)
     def forward_loss():
         return loss_sum(model, inputs, targets, mask)[0]
 
     # outputs=state too: nn.value_and_grad leaves its traced parameters in the model.
-    @partial(mx.compile, inputs=state, outputs=state)
+    @partial(mx.compile, inputs=s.state, outputs=s.state)
     def gradients():
-        return value_and_grad(model, inputs, targets, mask)[1]
+        return s.value_and_grad(model, inputs, targets, mask)[1]
 
     grads = gradients()
     mx.eval(grads)
 
-    @partial(mx.compile, inputs=state, outputs=state)
+    @partial(mx.compile, inputs=s.state, outputs=s.state)
     def update():
-        optimizer.update(model, grads)
+        s.optimizer.update(model, grads)
         return mx.array(0)
 
-    hidden = mx.random.normal((B, L, model.args.hidden_size)).astype(info.dtype and getattr(mx, info.dtype))
-    head = model.lm_head if hasattr(model, "lm_head") else model.model.embed_tokens.as_linear
+    parts = {
+        "forward+loss": s.timed(forward_loss),
+        "value_and_grad": s.timed(gradients),
+        "optimizer update": s.timed(update, s.state),
+        "lm head + loss (fwd+bwd)": s.timed(head_loss_fn(s)),
+    }
+    n_layers = len(model.layers)
+    fwd_bwd, fwd = (s.timed(fn) for fn in attention_fns(s))
+    name = f"attention ({s.n_lora} fwd+bwd, {n_layers - s.n_lora} fwd)"
+    parts[name] = s.n_lora * fwd_bwd + (n_layers - s.n_lora) * fwd
+    parts["rest of value_and_grad (linears, LoRA, norms, RoPE)"] = parts["value_and_grad"] - parts["lm head + loss (fwd+bwd)"] - parts[name]
+    if s.args.fine_tune_type == "dora":
+        parts.update(dora_norm_parts(model, s.args.warmup, s.args.repeat))
+    return parts
+
+
+def head_loss_fn(s: Setup) -> Callable:
+    """The LM head's matmul and cross-entropy, forward and backward, on random hidden states."""
+    B, L = s.args.batch, s.args.length
+    hidden = mx.random.normal((B, L, s.model.args.hidden_size)).astype(s.info.dtype and getattr(mx, s.info.dtype))
+    head = s.model.lm_head if hasattr(s.model, "lm_head") else s.model.model.embed_tokens.as_linear
+    targets = s.batch[1]
 
     @mx.compile
     def head_loss():
-        def f(h):
-            return mx.fast.cross_entropy(head(h), targets).sum()
-        return mx.grad(f)(hidden)
+        return mx.grad(lambda h: mx.fast.cross_entropy(head(h), targets).sum())(hidden)
 
-    a = model.layers[-1].self_attn
-    D = model.args.hidden_size // a.n_heads
-    q = mx.random.normal((B, a.n_heads, L, D)).astype(hidden.dtype)
-    kv = mx.random.normal((B, a.n_kv_heads, L, D)).astype(hidden.dtype)
-    fn = attention.get(args.attn)
+    return head_loss
+
+
+def attention_fns(s: Setup) -> Tuple[Callable, Callable]:
+    """One block's attention at the profiled shape: (forward+backward, forward), compiled."""
+    B, L = s.args.batch, s.args.length
+    a = s.model.layers[-1].self_attn
+    D = s.model.args.hidden_size // a.n_heads
+    dtype = s.info.dtype and getattr(mx, s.info.dtype)
+    q = mx.random.normal((B, a.n_heads, L, D)).astype(dtype)
+    kv = mx.random.normal((B, a.n_kv_heads, L, D)).astype(dtype)
+    fn = attention.get(s.args.attn)
 
     @mx.compile
-    def attention_fwd_bwd():
+    def fwd_bwd():
         return mx.grad(lambda q, k, v: fn(q, k, v, scale=D**-0.5, mask="causal").astype(mx.float32).sum(), argnums=(0, 1, 2))(q, kv, kv)
 
     @mx.compile
-    def attention_fwd():
+    def fwd():
         return fn(q, kv, kv, scale=D**-0.5, mask="causal")
 
-    n_layers, n_lora = len(model.layers), 16
-    L_new = L - L // 8  # a shape the step has not been compiled for
-    fresh = tokens[:, : L_new + 1]
-    trace_ms, first_run_ms = new_shape_ms(step, (fresh[:, :-1], fresh[:, 1:], mx.ones((B, L_new))), state, args.warmup, args.repeat)
+    return fwd_bwd, fwd
+
+
+def fused_parts(s: Setup, step) -> Tuple[Dict[str, float], Dict[str, tuple]]:
+    """The step with q/k/v and gate/up fused, and the graph sizes of both steps."""
+    B, L = s.args.batch, s.args.length
+    graph = {"step": graph_size(step, s.batch, s.state)}
+    fuse_projections(s.model)
+    fused_step, fused_state = fresh_step(s.model)
+    graph["step with q/k/v and gate/up fused"] = graph_size(fused_step, s.batch, fused_state)
     parts = {
-        "step": timed(lambda: step(inputs, targets, mask), args.warmup, args.repeat, state),
-        "host time to dispatch the step (async_eval returns)": dispatch_ms(lambda: step(inputs, targets, mask), state, args.repeat),
-        "step, pipelined (step i+1 dispatched before step i is waited for)": pipelined_ms(lambda: step(inputs, targets, mask), state, args.warmup, args.repeat),
-        f"step with mlx-lm's float32 {args.fine_tune_type} layers": step_float32_lora,
-        f"step at B{B}x{L // 8} (1/8 of the tokens: per-step floor)": timed(lambda: step(*short_batch), args.warmup, args.repeat, state),
-        "forward+loss": timed(forward_loss, args.warmup, args.repeat),
-        "value_and_grad": timed(gradients, args.warmup, args.repeat),
-        "optimizer update": timed(update, args.warmup, args.repeat, state),
-        "lm head + loss (fwd+bwd)": timed(head_loss, args.warmup, args.repeat),
+        "step with q/k/v and gate/up fused (flashtune.train.fused_projections)": s.timed(lambda: fused_step(*s.batch), fused_state),
+        "  fused: host time to dispatch the step": dispatch_ms(lambda: fused_step(*s.batch), fused_state, s.args.repeat),
+        f"  fused: step at B{B}x{L // 8} (per-step floor)": s.timed(lambda: fused_step(*s.shorter(L // 8)), fused_state),
     }
-    one_fb, one_f = timed(attention_fwd_bwd, args.warmup, args.repeat), timed(attention_fwd, args.warmup, args.repeat)
-    parts[f"attention ({n_lora} fwd+bwd, {n_layers - n_lora} fwd)"] = n_lora * one_fb + (n_layers - n_lora) * one_f
-    parts["rest of value_and_grad (linears, LoRA, norms, RoPE)"] = (
-        parts["value_and_grad"] - parts["lm head + loss (fwd+bwd)"] - parts[f"attention ({n_lora} fwd+bwd, {n_layers - n_lora} fwd)"]
-    )
-    if args.fine_tune_type == "dora":
-        parts.update(dora_norm_parts(model, args.warmup, args.repeat))
-    parts[f"new shape (B{B}x{L_new}): trace + graph compile"] = trace_ms
-    parts[f"new shape (B{B}x{L_new}): first run minus a steady one"] = first_run_ms
-    graph = {"step": graph_size(step, (inputs, targets, mask), state)}
-    fuse_projections(model)
-    fused_step, fused_state = fresh_step(model)
-    graph["step with q/k/v and gate/up fused"] = graph_size(fused_step, (inputs, targets, mask), fused_state)
-    parts["step with q/k/v and gate/up fused (flashtune.train.fused_projections)"] = timed(
-        lambda: fused_step(inputs, targets, mask), args.warmup, args.repeat, fused_state)
-    parts["  fused: host time to dispatch the step"] = dispatch_ms(lambda: fused_step(inputs, targets, mask), fused_state, args.repeat)
-    parts[f"  fused: step at B{B}x{L // 8} (per-step floor)"] = timed(lambda: fused_step(*short_batch), args.warmup, args.repeat, fused_state)
-    step_ms = parts["step"]
-    print(f"{args.model} ({info.label}), {args.fine_tune_type}, attn {args.attn}, B{B}×L{L}, {info.dtype}, {env.device_name()}")
+    return parts, graph
+
+
+def main():
+    args = _arguments()
+    s = Setup(args)
+    parts, step = step_parts(s)
+    parts.update(component_parts(s))
+    fused, graph = fused_parts(s, step)
+    parts.update(fused)
+    step_ms, B, L = parts["step"], args.batch, args.length
+    print(f"{args.model} ({s.info.label}), {args.fine_tune_type}, attn {args.attn}, B{B}×L{L}, {s.info.dtype}, {env.device_name()}")
     print(f"step {step_ms:.1f} ms = {B * L / step_ms * 1e3:,.0f} tokens/s")
     for name, ms in parts.items():
         print(f"  {name:68s} {ms:8.1f} ms  {100 * ms / step_ms:5.1f}% of the step")
