@@ -20,49 +20,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from flashtune.bench import hf_peft
-from flashtune.bench.assets import ModelSetup, export_weights, slug
+from flashtune.bench.assets import ModelSetup, export_weights
 from flashtune.bench.hf_peft import HF_IMPLS, HF_TOOL, HfOptions
 from flashtune.bench.peer import PREFIX, TOOL, parse_output, to_records
 from flashtune.bench.portable import portable_file, run_roots
+from flashtune.bench.runs import Run, recipe_path
 from flashtune.errors import is_out_of_memory
 
 # The folder holding the flashtune package (a checkout or site-packages): child processes import it from there.
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-
-
-def recipe_path(suite: str, model: str, recipes: Path) -> Path:
-    """``recipes/finetune-<model>.yaml`` for the main suite, ``recipes/sweep-<model>.yaml`` for the sweep."""
-    return recipes / f"{'finetune' if suite in ('main', 'cold') else 'sweep'}-{slug(model)}.yaml"
-
-
-@dataclass
-class Run:
-    """One training run: which suite, model, tool/implementation and shape."""
-
-    suite: str  # "main" | "cold" (the warm-up run before a main run) | "sweep"
-    model: str
-    impl: str  # an attention name, or "mlx_lm.lora"
-    length: Optional[int] = None  # sweep: fixed_length
-    batch: Optional[int] = None  # sweep: batch size
-    iters: Optional[int] = None  # overrides the recipe
-    fine_tune_type: str = "lora"  # for flashtune and mlx_lm.lora alike
-
-    @property
-    def relpath(self) -> Path:
-        """Where its JSONL goes; runs of another type than LoRA under a folder named after it."""
-        kind = [] if self.fine_tune_type == "lora" else [self.fine_tune_type]
-        if self.suite == "sweep":
-            return Path(*kind, "sweep", self.model, f"L{self.length}-{self.impl}.jsonl")
-        return Path(*kind, "main", self.model, *(["cold"] if self.suite == "cold" else []), f"{self.impl}.jsonl")
-
-    @property
-    def name(self) -> str:
-        shape = f" {self.batch}x{self.length}" if self.length else ""
-        kind = "" if self.fine_tune_type == "lora" else f" {self.fine_tune_type}"
-        return f"{self.suite}{kind} {self.model}{shape} {self.impl}"
 
 
 def _child_env() -> Dict[str, str]:
@@ -171,11 +140,12 @@ class Bench:
             overrides["iters"] = run.iters
         if run.suite == "sweep":
             overrides.update(fixed_length=run.length, batch_size=run.batch, max_seq_length=run.length + 1)
+        overrides.update(run.overrides)
         return config_module.resolve(argparse.Namespace(config=str(recipe_path(run.suite, run.model, self.recipes))), **overrides)
 
     def _header(self, run: Run, config, command: List[str]) -> dict:
         setup = self.setups[run.model]
-        data = self.data.get((run.suite if run.suite != "cold" else "main", run.model, run.length))
+        data = self.data.get(run.data_key)
         meta = data / "meta.json" if data else None
         return {"bench": {
             "suite": run.suite, "fine_tune_type": run.fine_tune_type, "model": run.model, "label": setup.label, "weights": setup.weights,
@@ -184,6 +154,7 @@ class Bench:
             "data": str(data) if data else "flashtune's shipped dataset (capitals)",
             "data_meta": json.loads(meta.read_text()) if meta and meta.is_file() else None,
             "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "order_in_call": self.counts["done"],
+            **({"dataset": run.dataset, "variant": run.variant} if run.dataset else {}), **run.extra,
         }}  # fmt: skip
 
     def _watch(self, proc: subprocess.Popen) -> threading.Timer:
@@ -210,7 +181,7 @@ class Bench:
     def _flashtune(self, run: Run, partial: Path) -> str:
         setup = self.setups[run.model]
         config = self._config(run)
-        data = self.data.get((run.suite if run.suite != "cold" else "main", run.model, run.length))
+        data = self.data.get(run.data_key)
         run_dir = Path(tempfile.mkdtemp(prefix="ft-run-", dir=self.cache))
         command = [sys.executable, "-m", "flashtune.cli", "train", "--config", str(recipe_path(run.suite, run.model, self.recipes)),
                    "--attn", run.impl, "--model", setup.train_model, "--init", setup.init, "--records", str(partial),
@@ -221,7 +192,7 @@ class Bench:
             command += ["--iters", str(run.iters)]
         if run.suite == "sweep":
             command += ["--fixed-length", str(run.length), "--batch-size", str(run.batch), "--max-seq-length", str(run.length + 1)]
-        command += self.train_flags
+        command += _flags(run.overrides) + self.train_flags
         _append(partial, self._header(run, config, command))
         log = self._log(run)
         tic = time.perf_counter()
@@ -236,8 +207,7 @@ class Bench:
     def _peer(self, run: Run, partial: Path) -> str:
         setup = self.setups[run.model]
         config = self._config(run)
-        data = self.data.get((run.suite if run.suite != "cold" else "main", run.model, run.length))
-        data = data or _shipped_data()
+        data = self.data.get(run.data_key) or _shipped_data()
         log = self._log(run)
         work = Path(tempfile.mkdtemp(prefix="peer-run-", dir=self.cache))
         try:
@@ -281,7 +251,7 @@ class Bench:
         if self.hf is None:
             raise ValueError(f"{run.name}: no torch Python set up for {', '.join(HF_IMPLS)} (see flashtune.bench.hf_peft.check)")
         setup, config, log = self.setups[run.model], self._config(run), self._log(run)
-        data = self.data.get((run.suite if run.suite != "cold" else "main", run.model, run.length)) or _shipped_data()
+        data = self.data.get(run.data_key) or _shipped_data()
         work = Path(tempfile.mkdtemp(prefix="hf-peft-run-", dir=self.cache))
         try:
             try:
@@ -356,6 +326,18 @@ def mlx_lm_config(config, run: Run, data: Optional[Path] = None) -> dict:
         "val_batches": config.val_batches, "save_every": config.iters,
         "max_seq_length": (run.length + 1) if run.suite == "sweep" else (config.max_seq_length or 2048),
     }  # fmt: skip
+
+
+def _flags(overrides: Dict[str, Any]) -> List[str]:
+    """``flashtune train`` flags setting these config values (``--pack``, ``--learning-rate 0.0004``, ...)."""
+    flags = []
+    for key, value in overrides.items():
+        name = key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:  # repr: a float keeps every digit, so the run's config holds exactly the planned value
+            flags += [f"--{name}", repr(value) if isinstance(value, float) else str(value)]
+    return flags
 
 
 def _shipped_data() -> Path:
