@@ -14,14 +14,19 @@ Suites (each run a fresh subprocess, its per-iteration JSONL under the results f
   (skipped with one line elsewhere).
 - ``sweep``: ``fixed_length`` runs at several sequence lengths with the same tokens per step
   (8x512 ... 1x4096), from ``recipes/sweep-<model>.yaml``.
+- ``packing`` (only when asked: ``--suites packing``): one pass over the same examples, packed
+  and padded, per implementation, and with mlx_lm.lora, learning rate matched per token
+  (`flashtune.bench.packing`), from ``recipes/packing-<model>.yaml``.
 
 ``--fine-tune-type dora`` (or ``full``) trains that way in every run, flashtune's and
 mlx_lm.lora's alike; such runs go under ``<results>/dora/`` (``full/``), carry the type in their
 bench header, and the report titles their tables with it, so they never mix with LoRA runs.
 
 Defaults per device: on a GPU, TinyLlama-1.1B and Qwen2.5-1.5B on variable-length text of
-300-1020 tokens; on a CPU, the embedded SmolLM2-135M on the shipped dataset with a small sweep
-(``--big`` asks for the big models). Real weights are used when cached, else architecture-exact
+300-1020 tokens (packing: that and chat-like text, median 200 tokens, up to 2048); on a CPU, the
+embedded SmolLM2-135M on the shipped dataset with a small sweep (packing: part of the shipped
+dataset and a small chat-like set, without ``poc``, which runs ``practical`` on a CPU; ``--big``
+asks for the big models). Real weights are used when cached, else architecture-exact
 random weights (labelled in every record and table; see `flashtune.bench.assets`).
 
 Runs are resumable: each JSONL is written as ``.partial`` and renamed when the run ends, ok or
@@ -37,23 +42,27 @@ import shlex
 import sys
 from datetime import date
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
-from flashtune.bench import hf_peft
+from flashtune.bench import hf_peft, packing
 from flashtune.bench.assets import prepare_data, prepare_model
 from flashtune.bench.hf_peft import HF_IMPLS
 from flashtune.bench.peer import TOOL
 from flashtune.bench.repeats import run_repeated, write_archive
-from flashtune.bench.runner import Bench, Run, mlx_lm_config, recipe_path  # noqa: F401 (mlx_lm_config: re-exported)
+from flashtune.bench.runner import Bench, mlx_lm_config  # noqa: F401 (mlx_lm_config: re-exported)
+from flashtune.bench.runs import Run, recipe_path
 from flashtune.config import FINE_TUNE_TYPES, RECIPES_DIR
 
 IMPLS = ("baseline", "practical", "demo", "poc")
+SUITES = ("main", "sweep", "packing")
 GPU_MODELS = ("TinyLlama-1.1B", "Qwen2.5-1.5B")
 CPU_MODELS = ("SmolLM2-135M",)
 DEFAULTS = {  # per device kind: what `make reproduce-finetune` runs with no options
-    "gpu": {"models": GPU_MODELS, "lengths": (512, 1024, 2048, 4096), "sweep_tokens": 4096, "warmup_iters": -1},
-    "cpu": {"models": CPU_MODELS, "lengths": (64, 128, 256), "sweep_tokens": 256, "warmup_iters": 0},
-}
+    "gpu": {"models": GPU_MODELS, "lengths": (512, 1024, 2048, 4096), "sweep_tokens": 4096, "warmup_iters": -1,
+            "pack_datasets": ("timing", "chat"), "pack_impls": (*packing.PACK_IMPLS, TOOL)},
+    "cpu": {"models": CPU_MODELS, "lengths": (64, 128, 256), "sweep_tokens": 256, "warmup_iters": 0,
+            "pack_datasets": ("capitals", "chat-small"), "pack_impls": ("practical", "demo", TOOL)},
+}  # fmt: skip
 
 
 def check_train_flags(text: str) -> List[str]:
@@ -71,8 +80,8 @@ def check_train_flags(text: str) -> List[str]:
 
 def plan(models: List[str], impls: List[str], suites: List[str], lengths: List[int], sweep_tokens: int,
          warmup_iters: int, sweep_iters: Optional[int], sweep_impls: List[str], iters: Optional[int] = None,
-         fine_tune_type: str = "lora") -> List[Run]:  # fmt: skip
-    """The runs, in order: per model, each tool's warm-up then measured run, then the sweep."""
+         fine_tune_type: str = "lora", pack_datasets: Sequence[str] = (), pack_impls: Sequence[str] = ()) -> List[Run]:  # fmt: skip
+    """The runs, in order: per model, each tool's warm-up then measured run, then the sweep, then packing."""
     runs = []
     for model in models:
         if "main" in suites:
@@ -84,6 +93,8 @@ def plan(models: List[str], impls: List[str], suites: List[str], lengths: List[i
             for length in lengths:
                 for impl in sweep_impls:
                     runs.append(Run("sweep", model, impl, length, max(sweep_tokens // length, 1), sweep_iters, fine_tune_type))
+        if "packing" in suites:
+            runs += packing.plan_runs([model], list(pack_datasets), list(pack_impls), warmup_iters, fine_tune_type)
     return runs
 
 
@@ -100,12 +111,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--big", action="store_true", help="on a CPU: the GPU defaults (TinyLlama-1.1B, Qwen2.5-1.5B; slow)")
     parser.add_argument("--models", help="comma list of models (default: per device)")
     parser.add_argument("--impls", help=f"comma list from {', '.join([*IMPLS, TOOL, *HF_IMPLS])} (default: all)")
-    parser.add_argument("--suites", default="main,sweep", help="comma list: main, sweep (default: both)")
+    parser.add_argument("--suites", default="main,sweep", help="comma list: main, sweep, packing (default: main,sweep)")
     parser.add_argument("--lengths", help="sweep lengths, comma list (default: 512,1024,2048,4096 on GPU; 64,128,256 on CPU)")
     parser.add_argument("--sweep-tokens", type=int, help="tokens per sweep step; batch = this / length (default: 4096 GPU, 256 CPU)")
     parser.add_argument("--sweep-impls", help=f"comma list for the sweep (default: {', '.join(IMPLS)})")
     parser.add_argument("--sweep-iters", type=int, help="sweep iterations (default: the sweep recipe's)")
     parser.add_argument("--iters", type=int, help="main-suite iterations (default: the recipe's, 100)")
+    parser.add_argument("--pack-datasets", help=f"packing suite: comma list from {', '.join(packing.DATASETS)} "
+                        "(default: timing,chat on GPU; capitals,chat-small on CPU)")
+    parser.add_argument("--pack-impls", help=f"packing suite: comma list from {', '.join((*packing.PACK_IMPLS, TOOL))} "
+                        f"(default: all on GPU; practical,demo,{TOOL} on CPU, where poc runs practical)")
     parser.add_argument("--fine-tune-type", choices=FINE_TUNE_TYPES, default="lora", help="what every run trains, flashtune's and "
                         "mlx_lm.lora's alike: lora, dora or full (dora and full results go under <results>/<type>/; default: lora)")
     parser.add_argument("--warmup-iters", type=int, help="iterations of the warm-up run before each main run (0: none, -1: as many as the measured run; default -1 GPU, 0 CPU)")
@@ -145,19 +160,29 @@ def run_from_args(args: argparse.Namespace) -> int:
     suites = split(args.suites)
     for name in {*impls, *sweep_impls} - {*IMPLS, TOOL, *HF_IMPLS}:
         raise SystemExit(f"unknown implementation {name!r}; choose from {', '.join([*IMPLS, TOOL, *HF_IMPLS])}")
-    impls, sweep_impls, hf_options = hf_peft.keep_available(impls, sweep_impls, args.torch_python, args.hf_peft_device)
+    for name in set(suites) - set(SUITES):
+        raise SystemExit(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+    pack_datasets = split(args.pack_datasets) if args.pack_datasets else list(defaults["pack_datasets"])
+    pack_impls = split(args.pack_impls) if args.pack_impls else list(defaults["pack_impls"])
+    hf_options = None
+    if {"main", "sweep"} & set(suites):  # the packing suite runs no hf-peft
+        impls, sweep_impls, hf_options = hf_peft.keep_available(impls, sweep_impls, args.torch_python, args.hf_peft_device)
     train_flags = check_train_flags(args.train_flags)
     results = Path(args.results) if args.results else default_results_dir()
     cache = Path(args.cache_dir or os.environ.get("FLASHTUNE_BENCH_CACHE", "~/.cache/flashtune/bench")).expanduser()
     recipes = Path(args.recipes)
-    runs = plan(models, impls, suites, lengths, sweep_tokens, warmup, args.sweep_iters, sweep_impls, args.iters, args.fine_tune_type)
+    try:
+        runs = plan(models, impls, suites, lengths, sweep_tokens, warmup, args.sweep_iters, sweep_impls, args.iters,
+                    args.fine_tune_type, pack_datasets, pack_impls)  # fmt: skip
+    except ValueError as error:  # an unknown packing dataset or implementation
+        raise SystemExit(str(error)) from None
     for run in runs:
         if not recipe_path(run.suite, run.model, recipes).is_file():
             raise SystemExit(f"no recipe {recipe_path(run.suite, run.model, recipes)} for {run.name}")
     print(f"{len(runs)} {args.fine_tune_type} runs into {results} ({kind} defaults{', big models' if args.big else ''}; cache {cache})", flush=True)
     if kind == "cpu" and not (args.big or args.models):
-        print("CPU-only machine: the comparison runs on the embedded SmolLM2-135M with the shipped dataset and a "
-              "small sweep (--big: TinyLlama-1.1B and Qwen2.5-1.5B, slowly)", flush=True)
+        print("CPU-only machine: the comparison runs on the embedded SmolLM2-135M with small data (the shipped dataset, "
+              "a small sweep; packing: a small chat-like set too; --big: TinyLlama-1.1B and Qwen2.5-1.5B, slowly)", flush=True)
     if args.dry_run:
         print("\n".join(f"  {r.name} -> {r.relpath}" for r in runs))
         return 0
@@ -170,14 +195,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     setups = {m: prepare_model(m, cache, dtype, args.seed, max_length, args.random_init, args.export_dir) for m in models}
     bench = Bench(results, cache, recipes, setups, {}, args.skip_existing, args.retry_failed, args.budget_s, train_flags)
     bench.hf = hf_options
+    passes: Dict[tuple, packing.PassPlan] = {}
     for i, run in enumerate(runs):
-        if run.suite == "cold" and bench.should_skip(runs[i + 1]):  # a warm-up belongs to its measured run
+        if run.is_warmup and bench.should_skip(runs[i + 1]):  # a warm-up belongs to its measured run
             continue
-        setup = setups[run.model]
-        key = (run.suite if run.suite != "cold" else "main", run.model, run.length)
-        if key not in bench.data:  # the embedded SmolLM2 trains on the shipped dataset by default
-            shipped = run.suite != "sweep" and (args.shipped_data or setup.embedded)
-            bench.data[key] = None if shipped else prepare_data(setup, cache, args.seed, run.length, run.batch or 1)
+        _prepare(bench, run, args, passes)
         bench.execute(run)
     c = bench.counts
     print(f"done: {c['done']} runs ({c['failed']} failed), {c['skipped']} skipped (already there), {c['left']} left for another call", flush=True)
@@ -190,6 +212,26 @@ def run_from_args(args: argparse.Namespace) -> int:
     if c["left"]:
         print("some runs are left: run the same command again (with --skip-existing) to finish them", flush=True)
     return 3 if c["left"] else 0
+
+
+def _prepare(bench: Bench, run: Run, args: argparse.Namespace, passes: Dict[tuple, packing.PassPlan]) -> None:
+    """Writes the run's data once and, in the packing suite, sets its pass from that data."""
+    from flashtune import env
+
+    setup = bench.setups[run.model]
+    key = run.data_key
+    if key not in bench.data:  # the embedded SmolLM2 trains on the shipped dataset by default
+        if run.dataset:
+            bench.data[key] = packing.prepare_dataset(run.dataset, setup, bench.cache, args.seed)
+        else:
+            shipped = run.suite != "sweep" and (args.shipped_data or setup.embedded)
+            bench.data[key] = None if shipped else prepare_data(setup, bench.cache, args.seed, run.length, run.batch or 1)
+    if run.dataset:
+        if key not in passes:
+            passes[key] = plan = packing.measure_pass(bench.recipes, bench.data[key], setup, env.backend())
+            print(f"  {run.model} {run.dataset}: one pass of {plan.examples} examples is {plan.padded_steps} padded steps or "
+                  f"{plan.packed_steps} packed steps of {plan.batch_size}x{plan.pack_length} (packed learning rate x{plan.lr_scale:.3g})", flush=True)  # fmt: skip
+        packing.apply_pass(run, passes[key])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
