@@ -90,3 +90,57 @@ def targets_table(main: List[Dict[str, Any]], sweep: List[Dict[str, Any]]) -> st
         for name, peers, time_goals, speed_goal in PEER_GOALS:
             rows += peer_goals(named(model, kind), at, name, peers, time_goals.get(kind), speed_goal if kind == "lora" else None)
     return markdown_table(["model", "target", "measured", "goal", "met"], rows) if rows else ""
+
+
+# The packing suite, by dataset kind (meta.json's "kind"): least packed / padded trained tokens/s of
+# the same implementation, and least best packed / mlx_lm.lora.
+PACK_SPEED_GOALS = {"variable": 1.5, "chat": 2.5}
+PACK_PEER_GOALS = {"chat": 5.0}
+
+
+def _goal(ratio: float, goal: Optional[float]) -> list:
+    return [f"{ratio:.2f}×", f"≥ {goal:g}×" if goal else "–", _yes(ratio >= goal) if goal else "–"]
+
+
+def packing_goals(runs: List[Dict[str, Any]]) -> List[list]:
+    """Rows [model, dataset, target, measured, goal, met] for the packing suite's measured runs.
+
+    Per model and dataset: trained tokens/s of each implementation packed against padded, the best
+    packed run against mlx_lm.lora, and the validation loss after the pass of the packed runs against
+    the padded runs' mean, within the padded runs' spread (max - min over implementations).
+    """
+    from flashtune.bench.packing_report import pass_numbers, row_name
+    from flashtune.bench.report import named
+
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for s in runs:
+        groups.setdefault((named(s["model"], s["fine_tune_type"]), s["bench"].get("dataset")), []).append(s)
+    rows = []
+    for (model, dataset), group in sorted(groups.items()):
+        ok = {row_name(s): s for s in group if s["status"] == "ok"}
+        kind = (group[0]["bench"].get("data_meta") or {}).get("kind")
+        speed = {name: pass_numbers(s)["trained"] for name, s in ok.items()}
+        packed = [n for n in ok if n.endswith(" packed")]
+        for name in packed:
+            impl = name.removesuffix(" packed")
+            if f"{impl} padded" in speed:
+                r = speed[name] / speed[f"{impl} padded"]
+                rows.append([model, dataset, f"trained tok/s, {impl} packed vs padded", *_goal(r, PACK_SPEED_GOALS.get(kind))])
+        if packed and TOOL in speed:
+            best = max(packed, key=speed.get)
+            rows.append([model, dataset, f"trained tok/s, best packed ({best.removesuffix(' packed')}) vs {TOOL}", *_goal(speed[best] / speed[TOOL], PACK_PEER_GOALS.get(kind))])
+        rows += _val_loss_goal(model, dataset, ok)
+    return rows
+
+
+def _val_loss_goal(model: str, dataset: str, ok: Dict[str, Dict[str, Any]]) -> List[list]:
+    """The packed run farthest from the padded runs' mean validation loss, against the padded runs' spread."""
+    padded = [s["final_val_loss"] for n, s in ok.items() if n.endswith(" padded") and s.get("final_val_loss") is not None]
+    packed = [s["final_val_loss"] for n, s in ok.items() if n.endswith(" packed") and s.get("final_val_loss") is not None]
+    if len(padded) < 2 or not packed:
+        return []
+    center, spread = sum(padded) / len(padded), max(padded) - min(padded)
+    worst = max(packed, key=lambda v: abs(v - center))
+    measured = f"{worst:.4f} vs {center:.4f} (Δ {worst - center:+.4f})"
+    return [[model, dataset, "val loss after the pass, packed (farthest) vs padded mean", measured,
+             f"|Δ| ≤ {spread:.4f} (padded spread)", _yes(abs(worst - center) <= spread)]]  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from flashtune.bench.goals import targets_table
 from flashtune.bench.hf_peft import HF_IMPLS, HF_TOOL, report_note
+from flashtune.bench.packing_report import sections as packing_sections
 
 
 def read_jsonl(path: Path) -> Tuple[dict, List[dict]]:
@@ -118,6 +119,8 @@ def summarize_run(path: Path) -> Dict[str, Any]:
     total = sum(r["wall_s"] for r in steps)
     tokens = sum(r["tokens"] for r in steps)
     peaks = [r["peak_mem_gb"] for r in steps if r.get("peak_mem_gb") is not None]
+    # Slots (B x L of every step, padding included) and the slots holding example tokens, where recorded.
+    slots, filled = ([r.get(k) for r in steps] for k in ("padded_tokens", "input_tokens"))
     out.update(
         total_wall_s=total, tokens=tokens, tokens_per_s=tokens / total if total else 0.0,
         steady_tokens_per_s=statistics.median(r["tokens_per_s"] for r in steady),
@@ -125,6 +128,7 @@ def summarize_run(path: Path) -> Dict[str, Any]:
         warmup_steps=sum(1 for r in steps if r.get("warmup")), peak_mem_gb=max(peaks) if peaks else None,
         final_loss=statistics.fmean(r["loss"] for r in steps[-10:]),
         final_val_loss=run["evals"][-1]["val_loss"] if run["evals"] else None,
+        slots=None if None in slots else sum(slots), input_tokens=None if None in filled else sum(filled),
         series=series, losses=[(r["iter"], r["loss"]) for r in steps],
     )  # fmt: skip
     return out
@@ -306,6 +310,8 @@ def write_report(results: Path) -> Path:
     lines = [f"# flashtune results: {results.name}", ""]
     if header:
         lines += [describe_header(header), ""]
+    packed_suite = [s for s in runs if str(s["suite"]).startswith("packing")]
+    runs = [s for s in runs if not str(s["suite"]).startswith("packing")]
     main = [s for s in runs if s["suite"] == "main"]
     sweep = [s for s in runs if s["suite"] == "sweep"]
     if runs:
@@ -318,6 +324,7 @@ def write_report(results: Path) -> Path:
                   "", targets, ""]
     for model, kind in kinds(runs):
         lines += _sections([s for s in runs if (s["model"], s["fine_tune_type"]) == (model, kind)], results)
+    lines += packing_sections(packed_suite, results)
     attention = results / "attention.jsonl"
     if attention.is_file():
         from flashtune.bench.attention_report import attention_table, demo_length_note
