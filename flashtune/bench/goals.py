@@ -143,4 +143,4 @@ def _val_loss_goal(model: str, dataset: str, ok: Dict[str, Dict[str, Any]]) -> L
     worst = max(packed, key=lambda v: abs(v - center))
     measured = f"{worst:.4f} vs {center:.4f} (Δ {worst - center:+.4f})"
     return [[model, dataset, "val loss after the pass, packed (farthest) vs padded mean", measured,
-             f"|Δ| ≤ {spread:.4f} (padded spread)", _yes(abs(worst - center) <= spread)]]  # fmt: skip
+             f"Δ within ±{spread:.4f} (padded spread)", _yes(abs(worst - center) <= spread)]]  # fmt: skip
