@@ -1,42 +1,47 @@
-# flashtune: every command people run, in one place. Results land in results/<date>-<device>/.
+# flashtune: every command people run, in one place.
+# Benchmarks write to results/<date>-<device>/ (git-ignored scratch); what the docs cite is
+# copied into benchmarks/<device>/<benchmark>/ with a README (see benchmarks/README.md).
 VENV ?= .venv
-PY := $(VENV)/bin/python
-FT := $(VENV)/bin/flashtune
+PY := $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 RESULTS ?= results/$(shell date +%Y-%m-%d)-$(shell $(PY) -c "import flashtune.env as e; print(e.short_device_tag())" 2>/dev/null || echo unknown)
 
-.PHONY: install test test-all bench bench-memory train clean
+.PHONY: install test test-all lint format train bench bench-memory reproduce-finetune report clean
 
 install:
 	bash scripts/install.sh
 
-test:
+# What CI runs: the linter, then every test that is not marked slow.
+test: lint
 	$(PY) -m pytest -q -m "not slow"
 
-test-all:
+test-all: lint
 	$(PY) -m pytest -q
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format:
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+train:
+	$(PY) -m flashtune train
 
 bench:
 	mkdir -p $(RESULTS)
-	$(FT) bench attention --sets seed,training --out $(RESULTS)/attention.jsonl | tee $(RESULTS)/attention.md
+	$(PY) -m flashtune bench attention --sets seed,training --out $(RESULTS)/attention.jsonl | tee $(RESULTS)/attention.md
 
 bench-memory:
 	mkdir -p $(RESULTS)
-	$(FT) bench attention --memory --out $(RESULTS)/attention-memory.jsonl | tee $(RESULTS)/attention-memory.md
+	$(PY) -m flashtune bench attention --memory --out $(RESULTS)/attention-memory.jsonl | tee $(RESULTS)/attention-memory.md
 
-train:
-	$(FT) train
-
-clean:
-	rm -rf runs .pytest_cache
-
-# --- fine-tuning comparison (issue 7): make reproduce-finetune [ARGS="--models ... --skip-existing"], make report
-BENCH_PY := $(if $(wildcard $(PY)),$(PY),python3)
-BENCH_RESULTS ?= results/$(shell date +%Y-%m-%d)-$(shell $(BENCH_PY) -c "import flashtune.env as e; print(e.short_device_tag())" 2>/dev/null || echo unknown)
-
-.PHONY: reproduce-finetune report
-
+# The fine-tuning comparison: make reproduce-finetune [ARGS="--models ... --skip-existing"], then make report.
 reproduce-finetune:
-	$(BENCH_PY) scripts/reproduce_finetune.py --results $(BENCH_RESULTS) $(ARGS)
+	$(PY) scripts/reproduce_finetune.py --results $(RESULTS) $(ARGS)
 
 report:
-	$(BENCH_PY) -m flashtune.cli report $(BENCH_RESULTS)
+	$(PY) -m flashtune report $(RESULTS)
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

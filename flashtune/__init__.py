@@ -7,4 +7,4 @@ cpu_blas.load()
 
 __version__ = "0.1.0"
 
-from flashtune.patch import patch, unpatch, patched  # noqa: E402
+from flashtune.patch import patch, unpatch, patched, packed  # noqa: E402

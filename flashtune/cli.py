@@ -16,11 +16,22 @@ def _env(args) -> int:
     return 0
 
 
+def _attention(args) -> int:
+    from flashtune import attention, env
+
+    print(f"Attention implementations (flashtune train --attn NAME); paths on this machine ({env.device_name()}, {env.backend()}):\n")
+    for name in attention.names():
+        info = attention.describe(name)
+        print(f"{name}\n  what: {info['what']}\n  here: {info['here']}\n")
+    return 0
+
+
 def _bench_attention(args) -> int:
     import mlx.core as mx
 
     from flashtune.bench import attention as bench
-    from flashtune.bench.report import attention_table, demo_length_note, describe_header
+    from flashtune.bench.attention_report import attention_table, demo_length_note
+    from flashtune.bench.report import describe_header
 
     sets = ["memory"] if args.memory else args.sets.split(",")
     for name in sets:
@@ -123,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     commands.add_parser("env", help="versions, device and CPU BLAS").set_defaults(run=_env)
+    commands.add_parser("attention", help="the attention implementations and the path each takes here").set_defaults(run=_attention)
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     attn = bench.add_parser("attention", help="attention speed/memory, every implementation")

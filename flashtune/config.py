@@ -16,7 +16,10 @@ import yaml
 from flashtune.errors import ConfigError
 
 
+# Recipes shipped with the package: `--config NAME` finds recipes/NAME.yaml here.
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 LORA_PRECISIONS = ("mixed", "float32")  # see flashtune.train.lora.set_lora_precision
+FINE_TUNE_TYPES = ("lora", "dora", "full")  # mlx_lm lora's --fine-tune-type, same meanings
 
 
 @dataclass
@@ -29,12 +32,13 @@ class TrainConfig:
     data: Optional[str] = field(default=None, metadata={"help": "folder with train.jsonl/valid.jsonl (default: the shipped dataset)"})
     dtype: Optional[str] = field(default=None, metadata={"help": "parameter dtype (default: bfloat16 on GPU, float32 on CPU)", "choices": ["float32", "bfloat16", "float16", "fp32", "bf16", "fp16"]})
     qlora: bool = field(default=False, metadata={"help": "keep quantized base weights quantized (QLoRA)"})
-    # LoRA.
-    lora_layers: int = field(default=16, metadata={"help": "number of final blocks that get LoRA", "min": 1})
+    # What trains: LoRA/DoRA adapters or every weight of the last blocks.
+    fine_tune_type: str = field(default="lora", metadata={"help": "lora | dora (LoRA plus a learned magnitude per output row) | full (every weight of the last --lora-layers blocks); as mlx_lm lora's", "choices": list(FINE_TUNE_TYPES)})
+    lora_layers: int = field(default=16, metadata={"help": "number of final blocks fine-tuned: they get LoRA/DoRA, or with full train all their weights (mlx_lm's --num-layers)", "min": 1})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank", "min": 1})
     lora_scale: float = field(default=20.0, metadata={"help": "LoRA scale (mlx-lm's convention)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout", "min": 0.0, "below": 1.0})
-    lora_precision: str = field(default="mixed", metadata={"help": "LoRA branch compute: mixed (activations' dtype, float32 parameters) | float32 (mlx-lm's)", "choices": list(LORA_PRECISIONS)})
+    lora_precision: str = field(default="mixed", metadata={"help": "LoRA/DoRA branch compute: mixed (activations' dtype, float32 parameters) | float32 (mlx-lm's layers); not used by full", "choices": list(LORA_PRECISIONS)})
     # Optimization.
     iters: int = field(default=100, metadata={"help": "training iterations", "min": 1})
     batch_size: int = field(default=4, metadata={"help": "sequences per iteration (per rank)", "min": 1})
@@ -46,12 +50,14 @@ class TrainConfig:
     max_seq_length: Optional[int] = field(default=None, metadata={"help": "most tokens per example (default: the model context); longer is an error unless --truncate", "min": 2})
     truncate: bool = field(default=False, metadata={"help": "truncate over-long examples instead of failing"})
     pad_to_multiple: Optional[int] = field(default=None, metadata={"help": "pad batch length to a multiple (default: lengths planned per run for few compiles, see flashtune.data.shapes)", "min": 1})
+    pack: bool = field(default=False, metadata={"help": "pack several examples into each row, kept apart by per-document attention (flashtune.data.packing)"})
+    pack_length: Optional[int] = field(default=None, metadata={"help": "with --pack: tokens per packed row (default: the longest example, rounded up to the device's length granularity)", "min": 1})
     fixed_length: Optional[int] = field(default=None, metadata={"help": "pad every batch to this length (one compiled shape; timing runs)", "min": 1})
     grad_checkpoint: bool = field(default=False, metadata={"help": "recompute block activations in the backward (less memory)"})
     chunked_loss: bool = field(default=True, metadata={"help": "compute the loss over chunks of tokens, recomputing each chunk's logits in the backward: one chunk's logits in memory instead of every token's (flashtune.train.chunked_loss)"})
     loss_chunk_tokens: Optional[int] = field(default=None, metadata={"help": "tokens per loss chunk (default: from the vocabulary size, a chunk's float32 logits within 64 MiB)", "min": 1})
     compile: bool = field(default=True, metadata={"help": "compile the training step (mx.compile)"})
-    fuse_projections: bool = field(default=True, metadata={"help": "compute each LoRA'd block's q/k/v and gate/up as one matmul + one LoRA branch each (same math and adapters; fewer kernels per step)"})
+    fuse_projections: bool = field(default=True, metadata={"help": "compute each LoRA'd block's q/k/v and gate/up as one matmul + one LoRA branch each (same math and adapters; fewer kernels per step); LoRA and DoRA, not full"})
     pipeline: bool = field(default=True, metadata={"help": "on GPUs, dispatch each step before waiting for the previous one, so the host's work overlaps the device's (costs memory: two steps in flight)"})
     mask_prompt: bool = field(default=True, metadata={"help": "no loss on prompt tokens (completions/chat data)"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, LoRA init, dropout)"})
@@ -70,6 +76,11 @@ class TrainConfig:
     def __post_init__(self):
         for f in fields(self):
             check_value(f.name, getattr(self, f.name), f.metadata)
+        if self.qlora and self.fine_tune_type == "full":
+            raise ConfigError(
+                "--qlora keeps the base weights quantized and frozen, so it trains adapters only: "
+                "use --fine-tune-type lora or dora with it, or full without --qlora"
+            )
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,11 +120,26 @@ def _check_type(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
+def shipped_recipes() -> List[str]:
+    """Names of the recipes that ship with flashtune (``--config NAME``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def find_recipe(name_or_path) -> Path:
+    """A recipe file: the path as given, else a shipped recipe of that name (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"recipe {name_or_path} does not exist; shipped recipes: {', '.join(shipped_recipes())}")
+
+
 def load_yaml(path: Path) -> Dict[str, Any]:
-    """Reads a recipe: a mapping of TrainConfig keys; unknown keys and wrong types are errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist")
+    """Reads a recipe (a file, or a shipped recipe's name): a mapping of TrainConfig keys;
+    unknown keys and wrong types are errors."""
+    path = find_recipe(path)
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of settings, got {type(data).__name__}")
@@ -128,7 +154,7 @@ def load_yaml(path: Path) -> Dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per TrainConfig field (defaults stay in the dataclass: flags default to unset)."""
-    parser.add_argument("--config", help="YAML recipe (keys are the long flag names with _)")
+    parser.add_argument("--config", help="YAML recipe file, or a shipped recipe's name (keys are the long flag names with _)")
     hints = _field_types()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -157,3 +183,12 @@ def resolve(args: Optional[argparse.Namespace] = None, **overrides: Any) -> Trai
 
 def recipe_keys() -> List[str]:
     return [f.name for f in fields(TrainConfig)]
+
+
+def options_table() -> str:
+    """Every training option as a Markdown table (flag, YAML key, default, meaning), for the docs."""
+    rows = ["| flag | YAML key | default | meaning |", "|---|---|---|---|"]
+    for f in fields(TrainConfig):
+        meaning = f.metadata.get("help", "").replace("|", "\\|")
+        rows.append(f"| `--{f.name.replace('_', '-')}` | `{f.name}` | `{f.default}` | {meaning} |")
+    return "\n".join(rows)

@@ -24,7 +24,7 @@ def git_sha() -> Optional[str]:
     """The checkout's commit (with '+dirty' when files changed), or None outside git.
 
     FLASHTUNE_GIT_SHA, when set, wins: a copy shipped to another machine may carry a stale .git
-    (seen on the lent GPU machine: its copy's .git named an older commit, '+dirty').
+    (a working tree copied to a GPU machine carried a .git that named an older commit, '+dirty').
     """
     if os.environ.get("FLASHTUNE_GIT_SHA"):
         return os.environ["FLASHTUNE_GIT_SHA"]

@@ -1,86 +1,11 @@
-"""Do two attention implementations train alike? Loss curves of one model's runs, side by side.
+"""Do two attention implementations train alike? Loss curves of one model's runs, side by side. (see flashtune.bench.loss_agreement for usage)."""
 
-    python scripts/loss_agreement.py results/.../main/TinyLlama-1.1B --reference demo --candidate poc
-
-reads every ``<impl>.jsonl`` record file in the folder (100 iterations of the same data, seed
-and model, one attention implementation each), compares each run's per-iteration training loss
-with the reference run's, and writes a markdown table and a PNG of the curves. The noise
-yardstick is the other implementations: all compute the same attention in bf16, so their
-distance from the reference is what rounding alone does to a curve. The candidate trains
-alike when its distance is no larger than the largest of theirs.
-"""
-
-import argparse
-import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing
 
-from flashtune.train import records  # noqa: E402
-from flashtune.bench import plots  # noqa: E402
-
-
-def read_runs(folder: Path) -> Dict[str, List[float]]:
-    """{implementation: per-iteration training loss} of every <impl>.jsonl in the folder."""
-    return {path.stem: [r["loss"] for r in records.training_steps(records.read(path))]
-            for path in sorted(folder.glob("*.jsonl"))}
-
-
-def distances(losses: List[float], reference: List[float]) -> Dict[str, float]:
-    """Relative per-iteration distance |loss - ref| / ref: mean, max, and over the last 10."""
-    if len(losses) != len(reference):
-        raise ValueError(f"runs differ in length: {len(losses)} vs {len(reference)} iterations")
-    rel = [abs(a - b) / abs(b) for a, b in zip(losses, reference)]
-    return {"mean": statistics.fmean(rel), "max": max(rel), "last10": statistics.fmean(rel[-10:]),
-            "final_loss": statistics.fmean(losses[-10:])}
-
-
-def compare(folder: Path, reference: str, candidate: str,
-            runs: Optional[Dict[str, List[float]]] = None) -> Dict[str, Dict[str, float]]:
-    """Each run's distances to the reference run (``runs``: already read from ``folder``)."""
-    runs = read_runs(folder) if runs is None else runs
-    for name in (reference, candidate):
-        if name not in runs:
-            raise SystemExit(f"no {name}.jsonl in {folder}; runs there: {sorted(runs)}")
-    return {name: distances(losses, runs[reference]) for name, losses in runs.items() if name != reference}
-
-
-def verdict(table: Dict[str, Dict[str, float]], candidate: str) -> str:
-    others = {n: d["mean"] for n, d in table.items() if n != candidate}
-    if not others:
-        return f"{candidate}: no other implementation to measure the noise with"
-    noise = max(others.values())
-    mine = table[candidate]["mean"]
-    alike = "within" if mine <= noise else "outside"
-    return (f"{candidate}'s mean distance {mine:.2%} is {alike} the bf16 noise band "
-            f"(largest of {', '.join(f'{n} {d:.2%}' for n, d in others.items())})")
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="a folder of <impl>.jsonl records of one model")
-    parser.add_argument("--reference", default="demo")
-    parser.add_argument("--candidate", default="poc")
-    parser.add_argument("--out", type=Path, help="folder for loss-agreement.md/.png (default: the input)")
-    args = parser.parse_args(argv)
-    out = args.out or args.folder
-    out.mkdir(parents=True, exist_ok=True)
-    runs = read_runs(args.folder)
-    table = compare(args.folder, args.reference, args.candidate, runs)
-    lines = [f"Training loss vs {args.reference}, per iteration ({args.folder})", "",
-             "| run | final loss (last 10) | mean rel. distance | max | last 10 |", "|---|---|---|---|---|"]
-    for name, d in table.items():
-        lines.append(f"| {name} | {d['final_loss']:.3f} | {d['mean']:.2%} | {d['max']:.2%} | {d['last10']:.2%} |")
-    lines += ["", verdict(table, args.candidate)]
-    text = "\n".join(lines)
-    print(text)
-    (out / "loss-agreement.md").write_text(text + "\n")
-    plots.loss_curves(runs, args.reference, out / "loss-agreement.png", args.folder.name)
-    return 0
-
+from flashtune.bench.loss_agreement import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

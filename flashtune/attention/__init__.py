@@ -1,9 +1,11 @@
 """Registry of attention implementations, keyed by the names the CLI and YAML use.
 
-Every implementation has the signature ``fn(q, k, v, *, scale, mask=None) -> out`` described in
-``flashtune.attention.contract``. Nothing is chosen at import time: callers ask by name.
+Every implementation has the signature ``fn(q, k, v, *, scale, mask=None, segments=None) -> out``
+described in ``flashtune.attention.contract`` (``segments``: int32 (B, L) document ids of packed
+sequences). Nothing is chosen at import time: callers ask by name.
 """
 
+import sys
 from typing import Callable, Dict, List
 
 AttentionFn = Callable[..., "mx.array"]  # noqa: F821 (mx is only named for readers)
@@ -50,6 +52,18 @@ def get(name: str) -> AttentionFn:
         raise KeyError(
             f"unknown attention {name!r}; valid names: {', '.join(names())}"
         ) from None
+
+
+def describe(name: str) -> Dict[str, str]:
+    """What an implementation is and which path it takes on this machine (``flashtune attention``).
+
+    Returns:
+        ``{"name", "what", "here"}``: the first line of its module's docstring, and what its
+        module's ``runs_here()`` says about the current backend.
+    """
+    module = sys.modules[get(name).__module__]
+    what = (module.__doc__ or "").strip().splitlines()[0].replace("``", "")
+    return {"name": name, "what": what, "here": module.runs_here()}
 
 
 def check_name(name: str) -> str:

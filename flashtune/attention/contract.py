@@ -1,14 +1,26 @@
 """The attention contract every registered implementation obeys, enforced in one place.
 
-``fn(q, k, v, *, scale, mask=None) -> out``:
+``fn(q, k, v, *, scale, mask=None, segments=None) -> out``:
   q (B, Hq, Lq, D); k, v (B, Hkv, Lk, D) with Hq % Hkv == 0 (GQA, never pre-tiled);
   mask None, "causal" (lower-right aligned, as mx.fast: the last query sees the last key),
   a bool array (True = keep) or an additive array, broadcastable to (B, Hq, Lq, Lk).
   The output has q's dtype; softmax accumulates in float32.
 
-Fully masked query rows (a bool row of all False, an additive row of all -inf, or the first
-Lq - Lk rows of a causal mask when Lq > Lk) output zeros and pass zero gradient. This is what
-FlashAttention does (its log-sum-exp is -inf there) and avoids NaN leaking into dK and dV.
+Array masks: every mask ``mx.fast.scaled_dot_product_attention`` accepts, i.e. rank 0 to 4,
+broadcastable to (B, Hq, Lq, Lk), bool or additive (float16, bfloat16, float32, or an integer
+type, added as its value). MLX also requires an additive mask's dtype to promote to q's;
+here any of those dtypes goes with any q (the mask is added in float32). float64 and complex
+masks are refused, as MLX refuses them.
+
+segments (packed sequences): an int32 (B, L) array of document ids, for self-attention only
+(Lq == Lk == L). Query i sees key j only when ``segments[b, i] >= 0`` and ``segments[b, i] ==
+segments[b, j]``, ANDed with ``mask``. A negative id marks a padding slot: its output row is
+zero with zero gradient, and as a key it is never seen. ``segments=None`` changes nothing.
+
+Fully masked query rows (a bool row of all False, an additive row of all -inf, the first
+Lq - Lk rows of a causal mask when Lq > Lk, or a padding slot) output zeros and pass zero
+gradient. This is what FlashAttention does (its log-sum-exp is -inf there) and avoids NaN
+leaking into dK and dV.
 """
 
 import functools
@@ -18,9 +30,12 @@ import mlx.core as mx
 
 Mask = Union[None, str, mx.array]
 FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
+SEGMENTS_DTYPE = mx.int32
 
 
-def validate(q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> None:
+def validate(
+    q: mx.array, k: mx.array, v: mx.array, mask: Mask, segments: Optional[mx.array] = None
+) -> None:
     """Raises ValueError, naming the shapes, when the inputs break the contract."""
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -49,20 +64,62 @@ def validate(q: mx.array, k: mx.array, v: mx.array, mask: Mask) -> None:
     else:
         raise ValueError(f"mask must be None, 'causal' or an array; got {type(mask).__name__}")
     if isinstance(mask, mx.array):
-        target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-        if mask.ndim > 4 or any(
-            m not in (1, t) for m, t in zip(mask.shape[::-1], target[::-1])
-        ):
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape)} is not broadcastable to "
-                f"(B, Hq, Lq, Lk) = {target}; {shapes}"
-            )
+        _validate_mask(mask, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), shapes)
+    if segments is not None:
+        _validate_segments(segments, q, k, shapes)
+
+
+def _validate_mask(mask: mx.array, target: tuple, shapes: str) -> None:
+    if mask.ndim > 4 or any(m not in (1, t) for m, t in zip(mask.shape[::-1], target[::-1])):
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} is not broadcastable to "
+            f"(B, Hq, Lq, Lk) = {target}; {shapes}"
+        )
+    if not (
+        mask.dtype == mx.bool_
+        or mask.dtype in FLOAT_DTYPES
+        or mx.issubdtype(mask.dtype, mx.integer)
+    ):
+        raise ValueError(
+            f"mask dtype {mask.dtype} is not supported; use bool (keep) or an additive "
+            f"float16/bfloat16/float32 or integer mask"
+        )
+
+
+def _validate_segments(segments, q: mx.array, k: mx.array, shapes: str) -> None:
+    if not isinstance(segments, mx.array):
+        raise ValueError(
+            f"segments must be an int32 mx.array of shape (B, L); got {type(segments).__name__}"
+        )
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"segments need self-attention (Lq == Lk); got {shapes}, "
+            f"segments {tuple(segments.shape)}"
+        )
+    expected = (q.shape[0], q.shape[2])
+    if segments.ndim != 2 or tuple(segments.shape) != expected:
+        raise ValueError(
+            f"segments must have shape (B, L) = {expected}; got {tuple(segments.shape)}, {shapes}"
+        )
+    if segments.dtype != SEGMENTS_DTYPE:
+        raise ValueError(
+            f"segments must be int32; got {segments.dtype} (shape {tuple(segments.shape)})"
+        )
 
 
 def keep_mask_rows(mask: mx.array) -> mx.array:
     """Returns a bool array, True where a query row keeps at least one key."""
     keep = mask if mask.dtype == mx.bool_ else mask > -float("inf")
     return mx.any(keep, axis=-1, keepdims=True)
+
+
+def same_segment(rows: mx.array, cols: mx.array) -> mx.array:
+    """Bool (B, n_rows, n_cols): query ids ``rows`` (B, n_rows) may see key ids ``cols``.
+
+    True where the ids are equal and the query's id is not negative (padding sees nothing).
+    """
+    rows = rows[:, :, None]
+    return (rows == cols[:, None, :]) & (rows >= 0)
 
 
 def causal_keep(q_start: int, q_len: int, k_start: int, k_len: int, offset: int) -> mx.array:
@@ -78,13 +135,19 @@ def causal_keep(q_start: int, q_len: int, k_start: int, k_len: int, offset: int)
 def conforming(fn: Callable) -> Callable:
     """Wraps an implementation's core so that it only sees inputs that meet the contract.
 
-    The core may assume: validated shapes and dtypes, and for ``mask="causal"``, Lq <= Lk.
-    Causal rows that see no key (Lq > Lk) are produced here as zeros.
+    The core may assume: validated shapes and dtypes, array masks of rank 4, and for
+    ``mask="causal"``, Lq <= Lk. Causal rows that see no key (Lq > Lk) are produced here as
+    zeros. The core is given ``segments=`` only when segments are passed, so without them
+    it runs exactly as a core that has never heard of them.
     """
 
     @functools.wraps(fn)
-    def attention(q, k, v, *, scale: float, mask: Mask = None, **options):
-        validate(q, k, v, mask)
+    def attention(q, k, v, *, scale: float, mask: Mask = None, segments=None, **options):
+        validate(q, k, v, mask, segments)
+        if isinstance(mask, mx.array) and mask.ndim < 4:
+            mask = mask.reshape((1,) * (4 - mask.ndim) + tuple(mask.shape))  # (1.., Lq|1, Lk|1)
+        if segments is not None:
+            options["segments"] = segments
         L_q, L_k = q.shape[2], k.shape[2]
         if isinstance(mask, str) and L_q > L_k:
             # Only the last Lk query rows see any key; the rest are fully masked.

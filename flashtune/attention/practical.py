@@ -4,6 +4,11 @@ Neither pass materializes an (Lq, Lk) matrix: the forward keeps a running max an
 query row and saves only the output and the per-row log-sum-exp (LSE); the backward recomputes
 each (block_q, block_k) tile of probabilities from the LSE. Extra memory is O(L), not O(L²).
 Tiles wholly above a causal diagonal are skipped in both passes. It runs wherever MLX runs.
+
+Packed sequences (``segments``): each tile's document mask is built from the ids of its query
+rows and key columns, so memory stays O(L). Tiles whose query and key documents do not meet
+are still computed (their probabilities are all zero): the loop over tiles is fixed when
+MLX traces it, and the ids are data, so which tiles could be skipped is unknown at that time.
 """
 
 import functools
@@ -14,7 +19,7 @@ import mlx.core as mx
 
 from flashtune import env
 from flashtune.attention import register
-from flashtune.attention.contract import causal_keep, conforming, grouped_mask
+from flashtune.attention.contract import causal_keep, conforming, grouped_mask, same_segment
 
 # On CPUs 256 keeps a (G·block_q, block_k) float32 tile in the hundreds of KB for typical GQA
 # groups, large enough that per-op overhead is small next to the matmuls. On a GPU each tile op
@@ -50,17 +55,31 @@ def _tile_mask(mask, causal, q_start, q_len, k_start, k_len, offset):
     return mask[..., rows, cols]
 
 
-def _tile_scores(q_tile, k_tile, tile_mask, scale, group):
-    """float32 scores of one tile, (B, Hkv, G*q_len, k_len), with the mask applied."""
+def _tile_masks(mask, causal, segments, q_start, q_len, k_start, k_len, offset):
+    """The masks of one tile, each broadcastable to (B, Hkv, G, q_len, k_len): the causal or
+    array mask, then the document mask of ``segments``; empty when nothing is masked."""
+    tile_mask = _tile_mask(mask, causal, q_start, q_len, k_start, k_len, offset)
+    masks = () if tile_mask is None else (tile_mask,)
+    if segments is None:
+        return masks
+    documents = same_segment(
+        segments[:, q_start : q_start + q_len], segments[:, k_start : k_start + k_len]
+    )[:, None, None]  # (B, 1, 1, q_len, k_len)
+    return masks + (documents,)
+
+
+def _tile_scores(q_tile, k_tile, tile_masks, scale, group):
+    """float32 scores of one tile, (B, Hkv, G*q_len, k_len), with the masks applied."""
     scores = (q_tile @ k_tile.swapaxes(-1, -2)).astype(mx.float32) * scale
-    if tile_mask is None:
+    if not tile_masks:
         return scores
     B, n_kv_heads, rows, k_len = scores.shape
     scores = scores.reshape(B, n_kv_heads, group, rows // group, k_len)
-    if tile_mask.dtype == mx.bool_:
-        scores = mx.where(tile_mask, scores, -_INF)
-    else:
-        scores = scores + tile_mask.astype(mx.float32)
+    for tile_mask in tile_masks:
+        if tile_mask.dtype == mx.bool_:
+            scores = mx.where(tile_mask, scores, -_INF)
+        else:
+            scores = scores + tile_mask.astype(mx.float32)
     return scores.reshape(B, n_kv_heads, rows, k_len)
 
 
@@ -82,8 +101,8 @@ def _first_q_block(k_start, q_blocks, offset):
     return len(q_blocks)
 
 
-def _forward(q, k, v, mask, *, scale, causal, block_q, block_k):
-    """Returns out (B, Hq, Lq, D) and lse (B, Hkv, G*Lq, 1) float32 (+inf on fully masked rows)."""
+def _forward(q, k, v, mask, *, scale, causal, block_q, block_k, segments=None):
+    """Returns out (B, Hq, Lq, D) and lse (B, Hkv, G, Lq) float32 (+inf on fully masked rows)."""
     B, n_heads, L_q, D = q.shape
     n_kv_heads, L_k = k.shape[1], k.shape[2]
     group = n_heads // n_kv_heads
@@ -103,9 +122,9 @@ def _forward(q, k, v, mask, *, scale, causal, block_q, block_k):
         row_sum = mx.zeros((B, n_kv_heads, rows, 1), dtype=mx.float32)
         k_stop = min(L_k, q_start + q_len + offset) if causal else L_k
         for k_start, k_len in _blocks(k_stop, block_k):
-            tile_mask = _tile_mask(mask, causal, q_start, q_len, k_start, k_len, offset)
+            tile_masks = _tile_masks(mask, causal, segments, q_start, q_len, k_start, k_len, offset)
             scores = _tile_scores(
-                q_tile, k[:, :, k_start : k_start + k_len], tile_mask, scale, group
+                q_tile, k[:, :, k_start : k_start + k_len], tile_masks, scale, group
             )
             new_max = mx.maximum(row_max, mx.max(scores, axis=-1, keepdims=True))
             safe_max = mx.where(new_max == -_INF, 0.0, new_max)
@@ -126,7 +145,7 @@ def _forward(q, k, v, mask, *, scale, causal, block_q, block_k):
     return out, lse
 
 
-def _backward(q, k, v, mask, out, lse, d_out, *, scale, causal, block_q, block_k):
+def _backward(q, k, v, mask, out, lse, d_out, *, scale, causal, block_q, block_k, segments=None):
     """dq, dk, dv by recomputing each tile's probabilities from the saved LSE."""
     B, n_heads, L_q, D = q.shape
     n_kv_heads, L_k = k.shape[1], k.shape[2]
@@ -160,8 +179,8 @@ def _backward(q, k, v, mask, out, lse, d_out, *, scale, causal, block_q, block_k
             rows = group * q_len
             tile_lse = lse[..., q_start : q_start + q_len].reshape(B, n_kv_heads, rows, 1)
             tile_delta = delta[..., q_start : q_start + q_len].reshape(B, n_kv_heads, rows, 1)
-            tile_mask = _tile_mask(mask, causal, q_start, q_len, k_start, k_len, offset)
-            probs = mx.exp(_tile_scores(q_tile, k_tile, tile_mask, scale, group) - tile_lse)
+            tile_masks = _tile_masks(mask, causal, segments, q_start, q_len, k_start, k_len, offset)
+            probs = mx.exp(_tile_scores(q_tile, k_tile, tile_masks, scale, group) - tile_lse)
             dv = dv + (probs.astype(dt).swapaxes(-1, -2) @ do_tile).astype(mx.float32)
             d_probs = (do_tile @ v_tile.swapaxes(-1, -2)).astype(mx.float32)
             d_scores = (probs * (d_probs - tile_delta)).astype(dt)
@@ -185,33 +204,56 @@ def _backward(q, k, v, mask, out, lse, d_out, *, scale, causal, block_q, block_k
 
 
 @functools.lru_cache(maxsize=None)
-def _flash_function(scale: float, causal: bool, with_mask: bool, block_q: int, block_k: int):
-    """A custom_function for one static configuration (custom functions take arrays only)."""
+def _flash_function(
+    scale: float,
+    causal: bool,
+    with_mask: bool,
+    block_q: int,
+    block_k: int,
+    with_segments: bool = False,
+):
+    """A custom_function for one static configuration (custom functions take arrays only).
+
+    It takes ``q, k, v``, then the mask if ``with_mask``, then the segment ids if
+    ``with_segments``; the mask and the ids get zero cotangents.
+    """
     static = dict(scale=scale, causal=causal, block_q=block_q, block_k=block_k)
+
+    def split(arrays):
+        """The mask (or None) and the ``segments`` keyword, from the arrays after q, k, v."""
+        mask = arrays[0] if with_mask else None
+        return mask, (dict(segments=arrays[-1]) if with_segments else {})
 
     # Compiling each pass fuses a tile's dozen elementwise ops into a few kernels: on a GPU the
     # uncompiled tiles are launch-bound. (Inside an already compiled step this is inlined.)
     @mx.compile
-    def forward(q, k, v, *maybe_mask):
-        return _forward(q, k, v, maybe_mask[0] if maybe_mask else None, **static)
+    def forward(q, k, v, *arrays):
+        mask, segments = split(arrays)
+        return _forward(q, k, v, mask, **static, **segments)
 
     @mx.compile
-    def backward(q, k, v, out, lse, d_out, *maybe_mask):
-        mask = maybe_mask[0] if maybe_mask else None
-        return _backward(q, k, v, mask, out, lse, d_out, **static)
+    def backward(q, k, v, out, lse, d_out, *arrays):
+        mask, segments = split(arrays)
+        return _backward(q, k, v, mask, out, lse, d_out, **static, **segments)
 
     @mx.custom_function
-    def flash(q, k, v, *maybe_mask):
-        return forward(q, k, v, *maybe_mask)
+    def flash(q, k, v, *arrays):
+        return forward(q, k, v, *arrays)
 
     @flash.vjp
     def flash_vjp(primals, cotangents, outputs):
-        q, k, v, *maybe_mask = primals
+        q, k, v, *arrays = primals
         out, lse = outputs
-        grads = backward(q, k, v, out, lse, cotangents[0], *maybe_mask)
-        return (*grads, *[mx.zeros_like(m) for m in maybe_mask])
+        grads = backward(q, k, v, out, lse, cotangents[0], *arrays)
+        return (*grads, *[mx.zeros_like(a) for a in arrays])
 
     return flash
+
+
+def runs_here() -> str:
+    """The path this implementation takes on the current backend (``flashtune attention``)."""
+    block = default_block()
+    return f"MLX ops on {env.backend()} in {block} x {block} tiles; O(L) extra memory forward and backward"
 
 
 @register("practical")
@@ -225,6 +267,7 @@ def practical(
     mask=None,
     block_q: Optional[int] = None,
     block_k: Optional[int] = None,
+    segments: Optional[mx.array] = None,
 ) -> mx.array:
     """FlashAttention-2 forward and backward in MLX ops.
 
@@ -233,6 +276,7 @@ def practical(
         scale: multiplier of q kᵀ.
         mask: None, "causal", a bool (keep) or an additive array (see contract.py).
         block_q, block_k: tile sizes along the query and key axes (default: `default_block`).
+        segments: None or int32 (B, L) document ids (see contract.py), masked per tile.
 
     Returns:
         (B, Hq, Lq, D) in q's dtype.
@@ -243,7 +287,11 @@ def practical(
         raise ValueError(f"block sizes must be positive; got {block_q}, {block_k}")
     causal = isinstance(mask, str)
     arrays = (q, k, v)
-    if isinstance(mask, mx.array):
+    with_mask = isinstance(mask, mx.array)
+    if with_mask:
         arrays += (grouped_mask(mask, q.shape[1], k.shape[1]),)
-    flash = _flash_function(float(scale), causal, len(arrays) == 4, block_q, block_k)
+    with_segments = segments is not None
+    if with_segments:
+        arrays += (segments,)
+    flash = _flash_function(float(scale), causal, with_mask, block_q, block_k, with_segments)
     return flash(*arrays)[0]

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
-from flashtune.bench.peer import TOOL
-from flashtune.bench.runner import PEER_GC, Run, recipe_path
+from flashtune.bench.peer import PEER_GC, TOOL, is_peer
+from flashtune.bench.runs import Run, recipe_path
 
 FIRST_LENGTH = 2048  # default lengths double from here to the model's context
 DEFAULT_STEPS = 3  # the first compiles; the median of the others is the step time
@@ -125,7 +125,17 @@ def recipe(facts: ModelFacts, steps: int) -> Dict:
     }  # fmt: skip
 
 
-FLASHTUNE_FLAGS = ["--chunked-loss", "--grad-checkpoint"]  # flashtune's best memory settings
+MEMORY_SETTINGS = {"chunked_loss": True, "grad_checkpoint": True}  # flashtune's best memory settings
+
+
+def run_settings(impl: str, length: int) -> Dict:
+    """The `flashtune train` settings one run adds to the recipe: one sequence of ``length`` tokens
+    per step (its ``length - 1`` inputs padded to ``length``), and flashtune's memory settings, or
+    for mlx_lm lora whether it checkpoints."""
+    shape = {"fixed_length": length, "batch_size": 1, "max_seq_length": length}
+    if is_peer(impl):
+        return dict(shape, grad_checkpoint=impl == PEER_GC)
+    return dict(shape, **MEMORY_SETTINGS)
 
 
 def row_of(summary: Dict, length: int) -> Dict:
@@ -215,8 +225,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _write_outputs(rows: List[Dict], out: Path, stem: str, title: str) -> None:
     from flashtune.bench.plots import context as context_plot
 
-    note = ("Each run: one sequence per step, a fresh process; flashtune with " + " ".join(FLASHTUNE_FLAGS)
-            + ", LoRA rank 8 on every block. step s: median after the first step (which compiles); "
+    note = ("Each run: one sequence per step, a fresh process; flashtune with --chunked-loss --grad-checkpoint"
+            ", LoRA rank 8 on every block. step s: median after the first step (which compiles); "
             "lengths after an out-of-memory run of an implementation are not run.")  # fmt: skip
     (out / f"{stem}.md").write_text(f"# {title}\n\n{note}\n\n{table(rows)}\n\n![{title}]({stem}.png)\n")
     if rows:
@@ -234,7 +244,7 @@ def _prepare(args, facts: ModelFacts, lengths: List[int], out: Path):
     cache = Path(args.cache_dir or os.environ.get("FLASHTUNE_BENCH_CACHE", "~/.cache/flashtune/bench")).expanduser()
     cache.mkdir(parents=True, exist_ok=True)
     dtype = str(resolve_dtype(None)).split(".")[-1]
-    # The sweep convention is L inputs from L+1 tokens; here a sequence is L tokens (see runner.shape_settings).
+    # The sweep convention is L inputs from L+1 tokens; here a sequence is L tokens (see `run_settings`).
     setup = prepare_model(args.model, cache, dtype, args.seed, max(lengths) - 1, args.random_init, args.export_dir)
     key = Path(args.model).name
     recipes = out / "recipes"
@@ -242,7 +252,7 @@ def _prepare(args, facts: ModelFacts, lengths: List[int], out: Path):
     settings = dict(recipe(facts, args.steps), model=setup.train_model, init=setup.init)
     recipe_path("context", key, recipes).write_text(yaml.safe_dump(settings, sort_keys=False))
     cap = args.memory_cap_gb if args.memory_cap_gb is not None else memory_cap_default()
-    bench = Bench(out.parent, cache, recipes, {key: setup}, {}, train_flags=list(FLASHTUNE_FLAGS), memory_cap_gb=cap or None, verbose=False)
+    bench = Bench(out.parent, cache, recipes, {key: setup}, {}, memory_cap_gb=cap or None, verbose=False)
     for length in lengths:
         bench.data[("context", key, length)] = prepare_data(setup, cache, args.seed, length - 1, 1)
     return bench, key, setup, slug(key)
@@ -262,19 +272,19 @@ def run_from_args(args: argparse.Namespace) -> int:
     out = (Path(args.results) if args.results else default_results_dir()) / "context"
     print(f"bench context: {facts.name} (context {facts.context} tokens, {facts.n_layers} blocks, vocabulary "
           f"{facts.vocab_size}), lengths {lengths}, {len(pairs)} runs of {args.steps} steps into {out}", flush=True)  # fmt: skip
-    print(f"flashtune runs: {' '.join(FLASHTUNE_FLAGS)}, settings {recipe(facts, args.steps)}", flush=True)
+    print(f"flashtune runs: --chunked-loss --grad-checkpoint, settings {recipe(facts, args.steps)}", flush=True)
     if args.dry_run:
         print("\n".join(f"  L={length} {impl}" for length, impl in pairs))
         return 0
     bench, key, setup, stem = _prepare(args, facts, lengths, out)
     path = out / f"{stem}.jsonl"
     settings = {"model": args.model, "lengths": lengths, "impls": impls, "steps": args.steps, "memory_cap_gb": bench.memory_cap_gb,
-                "recipe": recipe(facts, args.steps), "flashtune_flags": FLASHTUNE_FLAGS}  # fmt: skip
+                "recipe": recipe(facts, args.steps), "memory_settings": MEMORY_SETTINGS}  # fmt: skip
     header = env.run_info(settings, kind="context-bench", model=setup.label, weights=setup.weights, context=facts.context)
     path.write_text(json.dumps(header) + "\n")
 
     def execute(length: int, impl: str) -> Dict:
-        run = Run("context", key, impl, length, 1, args.steps)
+        run = Run("context", key, impl, length, 1, args.steps, overrides=run_settings(impl, length))
         bench.execute(run)
         return row_of(summarize_run(bench.results / run.relpath), length)
 

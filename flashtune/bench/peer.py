@@ -27,6 +27,13 @@ from typing import Any, Dict, List, Optional, Tuple
 PREFIX = "flashtune-peer: "
 INFO_PREFIX = "flashtune-peer-info: "
 TOOL = "mlx_lm.lora"
+PEER_GC = TOOL + "+grad-checkpoint"  # the same trainer with its --grad-checkpoint
+
+
+def is_peer(impl: str) -> bool:
+    """Whether ``impl`` names a run of mlx_lm lora (with or without its grad checkpointing)."""
+    return impl in (TOOL, PEER_GC)
+
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _NUM = r"([-+]?[0-9][0-9,]*\.?[0-9]*(?:[eE][-+]?[0-9]+)?|nan|inf)"

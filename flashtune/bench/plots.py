@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 IMPL_STYLE = {  # one colour per implementation in every plot
     "baseline": "#7f7f7f", "practical": "#1f77b4", "demo": "#d62728", "poc": "#2ca02c", "mlx_lm.lora": "#ff7f0e",
-    "mlx_lm.lora+grad-checkpoint": "#8c564b",
+    "hf-peft": "#8c564b", "hf-peft+compile": "#e377c2", "mlx_lm.lora+grad-checkpoint": "#bcbd22",
 }  # fmt: skip
 
 
@@ -18,7 +18,8 @@ def _pyplot():
     return plt
 
 
-MARKERS = {"baseline": "s", "practical": "^", "demo": "o", "poc": "D", "mlx_lm.lora": "v", "mlx_lm.lora+grad-checkpoint": "<"}
+MARKERS = {"baseline": "s", "practical": "^", "demo": "o", "poc": "D", "mlx_lm.lora": "v", "hf-peft": "P", "hf-peft+compile": "X",
+           "mlx_lm.lora+grad-checkpoint": "<"}  # fmt: skip
 
 
 def _color(impl: str) -> str:
@@ -178,6 +179,42 @@ def attention_speedup(records: List[Dict[str, Any]], path: Path, title: str) -> 
         ax.set_title(f"{title}: {name} (x: failed, or baseline failed)", fontsize=10)
         ax.grid(True, axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def packing_speed(runs: List[Dict[str, Any]], path: Path, title: str) -> Path:
+    """Trained tokens/s over one pass: per implementation packed and padded side by side, mlx_lm.lora alone.
+
+    Packed bars are solid, padded bars hatched; a packed bar is labelled with its speedup over its
+    padded run; crosses mark failed runs.
+    """
+    from flashtune.bench.packing_report import pass_numbers
+
+    plt = _pyplot()
+    impls = list(dict.fromkeys(s["impl"] for s in runs))
+    fig, ax = plt.subplots(figsize=(1.6 * len(impls) + 3, 4.5))
+    speed = {(s["impl"], s["bench"].get("variant")): (pass_numbers(s)["trained"] if s["status"] == "ok" else None) for s in runs}
+    for x, impl in enumerate(impls):
+        variants = [v for v in ("packed", "padded", None) if (impl, v) in speed]
+        width = 0.8 / len(variants)
+        for j, variant in enumerate(variants):
+            at, value = x + (j - (len(variants) - 1) / 2) * width, speed[(impl, variant)]
+            if value is None:
+                ax.plot([at], [0], "x", color=_color(impl), ms=10, mew=2, clip_on=False)
+                continue
+            ax.bar([at], [value], width * 0.95, color=_color(impl), alpha=0.45 if variant == "padded" else 0.9,
+                   hatch="//" if variant == "padded" else None, edgecolor="black", linewidth=0.5)  # fmt: skip
+            padded = speed.get((impl, "padded"))
+            text = f"{value:,.0f}" + (f"\n{value / padded:.2f}×" if variant == "packed" and padded else "")
+            ax.annotate(text, (at, value), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(impls)), impls)
+    ax.set_ylabel("trained tokens/s (loss tokens / pass time)")
+    ax.set_title(title + "\n(solid: packed, hatched: padded; label: packed vs padded)", fontsize=10)
+    ax.margins(y=0.15)
+    ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

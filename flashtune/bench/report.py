@@ -5,6 +5,10 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from flashtune.bench.goals import targets_table
+from flashtune.bench.hf_peft import HF_IMPLS, HF_TOOL, report_note
+from flashtune.bench.packing_report import sections as packing_sections
+
 
 def read_jsonl(path: Path) -> Tuple[dict, List[dict]]:
     """Returns (run_info header or {}, records) of one JSONL results file."""
@@ -40,58 +44,20 @@ def describe_header(header: dict) -> str:
     )
 
 
-def attention_table(records: List[dict]) -> str:
-    """One row per (shape, implementation), with speedups against ``baseline``, ``demo``, ``anchor``.
-
-    Speedups are reference fwd+bwd time / this row's; ``anchor`` is bare fused SDPA, so files
-    from before it was measured show "–" in that column.
-    """
-    by_shape: Dict[tuple, Dict[str, dict]] = {}
-    for r in records:
-        key = (r["tag"], r["batch"], r["n_heads"], r["n_kv_heads"], r["length"], r["head_dim"])
-        by_shape.setdefault(key, {})[r["impl"]] = r
-    rows = []
-    for key, impls in by_shape.items():
-        base = impls.get("baseline", {})
-        demo = impls.get("demo", {})
-        anchor = impls.get("anchor", {})
-        for name, r in impls.items():
-            ok = r.get("status") == "ok"
-            speed = lambda ref: (  # noqa: E731
-                ref["fwdbwd_ms"] / r["fwdbwd_ms"] if ok and ref.get("status") == "ok" else None
-            )
-            rows.append([
-                key[0], f"{key[1]}×{key[4]}", f"{key[2]}/{key[3]}", key[5], name,
-                r.get("fwd_ms") if ok else r.get("status"), r.get("fwdbwd_ms"),
-                r.get("fwd_tflops"), r.get("fwdbwd_tflops"), speed(base), speed(demo), speed(anchor),
-                r.get("extra_mb"), r.get("rel_err"),
-            ])
-    columns = [
-        "shape", "B×L", "Hq/Hkv", "D", "impl", "fwd ms", "fwd+bwd ms", "fwd TFLOP/s",
-        "fwd+bwd TFLOP/s", "fwd+bwd speedup vs baseline", "vs demo", "vs anchor", "fwd+bwd extra MB",
-        "rel err",
-    ]
-    return markdown_table(columns, rows)
-
-
-def demo_length_note(records: List[dict], lengths: Tuple[int, int] = (1000, 1024)) -> str:
-    """demo's fwd+bwd time per token at L=1000 over that at L=1024, per shape tag.
-
-    The padding target: a length just short of a multiple of 128 should cost no more per token
-    (ratio <= 1). Returns "" when no tag has demo ok at both lengths.
-    """
-    short, long = lengths
-    per_token: Dict[str, Dict[int, float]] = {}
-    for r in records:
-        if r.get("impl") == "demo" and r.get("status") == "ok" and r["length"] in lengths:
-            per_token.setdefault(r["tag"], {})[r["length"]] = r["fwdbwd_ms"] / (r["batch"] * r["length"])
-    ratios = [f"{tag} {at[short] / at[long]:.2f}" for tag, at in per_token.items() if len(at) == 2]
-    return f"demo L={short} vs {long} per token: {', '.join(ratios)}" if ratios else ""
-
-
 # --- fine-tuning runs (flashtune.bench.finetune) ------------------------------------------------
 
-IMPL_ORDER = ("baseline", "practical", "demo", "poc", "mlx_lm.lora")
+IMPL_ORDER = ("baseline", "practical", "demo", "poc", "mlx_lm.lora", *HF_IMPLS)
+KIND_WORDS = {"lora": "LoRA", "dora": "DoRA", "full": "full fine-tuning"}  # by fine_tune_type
+
+
+def kinds(runs: List[Dict[str, Any]]) -> List[Tuple[str, str]]:
+    """The (model, fine_tune_type) pairs of ``runs`` in order of first appearance."""
+    return list(dict.fromkeys((s["model"], s["fine_tune_type"]) for s in runs))
+
+
+def named(model: str, kind: str) -> str:
+    """The model as tables name it: with its fine-tuning type unless LoRA."""
+    return model if kind == "lora" else f"{model} ({KIND_WORDS.get(kind, kind)})"
 
 
 def _order(impl: str) -> int:
@@ -136,7 +102,7 @@ def summarize_run(path: Path) -> Dict[str, Any]:
         "weights": bench.get("weights"), "tokenizer": bench.get("tokenizer"), "bench": bench, "run_info": run["run_info"],
         "status": end.get("status", "ok" if steps else "failed"), "error": end.get("error"), "oom": end.get("oom"),
         "process_wall_s": end.get("process_wall_s"), "first_to_last_report_s": end.get("first_to_last_report_s"),
-        "iters": steps[-1]["iter"] if steps else 0,
+        "iters": steps[-1]["iter"] if steps else 0, "fine_tune_type": bench.get("fine_tune_type", "lora"),
     }  # fmt: skip
     if not steps:
         return out
@@ -153,6 +119,8 @@ def summarize_run(path: Path) -> Dict[str, Any]:
     total = sum(r["wall_s"] for r in steps)
     tokens = sum(r["tokens"] for r in steps)
     peaks = [r["peak_mem_gb"] for r in steps if r.get("peak_mem_gb") is not None]
+    # Slots (B x L of every step, padding included) and the slots holding example tokens, where recorded.
+    slots, filled = ([r.get(k) for r in steps] for k in ("padded_tokens", "input_tokens"))
     out.update(
         total_wall_s=total, tokens=tokens, tokens_per_s=tokens / total if total else 0.0,
         steady_tokens_per_s=statistics.median(r["tokens_per_s"] for r in steady),
@@ -160,6 +128,7 @@ def summarize_run(path: Path) -> Dict[str, Any]:
         warmup_steps=sum(1 for r in steps if r.get("warmup")), peak_mem_gb=max(peaks) if peaks else None,
         final_loss=statistics.fmean(r["loss"] for r in steps[-10:]),
         final_val_loss=run["evals"][-1]["val_loss"] if run["evals"] else None,
+        slots=None if None in slots else sum(slots), input_tokens=None if None in filled else sum(filled),
         series=series, losses=[(r["iter"], r["loss"]) for r in steps],
     )  # fmt: skip
     return out
@@ -187,9 +156,9 @@ def _status(s: Dict[str, Any]) -> str:
 
 
 def main_table(runs: List[Dict[str, Any]]) -> str:
-    """The 100-iteration comparison of one model: one row per implementation and mlx_lm.lora."""
+    """The 100-iteration comparison of one model: one row per implementation, mlx_lm.lora and hf-peft."""
     ok = {s["impl"]: s for s in runs if s["status"] == "ok"}
-    base, peer = ok.get("baseline", {}), ok.get("mlx_lm.lora", {})
+    base, peer, hf = ok.get("baseline", {}), ok.get("mlx_lm.lora", {}), ok.get(HF_TOOL, {})
     rows = []
     for s in sorted(runs, key=lambda s: _order(s["impl"])):
         good = s["status"] == "ok"
@@ -200,12 +169,13 @@ def main_table(runs: List[Dict[str, Any]]) -> str:
             s.get("steady_tokens_per_s") if good else None,
             _ratio(base.get("total_wall_s"), s.get("total_wall_s")) if good else None,
             _ratio(peer.get("total_wall_s"), s.get("total_wall_s")) if good else None,
+            _ratio(hf.get("total_wall_s"), s.get("total_wall_s")) if good else None,
             s.get("peak_mem_gb") if good else None, s.get("final_loss") if good else None,
             s.get("final_val_loss") if good else None,
         ])  # fmt: skip
     columns = [
         "impl", "status", "iters", "train time s", "process s", "median step ms", "tok/s",
-        "steady tok/s", "speedup vs baseline", "speedup vs mlx_lm.lora", "peak GB", "final loss", "val loss",
+        "steady tok/s", "speedup vs baseline", "speedup vs mlx_lm.lora", "speedup vs hf-peft", "peak GB", "final loss", "val loss",
     ]  # fmt: skip
     return markdown_table(columns, rows)
 
@@ -241,47 +211,6 @@ def sweep_table(runs: List[Dict[str, Any]]) -> str:
     return markdown_table(columns, rows)
 
 
-def targets_table(main: List[Dict[str, Any]], sweep: List[Dict[str, Any]]) -> str:
-    """The issue's targets, measured wherever the runs they need exist (stated for TinyLlama on an H100)."""
-    rows = []
-
-    def ok(runs, **match):
-        return {s["impl"]: s for s in runs if s["status"] == "ok" and all(s.get(k) == v for k, v in match.items())}
-
-    def failed(runs, impl, **match):
-        return any(s["impl"] == impl and s["status"] != "ok" and all(s.get(k) == v for k, v in match.items()) for s in runs)
-
-    for model in sorted({s["model"] for s in sweep}):
-        runs = [s for s in sweep if s["model"] == model]
-        at = ok(runs, length=1024)
-        if "demo" in at and "baseline" in at:
-            r = at["demo"]["steady_tokens_per_s"] / at["baseline"]["steady_tokens_per_s"]
-            rows.append([model, f"demo tok/s vs baseline at {at['demo']['batch']}×1024", f"{r:.2f}×", "≥ 1.3×", "yes" if r >= 1.3 else "no"])
-        L = 4096
-        if any(s["length"] == L for s in runs):
-            at = ok(runs, length=L)
-            best = max((at[i] for i in ("demo", "poc") if i in at), key=lambda s: s["steady_tokens_per_s"], default=None)
-            if best and "baseline" in at:
-                r = best["steady_tokens_per_s"] / at["baseline"]["steady_tokens_per_s"]
-                m = best["peak_mem_gb"] / at["baseline"]["peak_mem_gb"]
-                rows.append([model, f"best of demo/poc ({best['impl']}) tok/s vs baseline at {best['batch']}×{L}", f"{r:.2f}×", "≥ 2×", "yes" if r >= 2 else "no"])
-                rows.append([model, f"its peak memory vs baseline at {best['batch']}×{L}", f"{m:.2f}", "≤ 0.5", "yes" if m <= 0.5 else "no"])
-            elif best and failed(runs, "baseline", length=L):
-                rows.append([model, f"{best['impl']} vs baseline at {best['batch']}×{L}", "baseline failed (out of memory?)", "≥ 2×, ≤ 0.5 memory", "yes"])
-    for model in sorted({s["model"] for s in main}):
-        at = ok([s for s in main if s["model"] == model])
-        flash = [at[i] for i in ("baseline", "practical", "demo", "poc") if i in at]
-        if flash and "mlx_lm.lora" in at:
-            peer = at["mlx_lm.lora"]
-            best = min(flash, key=lambda s: s["total_wall_s"])
-            r = best["total_wall_s"] / peer["total_wall_s"]
-            rows.append([model, f"time for {best['iters']} iterations, best flashtune ({best['impl']}) / mlx_lm.lora", f"{r:.2f}", "≤ 0.33", "yes" if r <= 1 / 3 else "no"])
-            fastest = max(flash, key=lambda s: s["steady_tokens_per_s"])
-            r = fastest["steady_tokens_per_s"] / peer["steady_tokens_per_s"]
-            rows.append([model, f"steady tok/s, best flashtune ({fastest['impl']}) vs mlx_lm.lora", f"{r:.2f}×", "≥ 1.5×", "yes" if r >= 1.5 else "no"])
-    return markdown_table(["model", "target", "measured", "goal", "met"], rows) if rows else ""
-
-
 def _data_note(s: Dict[str, Any]) -> str:
     b = s["bench"]
     meta = b.get("data_meta") or {}
@@ -305,11 +234,14 @@ def _notes(runs: List[Dict[str, Any]], header: dict) -> List[str]:
         "tokens only where prompts are masked), counted alike by both tools.",
         "mlx_lm.lora is `python -m mlx_lm lora` unchanged, started through `flashtune.bench.peer`, which "
         "only observes it (a JSON reporting callback beside its own, reporting every iteration, and the "
-        "shape of each batch) and loads the same OpenBLAS as flashtune on CPUs. Same data, seed, LoRA "
-        "(layers, rank, scale), AdamW, warm-up + cosine schedule, evaluation batches. Its batching differs: "
+        "shape of each batch) and loads the same OpenBLAS as flashtune on CPUs. Same data, seed, fine-tuning type (lora, dora or full, "
+        "as each section's title says), LoRA (layers, rank, scale), AdamW, warm-up + cosine schedule, evaluation batches. Its batching differs: "
         "it pads to a multiple of 32 (+1); flashtune pads to lengths planned per run (flashtune.data.shapes: multiples of 128 on CUDA, 32 elsewhere, merged where a compile costs more than the padding), and on GPUs dispatches each step before waiting for the previous one. Losses differ by batch order, and "
         "val loss by each tool's own pick of validation batches (mlx_lm takes the shortest first): compare them within a tool.",
     ]
+    hf = [s for s in runs if s["impl"] in HF_IMPLS]
+    if hf:
+        notes.append(report_note(next((s["run_info"] for s in hf if s["run_info"].get("tool") == HF_TOOL), {})))
     for label, note in sorted({(s["label"], s.get("tokenizer")) for s in runs if s.get("label")}):
         weights = "random-init" in label
         line = f"**{label}**: " + ("architecture-exact random weights (timing does not depend on weight values)" if weights else "real weights")
@@ -332,6 +264,38 @@ def _notes(runs: List[Dict[str, Any]], header: dict) -> List[str]:
     return notes
 
 
+def _sections(runs: List[Dict[str, Any]], results: Path) -> List[str]:
+    """The main comparison, its warm-up runs and the sweep of one model and fine-tuning type."""
+    from flashtune.bench import plots
+
+    model, kind = runs[0]["model"], runs[0]["fine_tune_type"]
+    words, tag = KIND_WORDS.get(kind, kind), _slug(model) + ("" if kind == "lora" else f"-{kind}")
+    lines = []
+    mine = sorted((s for s in runs if s["suite"] == "main"), key=lambda s: _order(s["impl"]))
+    if mine:
+        label = mine[0]["label"]
+        iters = max(s["iters"] for s in mine)
+        png = plots.iteration_times(mine, results / f"iterations-{tag}.png", f"{label}: per-iteration wall time ({words})")
+        lines += [f"## {label}: {iters} {words} iterations", "", _data_note(mine[0]), "", main_table(mine), "", f"![per-iteration wall time]({png.name})", ""]
+        failed = [s for s in mine if s["status"] != "ok"]
+        lines += [f"- {s['impl']} failed: `{(s.get('error') or '').splitlines()[-1:] or ['?']}`" for s in failed] + ([""] if failed else [])
+    warm = sorted((s for s in runs if s["suite"] == "cold"), key=lambda s: _order(s["impl"]))
+    if warm:
+        lines += ["### Warm-up runs", "", "Each measured run above follows a warm-up run of the same tool in the same call (by default "
+                  "as long as the measured one), so MLX's on-disk kernel cache (CUDA kernels are JIT-compiled on first "
+                  "use) holds the kernels of every batch shape the measured run compiles, for every tool alike; the first "
+                  "run of a call on a fresh machine pays the one-time compilation.", "", cold_table(warm), ""]
+    swept = [s for s in runs if s["suite"] == "sweep"]
+    if swept:
+        label = swept[0]["label"]
+        tok = plots.sweep(swept, "steady_tokens_per_s", "steady tokens/s", results / f"sweep-tokens-{tag}.png", f"{label}: tokens/s vs sequence length ({words})")
+        mem = plots.sweep(swept, "peak_mem_gb", "peak memory (GB)", results / f"sweep-memory-{tag}.png", f"{label}: peak memory vs sequence length ({words})")
+        tokens = {s["batch"] * s["length"] for s in swept}
+        lines += [f"## {label}: {words} sequence-length sweep ({'/'.join(map(str, sorted(tokens)))} tokens per step)", "",
+                  _data_note(swept[0]), "", sweep_table(swept), "", f"![tokens/s]({tok.name}) ![peak memory]({mem.name})", ""]  # fmt: skip
+    return lines
+
+
 def write_report(results: Path) -> Path:
     """Writes ``report.md`` and PNG plots into ``results`` from its JSONL files alone.
 
@@ -346,42 +310,25 @@ def write_report(results: Path) -> Path:
     lines = [f"# flashtune results: {results.name}", ""]
     if header:
         lines += [describe_header(header), ""]
+    packed_suite = [s for s in runs if str(s["suite"]).startswith("packing")]
+    runs = [s for s in runs if not str(s["suite"]).startswith("packing")]
     main = [s for s in runs if s["suite"] == "main"]
     sweep = [s for s in runs if s["suite"] == "sweep"]
-    cold = [s for s in runs if s["suite"] == "cold"]
     if runs:
         lines += ["- " + n for n in _notes(runs, header)] + [""]
     targets = targets_table(main, sweep)
     if targets:
-        lines += ["## Targets", "", "The goals are issue 7's, stated for TinyLlama-1.1B on the lent H100 (4×1024 and 1×4096 "
-                  "from the sweep; the time and steady tok/s goals from the main comparison); shown for every model measured.",
+        lines += ["## Performance goals", "", "flashtune's goals, set for TinyLlama-1.1B on an NVIDIA H100 (4×1024 and 1×4096 "
+                  "from the sweep; the time and steady tok/s goals from the main comparison); shown for every model measured. "
+                  "DoRA runs are held to half of mlx_lm.lora's DoRA time; full fine-tuning shows its ratio without a goal.",
                   "", targets, ""]
-    models = sorted({s["model"] for s in runs}, key=lambda m: [s["model"] for s in runs].index(m))
-    for model in models:
-        mine = sorted((s for s in main if s["model"] == model), key=lambda s: _order(s["impl"]))
-        if mine:
-            label = mine[0]["label"]
-            iters = max(s["iters"] for s in mine)
-            png = plots.iteration_times(mine, results / f"iterations-{_slug(model)}.png", f"{label}: per-iteration wall time")
-            lines += [f"## {label}: {iters} LoRA iterations", "", _data_note(mine[0]), "", main_table(mine), "", f"![per-iteration wall time]({png.name})", ""]
-            failed = [s for s in mine if s["status"] != "ok"]
-            lines += [f"- {s['impl']} failed: `{(s.get('error') or '').splitlines()[-1:] or ['?']}`" for s in failed] + ([""] if failed else [])
-        warm = sorted((s for s in cold if s["model"] == model), key=lambda s: _order(s["impl"]))
-        if warm:
-            lines += ["### Warm-up runs", "", "Each measured run above follows a warm-up run of the same tool in the same call (by default "
-                      "as long as the measured one), so MLX's on-disk kernel cache (CUDA kernels are JIT-compiled on first "
-                      "use) holds the kernels of every batch shape the measured run compiles, for every tool alike; the first "
-                      "run of a call on a fresh machine pays the one-time compilation.", "", cold_table(warm), ""]
-        swept = [s for s in sweep if s["model"] == model]
-        if swept:
-            label = swept[0]["label"]
-            tok = plots.sweep(swept, "steady_tokens_per_s", "steady tokens/s", results / f"sweep-tokens-{_slug(model)}.png", f"{label}: tokens/s vs sequence length")
-            mem = plots.sweep(swept, "peak_mem_gb", "peak memory (GB)", results / f"sweep-memory-{_slug(model)}.png", f"{label}: peak memory vs sequence length")
-            tokens = {s["batch"] * s["length"] for s in swept}
-            lines += [f"## {label}: sequence-length sweep ({'/'.join(map(str, sorted(tokens)))} tokens per step)", "",
-                      _data_note(swept[0]), "", sweep_table(swept), "", f"![tokens/s]({tok.name}) ![peak memory]({mem.name})", ""]  # fmt: skip
+    for model, kind in kinds(runs):
+        lines += _sections([s for s in runs if (s["model"], s["fine_tune_type"]) == (model, kind)], results)
+    lines += packing_sections(packed_suite, results)
     attention = results / "attention.jsonl"
     if attention.is_file():
+        from flashtune.bench.attention_report import attention_table, demo_length_note
+
         att_header, records = read_jsonl(attention)
         png = plots.attention_speedup(records, results / "attention-speedup.png", "Attention fwd+bwd speedup vs baseline")
         lines += ["## Attention benchmark (attention.jsonl)", "", describe_header(att_header), "", attention_table(records), ""]

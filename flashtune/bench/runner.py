@@ -19,70 +19,24 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from flashtune.bench.assets import ModelSetup, export_weights, slug
-from flashtune.bench.peer import PREFIX, TOOL, parse_output, to_records
+from flashtune.bench import hf_peft
+from flashtune.bench.assets import ModelSetup, export_weights
+from flashtune.bench.hf_peft import HF_IMPLS, HF_TOOL, HfOptions
+from flashtune.bench.peer import PEER_GC, PREFIX, TOOL, is_peer, parse_output, to_records
+from flashtune.bench.portable import portable_file, run_roots
+from flashtune.bench.runs import Run, recipe_path
 from flashtune.bench.watch import Watch
 from flashtune.errors import is_out_of_memory
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-PEER_GC = TOOL + "+grad-checkpoint"  # mlx_lm lora with its --grad-checkpoint
-
-
-def is_peer(impl: str) -> bool:
-    """Whether ``impl`` names a run of mlx_lm lora (with or without its grad checkpointing)."""
-    return impl in (TOOL, PEER_GC)
-
-
-def recipe_path(suite: str, model: str, recipes: Path) -> Path:
-    """``finetune-<model>.yaml`` for the main suite, ``context-<model>.yaml`` for the context
-    suite, ``sweep-<model>.yaml`` for the sweep, in ``recipes``."""
-    kind = {"main": "finetune", "cold": "finetune", "context": "context"}.get(suite, "sweep")
-    return recipes / f"{kind}-{slug(model)}.yaml"
-
-
-@dataclass
-class Run:
-    """One training run: which suite, model, tool/implementation and shape."""
-
-    suite: str  # "main" | "cold" (the warm-up run before a main run) | "sweep" | "context"
-    model: str
-    impl: str  # an attention name, "mlx_lm.lora" or "mlx_lm.lora+grad-checkpoint"
-    length: Optional[int] = None  # sweep, context: fixed_length
-    batch: Optional[int] = None  # sweep: batch size (context: 1)
-    iters: Optional[int] = None  # overrides the recipe
-
-    @property
-    def relpath(self) -> Path:
-        if self.suite in ("sweep", "context"):
-            return Path(self.suite, self.model, f"L{self.length}-{self.impl}.jsonl")
-        return Path("main", self.model, *(["cold"] if self.suite == "cold" else []), f"{self.impl}.jsonl")
-
-    @property
-    def name(self) -> str:
-        shape = f" {self.batch}x{self.length}" if self.length else ""
-        return f"{self.suite} {self.model}{shape} {self.impl}"
-
-
-def shape_settings(run: Run) -> Dict[str, int]:
-    """The batch shape a sweep or context run fixes (flashtune train settings; {} for the main suite).
-
-    Sweep: examples of L+1 tokens, L inputs. Context: examples of L tokens (up to the model's
-    context), whose L-1 inputs are padded to L, so a step still computes L positions.
-    """
-    if run.suite == "sweep":
-        return {"fixed_length": run.length, "batch_size": run.batch, "max_seq_length": run.length + 1}
-    if run.suite == "context":
-        return {"fixed_length": run.length, "batch_size": 1, "max_seq_length": run.length}
-    return {}
+# The folder holding the flashtune package (a checkout or site-packages): child processes import it from there.
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
 def _child_env() -> Dict[str, str]:
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -110,6 +64,7 @@ class Bench:
     retry_failed: bool = False
     budget_s: Optional[float] = None
     train_flags: List[str] = field(default_factory=list)  # added to every `flashtune train` (ablations)
+    hf: Optional[HfOptions] = None  # where the hf-peft runs go (None: none planned)
     memory_cap_gb: Optional[float] = None  # resident-memory cap of each run's process (flashtune.bench.watch)
     verbose: bool = True  # print a line per finished run (callers with their own progress lines turn it off)
     started: float = field(default_factory=time.perf_counter)
@@ -156,13 +111,15 @@ class Bench:
         partial.unlink(missing_ok=True)
         tic = time.perf_counter()
         try:
-            status = (self._peer if is_peer(run.impl) else self._flashtune)(run, partial)
+            status = self._tool(run.impl)(run, partial)
         except BudgetExceeded:
             partial.unlink(missing_ok=True)
             self.counts["left"] += 1
             print(f"  {run.name}: stopped at the time budget; left for the next call", flush=True)
             return None
         self.durations.setdefault((run.suite, run.model), []).append(time.perf_counter() - tic)
+        # Records name no absolute path of this machine, so a results folder can be committed as is.
+        portable_file(partial, run_roots(results=self.results, cache=self.cache, repo=PACKAGE_PARENT))
         partial.replace(target)
         self.counts["done"] += 1
         self.counts["failed"] += status != "ok"
@@ -172,26 +129,36 @@ class Bench:
 
     # --- one run of each tool --------------------------------------------------------------------
 
+    def _tool(self, impl: str):
+        """The method that runs ``impl``: mlx_lm.lora (with or without its grad checkpointing), an
+        hf-peft variant, or flashtune train."""
+        if is_peer(impl):
+            return self._peer
+        return self._hf_peft if impl in HF_IMPLS else self._flashtune
+
     def _config(self, run: Run):
         from flashtune import config as config_module
 
-        overrides = {}
+        overrides = {"fine_tune_type": run.fine_tune_type}
         if run.iters:
             overrides["iters"] = run.iters
-        overrides.update(shape_settings(run))
+        if run.suite == "sweep":
+            overrides.update(fixed_length=run.length, batch_size=run.batch, max_seq_length=run.length + 1)
+        overrides.update(run.overrides)
         return config_module.resolve(argparse.Namespace(config=str(recipe_path(run.suite, run.model, self.recipes))), **overrides)
 
     def _header(self, run: Run, config, command: List[str]) -> dict:
         setup = self.setups[run.model]
-        data = self.data.get((run.suite if run.suite != "cold" else "main", run.model, run.length))
+        data = self.data.get(run.data_key)
         meta = data / "meta.json" if data else None
         return {"bench": {
-            "suite": run.suite, "model": run.model, "label": setup.label, "weights": setup.weights,
+            "suite": run.suite, "fine_tune_type": run.fine_tune_type, "model": run.model, "label": setup.label, "weights": setup.weights,
             "tokenizer": setup.tokenizer_note, "impl": run.impl, "tool": TOOL if is_peer(run.impl) else "flashtune",
             "length": run.length, "batch": config.batch_size, "iters": config.iters, "recipe": str(recipe_path(run.suite, run.model, self.recipes)),
             "data": str(data) if data else "flashtune's shipped dataset (capitals)",
             "data_meta": json.loads(meta.read_text()) if meta and meta.is_file() else None,
             "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "order_in_call": self.counts["done"],
+            **({"dataset": run.dataset, "variant": run.variant} if run.dataset else {}), **run.extra,
         }}  # fmt: skip
 
     def _watch(self, proc: subprocess.Popen) -> Watch:
@@ -211,18 +178,18 @@ class Bench:
     def _flashtune(self, run: Run, partial: Path) -> str:
         setup = self.setups[run.model]
         config = self._config(run)
-        data = self.data.get((run.suite if run.suite != "cold" else "main", run.model, run.length))
+        data = self.data.get(run.data_key)
         run_dir = Path(tempfile.mkdtemp(prefix="ft-run-", dir=self.cache))
         command = [sys.executable, "-m", "flashtune.cli", "train", "--config", str(recipe_path(run.suite, run.model, self.recipes)),
                    "--attn", run.impl, "--model", setup.train_model, "--init", setup.init, "--records", str(partial),
-                   "--out", str(run_dir), "--overwrite", "--no-sample"]  # fmt: skip
+                   "--out", str(run_dir), "--overwrite", "--no-sample", "--fine-tune-type", run.fine_tune_type]  # fmt: skip
         if data:
             command += ["--data", str(data)]
         if run.iters:
             command += ["--iters", str(run.iters)]
-        for name, value in shape_settings(run).items():
-            command += ["--" + name.replace("_", "-"), str(value)]
-        command += self.train_flags
+        if run.suite == "sweep":
+            command += ["--fixed-length", str(run.length), "--batch-size", str(run.batch), "--max-seq-length", str(run.length + 1)]
+        command += _flags(run.overrides) + self.train_flags
         _append(partial, self._header(run, config, command))
         log = self._log(run)
         tic = time.perf_counter()
@@ -237,8 +204,7 @@ class Bench:
     def _peer(self, run: Run, partial: Path) -> str:
         setup = self.setups[run.model]
         config = self._config(run)
-        data = self.data.get((run.suite if run.suite != "cold" else "main", run.model, run.length))
-        data = data or _shipped_data()
+        data = self.data.get(run.data_key) or _shipped_data()
         log = self._log(run)
         work = Path(tempfile.mkdtemp(prefix="peer-run-", dir=self.cache))
         try:
@@ -277,6 +243,36 @@ class Bench:
         extra = {"first_to_last_report_s": stamps[-1] - stamps[0] if len(stamps) > 1 else None}
         return self._finish(partial, rc, wall, log.read_text(errors="replace"), config, extra)
 
+    def _hf_peft(self, run: Run, partial: Path) -> str:
+        """transformers + PEFT on the weights and batches flashtune trains on (flashtune.bench.hf_peft)."""
+        if self.hf is None:
+            raise ValueError(f"{run.name}: no torch Python set up for {', '.join(HF_IMPLS)} (see flashtune.bench.hf_peft.check)")
+        setup, config, log = self.setups[run.model], self._config(run), self._log(run)
+        data = self.data.get(run.data_key) or _shipped_data()
+        work = Path(tempfile.mkdtemp(prefix="hf-peft-run-", dir=self.cache))
+        try:
+            try:
+                export_weights(setup, log.with_suffix(".export.log"), _child_env())
+                command = hf_peft.prepare_run(setup, config, run.impl, data, self.hf, work, partial)
+            except (subprocess.CalledProcessError, ValueError, OSError) as error:  # a result too: recorded, not raised
+                exported = log.with_suffix(".export.log")
+                text = exported.read_text(errors="replace") if isinstance(error, subprocess.CalledProcessError) else f"{type(error).__name__}: {error}"
+                _append(partial, self._tool_header(run, config, [], HF_TOOL))
+                return self._finish(partial, 1, 0.0, text, config)
+            _append(partial, self._tool_header(run, config, command, HF_TOOL))
+            tic = time.perf_counter()
+            with open(log, "w") as handle:
+                proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=hf_peft.child_env())
+                rc = self._wait(proc, self._watch(proc), handle)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return self._finish(partial, rc, time.perf_counter() - tic, log.read_text(errors="replace"), config)
+
+    def _tool_header(self, run: Run, config, command: List[str], tool: str) -> dict:
+        header = self._header(run, config, command)
+        header["bench"]["tool"] = tool
+        return header
+
     def _finish(self, partial: Path, rc: int, wall: float, log_text: str, config, extra: Optional[dict] = None) -> str:
         lines = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
         steps = [r for r in lines if "iter" in r and not r.get("eval")]
@@ -309,13 +305,14 @@ def _is_text_data(folder: Optional[Path]) -> bool:
 
 
 def mlx_lm_config(config, run: Run, data: Optional[Path] = None) -> dict:
-    """mlx_lm lora's -c config with flashtune's LoRA, optimizer, schedule, eval and length settings.
+    """mlx_lm lora's -c config with flashtune's fine-tuning type, LoRA, optimizer, schedule, eval and length settings.
 
     Prompt masking is passed on except for ``text`` data, which has no prompt (flashtune ignores
     the flag there; mlx_lm refuses it).
     """
     peak, warm = config.learning_rate, config.warmup
     return {
+        "fine_tune_type": config.fine_tune_type,
         "lora_parameters": {"rank": config.lora_rank, "scale": config.lora_scale, "dropout": config.lora_dropout},
         "optimizer": "adamw", "optimizer_config": {"adamw": {"weight_decay": config.weight_decay}},
         "learning_rate": peak,
@@ -324,8 +321,20 @@ def mlx_lm_config(config, run: Run, data: Optional[Path] = None) -> dict:
         "mask_prompt": config.mask_prompt and not _is_text_data(data), "seed": config.seed, "grad_checkpoint": config.grad_checkpoint or run.impl == PEER_GC,
         "steps_per_report": 1, "steps_per_eval": config.steps_per_eval or config.iters,
         "val_batches": config.val_batches, "save_every": config.iters,
-        "max_seq_length": shape_settings(run).get("max_seq_length") or config.max_seq_length or 2048,
+        "max_seq_length": (run.length + 1) if run.suite == "sweep" else (config.max_seq_length or 2048),
     }  # fmt: skip
+
+
+def _flags(overrides: Dict[str, Any]) -> List[str]:
+    """``flashtune train`` flags setting these config values (``--pack``, ``--learning-rate 0.0004``, ...)."""
+    flags = []
+    for key, value in overrides.items():
+        name = key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:  # repr: a float keeps every digit, so the run's config holds exactly the planned value
+            flags += [f"--{name}", repr(value) if isinstance(value, float) else str(value)]
+    return flags
 
 
 def _shipped_data() -> Path:
@@ -345,5 +354,6 @@ def _one_line(path: Path) -> str:
     s = summarize_run(path)
     if s["status"] != "ok":
         return f"FAILED ({'out of memory' if s.get('oom') else 'error'}): {str(s.get('error', '')).splitlines()[-1:]}"
+    peak = "unknown" if s["peak_mem_gb"] is None else f"{s['peak_mem_gb']:.2f} GB"  # torch on a CPU reports none
     return (f"{s['iters']} it in {s['total_wall_s']:.1f} s (process {s['process_wall_s']:.0f} s), steady "
-            f"{s['steady_tokens_per_s']:,.0f} tok/s, peak {s['peak_mem_gb']:.2f} GB, loss {s['final_loss']:.3f}")
+            f"{s['steady_tokens_per_s']:,.0f} tok/s, peak {peak}, loss {s['final_loss']:.3f}")

@@ -7,20 +7,28 @@ word-level stand-in tokenizer written by `write_word_tokenizer` (one token per w
 spread over the model's whole vocabulary) every count is exact; with a BPE tokenizer the fit
 is the longest text not over the target.
 
-Two kinds of data:
+Three kinds of data:
 - ``variable``: lengths drawn uniformly from [lo, hi] tokens (default 300-1020, as mlx_lm.lora
   was measured in the anchors), for the main 100-iteration comparison;
 - ``fixed``: every example exactly ``length + 1`` tokens, for the trainer's ``fixed_length``
-  option (inputs are one shorter), so every step of a sequence-length sweep has one shape.
+  option (inputs are one shorter), so every step of a sequence-length sweep has one shape;
+- ``chat``: long-tailed lengths as chat data has them (many short turns, a few long ones):
+  log-normal with median ``median`` tokens and ``sigma`` the standard deviation of the log
+  length (default 200 and 1.0: a tenth of the examples over 720 tokens, one in a hundred over
+  2048), rounded and clipped to [lo, hi] (default 16-2048), for the packing comparison.
 """
 
 import hashlib
 import json
+import math
 import random
+import statistics
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 SPECIALS = ("<unk>", "<s>", "</s>")
+KINDS = ("variable", "fixed", "chat")
+CLIP = {"variable": (300, 1020), "chat": (16, 2048)}  # default [lo, hi] per kind
 
 
 def write_word_tokenizer(path: Path, vocab_size: int) -> Path:
@@ -101,11 +109,13 @@ def make_dataset(
     *,
     kind: str,
     seed: int = 0,
-    lo: int = 300,
-    hi: int = 1020,
+    lo: Optional[int] = None,
+    hi: Optional[int] = None,
     n_train: int = 400,
     n_valid: int = 32,
     length: Optional[int] = None,
+    median: int = 200,
+    sigma: float = 1.0,
     vocab_hi: Optional[int] = None,
 ) -> Dict:
     """Writes train.jsonl (and valid.jsonl when ``n_valid``) and meta.json into ``folder``.
@@ -113,19 +123,26 @@ def make_dataset(
     Args:
         folder: output folder (created; its files are replaced).
         tokenizer: the model's tokenizer (counts tokens exactly as the trainers do).
-        kind: ``"variable"`` (lengths uniform in [lo, hi] tokens) or ``"fixed"`` (``length + 1``
-            tokens each, for ``fixed_length=length``).
+        kind: ``"variable"`` (lengths uniform in [lo, hi] tokens), ``"fixed"`` (``length + 1``
+            tokens each, for ``fixed_length=length``) or ``"chat"`` (log-normal lengths with
+            median ``median`` and log standard deviation ``sigma``, clipped to [lo, hi]).
         seed: random seed; the same arguments give the same files.
+        lo, hi: the length range in tokens (default 300-1020 for variable, 16-2048 for chat).
         n_train, n_valid: examples per split (no valid.jsonl when ``n_valid`` is 0).
+        median, sigma: the chat kind's distribution.
         vocab_hi: words are drawn from ids below this (default: the tokenizer's vocabulary).
 
     Returns:
-        The metadata written to meta.json (arguments, token statistics, sha256 of each split).
+        The metadata written to meta.json (arguments, the length distribution in words, token
+        statistics and sha256 of each split).
     """
-    if kind not in ("variable", "fixed"):
-        raise ValueError(f"kind must be 'variable' or 'fixed', got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "fixed" and not length:
         raise ValueError("kind='fixed' needs length")
+    lo, hi = (lo or CLIP.get(kind, (0, 0))[0]), (hi or CLIP.get(kind, (0, 0))[1])
+    if kind != "fixed" and not 2 <= lo <= hi:
+        raise ValueError(f"kind={kind!r} needs 2 <= lo <= hi, got lo={lo}, hi={hi}")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # long texts are counted, never fed to a model here
@@ -138,29 +155,43 @@ def make_dataset(
     def targets(n: int) -> List[int]:
         if kind == "fixed":
             return [length + 1] * n
+        if kind == "chat":
+            return [min(max(round(rng.lognormvariate(math.log(median), sigma)), lo), hi) for _ in range(n)]
         return [rng.randint(lo, hi) for _ in range(n)]
 
-    meta = {"kind": kind, "seed": seed, "lo": lo, "hi": hi, "length": length, "vocab_hi": vocab_hi}
+    meta = {"kind": kind, "seed": seed, "lo": lo, "hi": hi, "length": length, "vocab_hi": vocab_hi, "distribution": describe(kind, lo, hi, length, median, sigma)}
+    if kind == "chat":
+        meta.update(median=median, sigma=sigma)
     for split, n in (("train", n_train), ("valid", n_valid)):
         target = folder / f"{split}.jsonl"
         if not n:
             target.unlink(missing_ok=True)
             continue
         texts = [fit_text(count, t, rng, vocab_hi) for t in targets(n)]
-        counts = [count(t) for t in texts]
+        counts = sorted(count(t) for t in texts)
         meta[split] = {
-            "examples": n, "tokens": sum(counts), "min_tokens": min(counts), "max_tokens": max(counts),
+            "examples": n, "tokens": sum(counts), "min_tokens": counts[0], "max_tokens": counts[-1],
+            "median_tokens": statistics.median(counts), "p90_tokens": counts[int(0.9 * (n - 1))],
             "sha256": _write_split(target, texts),
         }  # fmt: skip
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
 
 
+def describe(kind: str, lo: int, hi: int, length: Optional[int], median: int, sigma: float) -> str:
+    """The length distribution of a dataset in words (meta.json's ``distribution``)."""
+    if kind == "fixed":
+        return f"every example {length + 1} tokens"
+    if kind == "chat":
+        return f"log-normal: median {median} tokens, standard deviation of the log length {sigma:g}, rounded and clipped to [{lo}, {hi}]"
+    return f"uniform in [{lo}, {hi}] tokens"
+
+
 def ensure_dataset(folder: Path, tokenizer, **kwargs) -> Dict:
     """`make_dataset` unless ``folder`` already holds the data these arguments make (meta.json)."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
-    wanted = {k: v for k, v in kwargs.items() if k in ("kind", "seed", "lo", "hi", "length", "vocab_hi")}
+    wanted = {k: v for k, v in kwargs.items() if k in ("kind", "seed", "lo", "hi", "length", "median", "sigma", "vocab_hi")}
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         same = all(meta.get(k) == v for k, v in wanted.items())

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from .batches import Batch, batch_examples, batch_indices, epoch_order, iterate_batches, longest_input, make_batch, num_batches
+from .packing import iterate_packed_batches, make_packed_batch
 from .jsonl import (
     FORMATS,
     SPLITS,
@@ -73,6 +74,8 @@ __all__ = [
     "detect_format",
     "epoch_order",
     "iterate_batches",
+    "iterate_packed_batches",
+    "make_packed_batch",
     "batch_examples",
     "longest_input",
     "load_dataset",

@@ -15,6 +15,21 @@ class Batch(NamedTuple):
     inputs: mx.array  # int32 (B, L)
     targets: mx.array  # int32 (B, L)
     mask: mx.array  # float32 (B, L)
+    segments: Optional[mx.array] = None  # int32 (B, L) document ids of a packed batch (-1: padding)
+    documents: int = 0  # examples in the batch
+    input_tokens: int = 0  # slots holding example tokens (the rest is padding)
+
+    @property
+    def arrays(self) -> tuple:
+        """What the model's step takes: (inputs, targets, mask) and, when packed, segments."""
+        if self.segments is None:
+            return self.inputs, self.targets, self.mask
+        return self.inputs, self.targets, self.mask, self.segments
+
+    def rows(self, index) -> "Batch":
+        """The rows ``index`` selects (a slice), e.g. one rank's share of a data-parallel batch."""
+        arrays = [None if a is None else a[index] for a in (self.inputs, self.targets, self.mask, self.segments)]
+        return Batch(*arrays)
 
     @property
     def ntokens(self) -> int:
@@ -81,7 +96,8 @@ def make_batch(
         inputs[row, :n] = e.tokens[:-1]
         targets[row, :n] = e.tokens[1:]
         mask[row, max(e.offset - 1, 0) : n] = 1.0  # target j is token j+1
-    return Batch(mx.array(inputs), mx.array(targets), mx.array(mask))
+    real = sum(len(e.tokens) - 1 for e in examples)
+    return Batch(mx.array(inputs), mx.array(targets), mx.array(mask), documents=len(examples), input_tokens=real)
 
 
 def longest_input(examples: Sequence[Example]) -> int:

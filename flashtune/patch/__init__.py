@@ -1,4 +1,5 @@
-"""Swap the attention of mlx-lm Llama and Qwen2 model instances: patch, unpatch, patched.
+"""Swap the attention of mlx-lm Llama and Qwen2 model instances: patch, unpatch, patched, and
+run packed sequences through a patched model: packed.
 
 How: each supported attention module *instance* gets its ``__class__`` set to a flashtune
 subclass of its own class (made once per original class, then cached). The subclass's
@@ -14,12 +15,19 @@ Why this way:
 - LoRA layers applied before or after patching are picked up, because the patched forward
   calls ``self.q_proj`` etc. like the original does.
 
+Packed sequences: mlx-lm's ``Model.__call__`` takes no document ids, so ``packed(model, ids)``
+stores them on every patched attention instance for the duration of a ``with`` block (like
+the attention function) and the patched forward passes them on as ``segments=``. Under
+``mx.compile`` the ids given to ``packed`` are whatever array the compiled function holds,
+an input when they are one of its arguments, so nothing is frozen into the compiled graph.
+
 This package is also the runner, ``python -m flashtune.patch`` (see ``flashtune.patch.runner``).
 It is a package, not a module, because ``flashtune/__init__.py`` imports it: running an
 already-imported plain module with ``-m`` makes Python warn and execute it a second time.
 """
 
 import contextlib
+import functools
 import inspect
 import logging
 import sys
@@ -32,10 +40,11 @@ import mlx.nn as nn
 from flashtune import attention
 from flashtune.log import logger, say_once
 
-__all__ = ["SUPPORTED", "Arch", "patch", "unpatch", "patched", "patch_info"]
+__all__ = ["SUPPORTED", "Arch", "patch", "unpatch", "patched", "packed", "patch_info"]
 
 AttentionFn = Callable[..., mx.array]
 _ATTN_ATTR = "_flashtune_attn"  # instance attribute holding the attention function
+_SEGMENTS_ATTR = "_flashtune_segments"  # instance attribute: document ids inside `packed`
 _ORIGINAL_ATTR = "_flashtune_original"  # class attribute of a patched subclass
 FUSED_QKV_ATTR = "_flashtune_fused_qkv"  # instance attribute: q/k/v in one (flashtune.fused_projections)
 
@@ -45,7 +54,8 @@ def llama_forward(self, x: mx.array, mask, cache, attn: AttentionFn) -> mx.array
 
     Mirrors ``mlx_lm.models.llama.Attention.__call__`` (mlx-lm 0.32) except for the call to
     ``attn`` where mlx-lm calls its module-level ``scaled_dot_product_attention``, and the
-    q/k/v projections, computed as one where the trainer fused them.
+    q/k/v projections, computed as one where the trainer fused them. ``attn`` already carries
+    any document ids (see ``packed``).
     """
     B, L, _ = x.shape
     fused = self.__dict__.get(FUSED_QKV_ATTR)
@@ -100,6 +110,16 @@ def _patched_class(original: type, arch: Arch) -> type:
         return cls
 
     def __call__(self, x: mx.array, mask=None, cache=None) -> mx.array:
+        attn = getattr(self, _ATTN_ATTR)
+        segments = self.__dict__.get(_SEGMENTS_ATTR)
+        if segments is not None:
+            if cache is not None:
+                raise ValueError(
+                    f"packed sequences (segment ids of shape {tuple(segments.shape)}) are for "
+                    f"training and full-sequence passes; a KV cache ({type(cache).__name__}) "
+                    f"was given: call the model outside `packed` to generate"
+                )
+            attn = functools.partial(attn, segments=segments)
         # mlx-lm runs quantized KV caches through its own quantized matmuls; keep its path.
         if hasattr(cache, "bits"):
             say_once(
@@ -109,7 +129,7 @@ def _patched_class(original: type, arch: Arch) -> type:
                 level=logging.DEBUG,
             )
             return original.__call__(self, x, mask, cache)
-        return arch.forward(self, x, mask, cache, getattr(self, _ATTN_ATTR))
+        return arch.forward(self, x, mask, cache, attn)
 
     cls = type(
         f"Patched{original.__name__}",
@@ -133,18 +153,27 @@ def _resolve(attn: Union[str, AttentionFn]) -> AttentionFn:
             f"attn must be a registry name ({', '.join(attention.names())}) or a callable "
             f"fn(q, k, v, *, scale, mask=None); got {type(attn).__name__}"
         )
-    try:
-        signature = inspect.signature(attn)
-    except (TypeError, ValueError):  # some builtins and mx.custom_function have none
-        return attn
-    try:
-        signature.bind(None, None, None, scale=1.0, mask=None)
-    except TypeError as e:
+    refusal = _refusal(attn, scale=1.0, mask=None)
+    if refusal:
         raise TypeError(
             f"attention callable {_name_of(attn)!r} must accept (q, k, v, *, scale, "
-            f"mask=None); its signature is {signature}: {e}"
-        ) from None
+            f"mask=None); {refusal}"
+        )
     return attn
+
+
+def _refusal(fn: AttentionFn, **keywords) -> Optional[str]:
+    """Why ``fn(q, k, v, **keywords)`` cannot be called, or None (also when it has no
+    signature to ask, as some builtins and mx.custom_function)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(None, None, None, **keywords)
+    except TypeError as e:
+        return f"its signature is {signature}: {e}"
+    return None
 
 
 def _attention_classes() -> Dict[type, Arch]:
@@ -201,7 +230,8 @@ def patch(model: nn.Module, attn: Union[str, AttentionFn]) -> nn.Module:
         model: an mlx-lm model instance of a type in ``SUPPORTED`` (llama, qwen2), with or
             without LoRA layers.
         attn: a registry name (``flashtune.attention.names()``) or a callable with the
-            attention signature ``fn(q, k, v, *, scale, mask=None)``.
+            attention signature ``fn(q, k, v, *, scale, mask=None)`` (and ``segments=None``
+            to run inside ``packed``).
 
     Returns:
         ``model`` itself.
@@ -234,6 +264,7 @@ def patch(model: nn.Module, attn: Union[str, AttentionFn]) -> nn.Module:
 def _unpatch_module(module: nn.Module) -> None:
     module.__class__ = _original_class(module)
     module.__dict__.pop(_ATTN_ATTR, None)
+    module.__dict__.pop(_SEGMENTS_ATTR, None)
 
 
 def unpatch(model: nn.Module) -> nn.Module:
@@ -274,6 +305,64 @@ def patched(model: nn.Module, attn: Union[str, AttentionFn]) -> Iterator[nn.Modu
                 _unpatch_module(module)
             else:
                 object.__setattr__(module, _ATTN_ATTR, previous)
+
+
+@contextlib.contextmanager
+def packed(model: nn.Module, segments: mx.array) -> Iterator[nn.Module]:
+    """Runs a patched model on packed sequences for the duration of a ``with`` block.
+
+    ``with packed(model, segments): logits = model(inputs)``: every patched attention block
+    passes ``segments`` to its attention function, so a token attends only to earlier tokens
+    of its own document and padding slots to nothing (``flashtune.attention.contract``).
+    RoPE needs no change: within a document the scores depend only on relative positions.
+
+    For training, enclose the whole gradient call, ``with packed(model, ids): loss, grads =
+    loss_and_grad(model, ...)``, not just the forward inside the loss function: MLX builds
+    the backward after the loss function returns, and with gradient checkpointing
+    (``mx.checkpoint``) it re-runs each block's forward then, which must see the ids too
+    (outside the block it would run unpacked and the gradients would be wrong). Inside
+    ``mx.compile``, pass the ids as an argument of the compiled function and enter
+    ``packed`` inside it: they are then an input, not a constant.
+
+    Args:
+        model: a model patched with ``patch`` (every supported block).
+        segments: int32 (B, L) document ids of the tokens the model is called with, a
+            negative id for a padding slot.
+
+    Yields:
+        ``model``.
+
+    Raises:
+        ValueError: ``model`` has an unpatched (or no) supported attention block, its
+            attention function takes no ``segments``, or ``segments`` is not an int32
+            (B, L) array. Calling the model with a KV cache inside the block also raises.
+    """
+    blocks = [m for _, m, _ in _attention_modules(model)]
+    if not blocks or any(_ATTN_ATTR not in m.__dict__ for m in blocks):
+        raise ValueError(
+            f"packed sequences need a patched model: call flashtune.patch(model, attn) "
+            f"first ({_model_type(model)!r} has {len(blocks)} supported attention blocks, "
+            f"{sum(_ATTN_ATTR in m.__dict__ for m in blocks)} patched)"
+        )
+    if not isinstance(segments, mx.array) or segments.ndim != 2 or segments.dtype != mx.int32:
+        described = (f"{segments.dtype} {tuple(segments.shape)}"
+                     if isinstance(segments, mx.array) else type(segments).__name__)
+        raise ValueError(f"segments must be an int32 (B, L) array; got {described}")
+    for fn in {id(m.__dict__[_ATTN_ATTR]): m.__dict__[_ATTN_ATTR] for m in blocks}.values():
+        refusal = _refusal(fn, scale=1.0, mask=None, segments=None)
+        if refusal:
+            raise ValueError(f"attention {_name_of(fn)!r} takes no segments; {refusal}")
+    before = [(m, m.__dict__.get(_SEGMENTS_ATTR)) for m in blocks]
+    for module in blocks:
+        object.__setattr__(module, _SEGMENTS_ATTR, segments)
+    try:
+        yield model
+    finally:
+        for module, previous in before:
+            if previous is None:
+                module.__dict__.pop(_SEGMENTS_ATTR, None)
+            else:
+                object.__setattr__(module, _SEGMENTS_ATTR, previous)
 
 
 def patch_info(model: nn.Module) -> Optional[Dict[str, object]]:

@@ -65,12 +65,12 @@ class CountingAttention:
         self.attention_name = name
         self.calls = 0
 
-    def __call__(self, q, k, v, *, scale, mask=None):
+    def __call__(self, q, k, v, *, scale, mask=None, segments=None):
         self.calls += 1
-        return self.fn(q, k, v, scale=scale, mask=mask)
+        return self.fn(q, k, v, scale=scale, mask=mask, segments=segments)
 
 
-class Session:
+class PatchRun:
     """Patches the models the target builds and remembers them for the log and the report."""
 
     def __init__(self, attn: CountingAttention):
@@ -213,8 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not found:
             parser.error(f"no module named {target[1]!r}")
 
-    session = Session(CountingAttention(options.attn))
-    uninstall = install_hooks(session.on_model)
+    patch_run = PatchRun(CountingAttention(options.attn))
+    uninstall = install_hooks(patch_run.on_model)
     exit_code = 1
     try:
         run_target(target, target_args)
@@ -224,11 +224,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise
     finally:
         uninstall()
-        if len(session.models) > 1:
+        if len(patch_run.models) > 1:
             logger.info(
-                f"patched {len(session.models)} models with {options.attn!r} in this run"
+                f"patched {len(patch_run.models)} models with {options.attn!r} in this run"
             )
-        if not session.models:
+        if not patch_run.models:
             logger.warning(
                 "the target built no mlx-lm model of a supported type "
                 f"({', '.join(SUPPORTED)}); nothing was patched"
@@ -237,5 +237,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if report_path:
             shown = ["-m", target[1]] if target[0] == "module" else [target[1]]
             with open(report_path, "w") as f:
-                json.dump(session.report(shown + target_args, exit_code), f, indent=1)
+                json.dump(patch_run.report(shown + target_args, exit_code), f, indent=1)
     return 0

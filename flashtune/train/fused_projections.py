@@ -18,9 +18,16 @@ How, without changing anything a user or mlx-lm sees:
 - The patched attention forward (flashtune.patch.llama_forward) and the MLP (its class swapped
   per instance, as the patcher does for attention) call the fused projections when present.
 
-Fused only where it is the same computation: plain (not quantized) Linear bases, LoRA in
-flashtune's mixed precision, no LoRA dropout (mlx-lm draws independent dropout per projection),
-one scale per group. Other groups keep their separate projections.
+DoRA groups fuse too: DoRA scales each output row by its magnitude over the norm of that row
+of the adapted weight, and each row of the concatenation is a row of exactly one member, so the
+fused output is scaled by the members' concatenated ``m / norm``. The norms come from the
+concatenated A and block-diagonal B (flashtune.train.dora.adapted_row_norms), whose off-diagonal
+zeros contribute exact zeros: the same computation, bias added after the scaling as in DoRA.
+
+Fused only where it is the same computation: plain (not quantized) Linear bases, LoRA or DoRA
+in flashtune's mixed precision (all members the same kind), no dropout (mlx-lm draws
+independent dropout per projection), one scale per group. Other groups keep their separate
+projections.
 """
 
 from typing import Dict, List
@@ -29,6 +36,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.activations import swiglu
 
+from flashtune.train.dora import SQUARE_NORMS_ATTR, MixedPrecisionDoRALinear, adapted_row_norms
 from flashtune.train.lora import MixedPrecisionLoRALinear
 from flashtune.patch import FUSED_QKV_ATTR as QKV_ATTR  # on attention modules: FusedProjections of q/k/v
 
@@ -45,8 +53,9 @@ class FusedProjections:
     members' LoRA parameters at call time, so it follows training and checkpoint loads.
     """
 
-    def __init__(self, members: List[MixedPrecisionLoRALinear]):
+    def __init__(self, members: List[nn.Module]):
         self.members = members
+        self.dora = isinstance(members[0], MixedPrecisionDoRALinear)
         linears = [m.linear for m in members]
         self.weight = mx.concatenate([l.weight for l in linears], axis=0)
         self.bias = mx.concatenate([l.bias for l in linears]) if "bias" in linears[0] else None
@@ -64,21 +73,42 @@ class FusedProjections:
         self.mask = mx.stack([(column >= s) & (column < s + n) for s, n in zip(starts, sizes)]).astype(self.weight.dtype)
         mx.eval(self.mask)  # a constant: left lazy, every step would rebuild it (10 kernels)
         self.scale = members[0].scale
+        if self.dora:
+            self.square_norms = mx.concatenate([getattr(m, SQUARE_NORMS_ATTR) for m in members])
+            mx.eval(self.square_norms)
+
+    def _block_diagonal(self, lora_b: mx.array) -> mx.array:
+        """(r, width) side-by-side B matrices -> (n * r, width), member i's rows in its columns."""
+        n, width = self.mask.shape
+        rank = lora_b.shape[0]
+        return (lora_b[None] * self.mask[:, None, :]).reshape(n * rank, width)  # (n * r, width)
 
     def __call__(self, x: mx.array) -> List[mx.array]:
-        rank = self.members[0].lora_a.shape[1]
+        if self.dora:
+            return self._dora(x)
         lora_a = mx.concatenate([m.lora_a for m in self.members], axis=1).astype(x.dtype)
         lora_b = (self.scale * mx.concatenate([m.lora_b for m in self.members], axis=1)).astype(x.dtype)
-        n, width = self.mask.shape
-        block_diagonal = (lora_b[None] * self.mask[:, None, :]).reshape(n * rank, width)
         y = x @ self.weight.T if self.bias is None else mx.addmm(self.bias, x, self.weight.T)
-        y = y + (x @ lora_a) @ block_diagonal
+        y = y + (x @ lora_a) @ self._block_diagonal(lora_b)
         return mx.split(y, self.splits, axis=-1)
+
+    def _dora(self, x: mx.array) -> List[mx.array]:
+        """The members' MixedPrecisionDoRALinear outputs: the LoRA sum scaled per row, then the bias."""
+        lora_a = mx.concatenate([m.lora_a for m in self.members], axis=1)  # (in, n * r), float32
+        # float32 (the mask's 0/1 in the weight dtype promote to it): the norms need it unrounded.
+        lora_b = self._block_diagonal(self.scale * mx.concatenate([m.lora_b for m in self.members], axis=1))
+        weight_a = lora_a.T.astype(self.weight.dtype) @ self.weight.T  # (n * r, width)
+        norms = adapted_row_norms(self.square_norms, weight_a, lora_a, lora_b)
+        magnitude = (mx.concatenate([m.m for m in self.members]) / norms).astype(x.dtype)
+        y = x @ self.weight.T + (x @ lora_a.astype(x.dtype)) @ lora_b.astype(x.dtype)
+        y = magnitude * y
+        return mx.split(y if self.bias is None else y + self.bias, self.splits, axis=-1)
 
 
 def _fusable(members: List[nn.Module]) -> bool:
     return (
-        all(type(m) is MixedPrecisionLoRALinear for m in members)
+        len({type(m) for m in members}) == 1
+        and type(members[0]) in (MixedPrecisionLoRALinear, MixedPrecisionDoRALinear)
         and all(type(m.linear) is nn.Linear for m in members)
         # nn.Dropout keeps 1 - p as _p_1 (no public p); 1.0 means no dropout.
         and all(isinstance(m.dropout, nn.Dropout) and m.dropout._p_1 == 1.0 for m in members)

@@ -24,6 +24,8 @@ class Iteration:
     it: int
     tic: float  # when its host work began
     shapes: List[tuple]  # (batch, length) of each micro-batch
+    documents: int = 0  # examples in the iteration (all ranks)
+    input_tokens: int = 0  # slots holding example tokens, padding excluded (all ranks)
     loss: Optional[mx.array] = None
     tokens: Optional[mx.array] = None
     lr: Optional[mx.array] = None
@@ -81,6 +83,7 @@ class IterationLog:
             "iter": iteration.it, "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
             "loss": loss, "lr": float(iteration.lr.item()), "peak_mem_gb": peak_gb, **self.fields,
             "shape": list(iteration.shapes[0]), "padded_tokens": sum(b * n for b, n in iteration.shapes) * world_size,
+            "documents": iteration.documents, "input_tokens": iteration.input_tokens,
             "warmup": new_shape and self.compiled,
         }
         self.write(record)

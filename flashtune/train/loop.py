@@ -52,6 +52,15 @@ def _show(bar: tqdm, record: Dict[str, Any]) -> None:
     )
 
 
+def _train_batches(run: Run):
+    """The run's batches from its first unfinished step: packed rows with --pack, else padded."""
+    config = run.config
+    start = run.start * config.grad_accumulation
+    if config.pack:
+        return data.iterate_packed_batches(run.splits.train, config.batch_size, run.pad_lengths[0], seed=config.seed, start_step=start)
+    return data.iterate_batches(run.splits.train, config.batch_size, seed=config.seed, start_step=start, pad_to_multiple=run.pad_to, pad_lengths=run.pad_lengths)
+
+
 class Trainer:
     """One run's loop state: its step functions, records, progress bar and last checkpoint."""
 
@@ -67,7 +76,7 @@ class Trainer:
             compiled=config.compile, completed=run.start,
         )
         self.pipelined = pipelines(config, env.backend())
-        self.batches = data.iterate_batches(run.splits.train, config.batch_size, seed=config.seed, start_step=run.start * config.grad_accumulation, pad_to_multiple=run.pad_to, pad_lengths=run.pad_lengths)
+        self.batches = _train_batches(run)
 
     def _stop_on_nan(self, it: int, loss: float) -> None:
         raise TrainingError(
@@ -100,10 +109,7 @@ class Trainer:
     def _next_parts(self) -> List[data.Batch]:
         run, parts = self.run, []
         for _ in range(run.config.grad_accumulation):
-            batch = next(self.batches)
-            if run.world_size > 1:
-                batch = data.Batch(*(x[run.rank :: run.world_size] for x in batch))
-            parts.append(batch)
+            parts.append(next(self.batches))
         return parts
 
     def dispatch(self, it: int) -> iterations.Iteration:
@@ -111,8 +117,11 @@ class Trainer:
         tic = time.perf_counter()
         # Dropout noise is a function of (seed, iteration), so a resumed run repeats it.
         mx.random.seed(self.run.config.seed * 1_000_003 + it)
-        parts = self._next_parts()
-        current = iterations.Iteration(it, tic, [tuple(p.inputs.shape) for p in parts])
+        parts = self._next_parts()  # the global batch: every rank reads the same
+        documents, input_tokens = sum(p.documents for p in parts), sum(p.input_tokens for p in parts)
+        if self.run.world_size > 1:
+            parts = [p.rows(slice(self.run.rank, None, self.run.world_size)) for p in parts]
+        current = iterations.Iteration(it, tic, [tuple(p.inputs.shape) for p in parts], documents=documents, input_tokens=input_tokens)
         with iterations.out_of_memory_advice(current):
             current.loss, current.tokens = self.steps.run(parts)
             current.lr = self.run.optimizer.learning_rate

@@ -2,10 +2,12 @@
 
 ``prepare(config)`` validates the attention name, the model name, the data files and the run
 folder before loading anything heavy; then it loads the model and data, plans the padded batch
-lengths, adds LoRA, swaps attention, creates the optimizer, restores a checkpoint when resuming,
-and writes the records' ``run_info`` header. The result is a `Run`: what the loop works on.
+lengths, adds LoRA or DoRA (or unfreezes the last blocks: full fine-tuning), swaps attention,
+creates the optimizer, restores a checkpoint when resuming, and writes the records' ``run_info``
+header. The result is a `Run`: what the loop works on.
 """
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,11 +22,11 @@ from flashtune import attention, data, env, models
 from flashtune.config import TrainConfig
 from flashtune.data import shapes
 from flashtune.errors import TrainingError
-from flashtune.log import logger
+from flashtune.log import logger, say_once
 from flashtune.patch import patch
 from flashtune.train import checkpoint, records
 from flashtune.train.fused_projections import fuse_projections
-from flashtune.train.lora import adapter_config, apply_lora, enable_grad_checkpoint
+from flashtune.train.lora import adapter_config, apply_lora, enable_grad_checkpoint, train_last_blocks
 
 
 @dataclass
@@ -101,6 +103,8 @@ def plan_pad_lengths(config: TrainConfig, dataset, backend: str, world_size: int
     when resuming, so a resumed run pads (and compiles) exactly as the uninterrupted one.
     """
     costs = shapes.COSTS.get(backend, shapes.COSTS["cpu"])
+    if config.pack:
+        return [pack_length(config, dataset, costs.granularity)], costs.granularity
     if config.fixed_length:
         return [config.fixed_length], costs.granularity
     if config.pad_to_multiple:
@@ -108,6 +112,13 @@ def plan_pad_lengths(config: TrainConfig, dataset, backend: str, world_size: int
     n = config.iters * config.grad_accumulation
     lengths = [data.longest_input(b) for b in data.batch_examples(dataset, config.batch_size, seed=config.seed, num_steps=n)]
     return shapes.plan_lengths(lengths, costs, rows=config.batch_size // world_size), costs.granularity
+
+
+def pack_length(config: TrainConfig, dataset, granularity: int) -> int:
+    """Slots per packed row: --pack-length, else the longest example rounded up to ``granularity``."""
+    if config.pack_length:
+        return config.pack_length
+    return shapes.round_up(int(max(dataset.lengths)) - 1, granularity)
 
 
 def make_schedule(config: TrainConfig):
@@ -129,28 +140,55 @@ def _join_world(config: TrainConfig):
     return world, rank, world_size
 
 
+def load_splits(config: TrainConfig, tokenizer, data_format: str, model_context: Optional[int]) -> data.DatasetSplits:
+    """The tokenized splits of ``config.data`` as training sees them (prompt masking, length limits).
+
+    Args:
+        data_format: what `check_data_files` returned ("text" data has no prompt to mask).
+        model_context: the model's max_position_embeddings.
+    """
+    mask_prompt = config.mask_prompt and data_format != "text"
+    splits = data.load_dataset(config.data, tokenizer, mask_prompt=mask_prompt, max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=model_context)
+    if config.pack and config.pack_length and config.truncate:
+        splits.train = data.check_lengths(splits.train, config.pack_length + 1, truncate=True)
+    return splits
+
+
 def _load(config: TrainConfig, spec, data_format: str):
     """Model, tokenizer, info and tokenized splits, checked against --fixed-length."""
     mx.random.seed(config.seed)
     model, tokenizer, info = models.load_model(spec, init=config.init, dtype=config.dtype, quantized=config.qlora or None, seed=config.seed, tokenizer=config.tokenizer)
-    splits = data.load_dataset(config.data, tokenizer, mask_prompt=config.mask_prompt and data_format != "text", max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=info.max_position_embeddings)
+    splits = load_splits(config, tokenizer, data_format, info.max_position_embeddings)
     longest = max(splits.train.lengths) - 1
     if config.fixed_length and longest > config.fixed_length:
         raise ValueError(f"fixed_length={config.fixed_length} is shorter than the longest example ({longest} inputs)")
     return model, tokenizer, info, splits
 
 
+def _make_trainable(model: nn.Module, config: TrainConfig) -> Tuple[Dict[str, Any], int]:
+    """LoRA, DoRA or the last blocks' weights, as --fine-tune-type says: (adapter config, trainable)."""
+    adapters = adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout, config.fine_tune_type)
+    if config.fine_tune_type != "full":
+        return adapters, apply_lora(model, adapters, config.lora_precision)
+    say_once(
+        "full-fine-tune",
+        f"full fine-tuning: every weight of the last {config.lora_layers} blocks trains; --lora-precision, "
+        "--fuse-projections and the LoRA rank, scale and dropout apply to LoRA/DoRA branches only and are not used",
+        level=logging.INFO,
+    )
+    return adapters, train_last_blocks(model, config.lora_layers)
+
+
 def _adapt(model: nn.Module, config: TrainConfig) -> Tuple[Dict[str, Any], int, int]:
-    """LoRA, the attention swap, fused projections and checkpointing: (adapter config, trainable, fused groups)."""
-    lora = adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout)
-    n_trainable = apply_lora(model, lora, config.lora_precision)
+    """What trains, the attention swap, fused projections and checkpointing: (adapter config, trainable, fused groups)."""
+    adapters, n_trainable = _make_trainable(model, config)
     patch(model, config.attn)
-    fused_groups = fuse_projections(model) if config.fuse_projections else 0
+    fused_groups = fuse_projections(model) if config.fuse_projections and config.fine_tune_type != "full" else 0
     if config.grad_checkpoint:
         enable_grad_checkpoint(model)
     # Random-init weights are lazy: materialize them now, as loading, not inside step 1's timing.
     mx.eval(model.parameters())
-    return lora, n_trainable, fused_groups
+    return adapters, n_trainable, fused_groups
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> optim.Optimizer:
@@ -195,6 +233,8 @@ def prepare(config: TrainConfig) -> Run:
     attention.check_name(config.attn)
     spec = models.resolve(config.model)
     data_format = check_data_files(config.data)
+    if config.pack and config.fixed_length:
+        raise ValueError("--pack with --fixed-length: both set the row length; give --pack-length instead")
     world, rank, world_size = _join_world(config)
     run_dir = run_dir_for(config, check=rank == 0)
 

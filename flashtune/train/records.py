@@ -61,6 +61,7 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     total_wall = sum(r["wall_s"] for r in steps)
     tokens = sum(r["tokens"] for r in steps)
     processed = sum(r.get("padded_tokens", 0) for r in steps)
+    filled = sum(r.get("input_tokens", 0) for r in steps)
     tail = steps[-10:]
     return {
         "iters": len(steps),
@@ -70,6 +71,9 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
         "median_step_s": statistics.median(r["wall_s"] for r in steady),
         "tokens_per_s": tokens / total_wall if total_wall else 0.0,
         "processed_tokens_per_s": processed / total_wall if total_wall else 0.0,
+        "documents": sum(r.get("documents", 0) for r in steps),
+        # Packing efficiency: the share of the steps' B x L slots that hold example tokens.
+        "slot_fill": filled / processed if filled and processed else None,
         "steady_tokens_per_s": statistics.median(r["tokens_per_s"] for r in steady),
         "peak_mem_gb": max(r["peak_mem_gb"] for r in steps),
         "first_loss": steps[0]["loss"],
@@ -85,12 +89,13 @@ def format_summary(summary: Dict[str, Any]) -> str:
     val = ""
     if summary["final_val_loss"] is not None:
         val = f", validation loss {summary['first_val_loss']:.3f} -> {summary['final_val_loss']:.3f}"
+    packing = f"{summary['documents']:,} examples, {100 * summary['slot_fill']:.0f}% of slots filled; " if summary.get("slot_fill") else ""
     return (
         f"{summary['iters']} iterations in {summary['total_wall_s']:.1f} s "
         f"({summary['warmup_steps']} compile/warm-up steps, {summary['warmup_wall_s']:.1f} s); "
         f"median step {1e3 * summary['median_step_s']:.0f} ms; "
         f"{summary['processed_tokens_per_s']:,.0f} tokens/s processed (padding included), "
         f"{summary['tokens_per_s']:,.0f} trained (loss tokens), {summary['steady_tokens_per_s']:,.0f} trained steady; "
-        f"peak memory {summary['peak_mem_gb']:.2f} GB; "
+        f"peak memory {summary['peak_mem_gb']:.2f} GB; {packing}"
         f"train loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}{val}"
     )

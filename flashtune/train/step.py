@@ -6,6 +6,7 @@ optimizer's and the random generator's state as its implicit inputs and outputs.
 
 from dataclasses import dataclass
 from functools import partial
+from contextlib import nullcontext
 from typing import Callable, List, Optional
 
 import mlx.core as mx
@@ -13,6 +14,7 @@ import mlx.nn as nn
 from mlx.utils import tree_map
 
 from flashtune import data
+from flashtune.patch import packed
 from flashtune.train import chunked_loss
 
 
@@ -52,10 +54,10 @@ class StepFunctions:
     def run(self, parts: List[data.Batch]):
         """Dispatches one iteration over its micro-batches; returns lazy (loss, tokens)."""
         if len(parts) == 1:
-            return self.full(*parts[0])
+            return self.full(*parts[0].arrays)
         grads, total, count = None, mx.array(0.0), mx.array(0.0)
         for part in parts:
-            loss, tokens, g = self.micro(*part)
+            loss, tokens, g = self.micro(*part.arrays)
             grads = g if grads is None else tree_map(mx.add, grads, g)
             total, count = total + loss, count + tokens
         return self.update(grads, total, count)
@@ -81,12 +83,15 @@ def make_steps(model: nn.Module, optimizer, world, world_size: int, compile: boo
         optimizer.update(model, tree_map(lambda g: g / total_tokens, grads))
         return total_loss / total_tokens, total_tokens
 
-    def micro(inputs, targets, mask):
-        (loss, tokens), grads = value_and_grad(model, inputs, targets, mask)
+    def micro(inputs, targets, mask, *segments):
+        # Packed rows: the document ids must cover the backward too, which gradient
+        # checkpointing builds by re-running each block's forward after the loss returns.
+        with packed(model, segments[0]) if segments else nullcontext():
+            (loss, tokens), grads = value_and_grad(model, inputs, targets, mask)
         return loss, tokens, grads
 
-    def full(inputs, targets, mask):
-        loss, tokens, grads = micro(inputs, targets, mask)
+    def full(*batch):
+        loss, tokens, grads = micro(*batch)
         return update(grads, loss, tokens)
 
     wrap = partial(mx.compile, inputs=state, outputs=state) if compile else (lambda f: f)

@@ -10,8 +10,19 @@ def to64(x: mx.array) -> np.ndarray:
     return np.array(x.astype(mx.float32)).astype(np.float64)
 
 
-def keep_matrix(mask, B, H, L_q, L_k):
-    """The mask as (B, H, Lq, Lk): bool keep-matrix and additive bias (float64)."""
+def keep_matrix(mask, B, H, L_q, L_k, segments=None):
+    """The mask (and document ids) as (B, H, Lq, Lk): bool keep-matrix and additive bias
+    (float64). Query i sees key j of row b only when segments[b, i] >= 0 and equals
+    segments[b, j]."""
+    keep, bias = _mask_matrix(mask, B, H, L_q, L_k)
+    if segments is None:
+        return keep, bias
+    ids = np.array(segments)
+    same = (ids[:, :, None] == ids[:, None, :]) & (ids[:, :, None] >= 0)  # (B, L, L)
+    return keep & same[:, None], bias
+
+
+def _mask_matrix(mask, B, H, L_q, L_k):
     if mask is None:
         return np.ones((B, H, L_q, L_k), bool), np.zeros((B, H, L_q, L_k))
     if isinstance(mask, str):
@@ -25,11 +36,11 @@ def keep_matrix(mask, B, H, L_q, L_k):
     return np.isfinite(m) | (m > 0), np.where(np.isneginf(m), 0.0, m)
 
 
-def masked_scores(q, k_full, scale, mask):
+def masked_scores(q, k_full, scale, mask, segments=None):
     """float64 q k^T * scale + bias, (B, H, Lq, Lk), -inf where the mask drops a key; k_full
     has q's heads (GQA already repeated)."""
     B, H, L_q, _ = q.shape
-    keep, bias = keep_matrix(mask, B, H, L_q, k_full.shape[2])
+    keep, bias = keep_matrix(mask, B, H, L_q, k_full.shape[2], segments)
     return np.where(keep, q @ k_full.swapaxes(-1, -2) * scale + bias, -np.inf)
 
 
@@ -41,14 +52,15 @@ def log_sum_exp(q, k, scale, mask):
     return np.log(np.exp(scores - peak).sum(-1)) + peak[..., 0]
 
 
-def attention(q, k, v, scale, mask, d_out=None):
-    """Returns out (and dq, dk, dv for cotangent d_out) in float64; fully masked rows are 0."""
+def attention(q, k, v, scale, mask, d_out=None, segments=None):
+    """Returns out (and dq, dk, dv for cotangent d_out) in float64; fully masked rows (and
+    padding slots of ``segments``) are 0."""
     q, k, v = to64(q), to64(k), to64(v)
     B, H, L_q, D = q.shape
     H_kv, L_k = k.shape[1], k.shape[2]
     group = H // H_kv
     k_full, v_full = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
-    scores = masked_scores(q, k_full, scale, mask)
+    scores = masked_scores(q, k_full, scale, mask, segments)
     row_max = scores.max(-1, keepdims=True)
     row_max = np.where(np.isneginf(row_max), 0.0, row_max)
     probs = np.exp(scores - row_max)

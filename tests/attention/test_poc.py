@@ -38,29 +38,38 @@ def said(monkeypatch):
     log.logger.removeHandler(records)
 
 
-def fake_kernels(mode="right", calls=None):
-    """A kernels module built from practical's internals; 'raise' and 'wrong' simulate failures."""
+def fake_kernels(mode="right", calls=None, segments=True):
+    """A kernels module built from practical's internals; 'raise' and 'wrong' simulate failures,
+    'ignore-segments' and 'padding-leak' kernels that get packed rows wrong. ``segments`` is
+    the module's SEGMENTS, or None for a module without that attribute."""
 
-    def forward(q, k, v, scale, causal):
+    def forward(q, k, v, scale, causal, segments=None):
         if calls is not None:
             calls.append(q.shape)
         if mode == "raise":
             raise RuntimeError("simulated compile failure: no such intrinsic")
-        out, lse = _forward(q, k, v, None, scale=scale, causal=causal, block_q=32, block_k=32)
+        used = None if mode == "ignore-segments" else segments
+        out, lse = _forward(q, k, v, None, scale=scale, causal=causal, block_q=32, block_k=32,
+                            segments=used)
+        if mode == "padding-leak" and segments is not None:
+            out = out + 1e-6 * (segments < 0)[:, None, :, None].astype(out.dtype)
         return (out * 1.1 if mode == "wrong" else out), lse
 
-    def backward(q, k, v, out, lse, d_out, scale, causal):
-        return _backward(
-            q, k, v, None, out, lse, d_out, scale=scale, causal=causal, block_q=32, block_k=32
-        )
+    def backward(q, k, v, out, lse, d_out, scale, causal, segments=None):
+        used = None if mode == "ignore-segments" else segments
+        return _backward(q, k, v, None, out, lse, d_out, scale=scale, causal=causal,
+                         block_q=32, block_k=32, segments=used)
 
-    return types.SimpleNamespace(
+    module = types.SimpleNamespace(
         forward=forward,
         backward=backward,
         supports=metal_kernels.supports,
         DTYPES=metal_kernels.DTYPES,
         HEAD_DIMS=metal_kernels.HEAD_DIMS,
     )
+    if segments is not None:
+        module.SEGMENTS = segments
+    return module
 
 
 def inputs(dtype=mx.bfloat16, L_q=9, L_k=13, D=32, seed=0):
@@ -236,3 +245,89 @@ def test_wgmma_backward_refuses_launches_it_has_no_kernel_for(D, config):
         cuda_kernels.backward(q, q, q, q, lse, q, 0.125, True, kernel="sm90", config=config)
     assert cuda_kernels.bwd_sm90_launches(64) == [(1, 1), (1, 2), (2, 2)]
     assert cuda_kernels.bwd_sm90_launches(128) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+
+
+# Packed sequences (segments) ------------------------------------------------------------------
+
+
+def packed_ids(L=13):
+    """Two rows: documents of 4, 1 and 5 slots then padding; one document then padding."""
+    return mx.array([[0] * 4 + [1] + [2] * 5 + [-1] * (L - 10), [7] * (L - 2) + [-1] * 2],
+                    dtype=mx.int32)
+
+
+def packed_inputs(dtype=mx.bfloat16, L=13):
+    keys = mx.random.split(mx.random.key(4), 3)
+    q = mx.random.normal((2, 4, L, 32), key=keys[0]).astype(dtype)
+    k = mx.random.normal((2, 2, L, 32), key=keys[1]).astype(dtype)
+    v = mx.random.normal((2, 2, L, 32), key=keys[2]).astype(dtype)
+    return q, k, v, packed_ids(L)
+
+
+def test_self_check_problem_is_packed_as_documented():
+    rows = [list(r) for r in poc_module.CHECK_SEGMENTS]
+    assert all(len(r) == poc_module.CHECK_SHAPE["L_q"] for r in rows) and len(rows) > 1
+    assert 1 in [rows[0].count(d) for d in set(rows[0]) if d >= 0]  # a document of length 1
+    assert all(r[-1] < 0 for r in rows) and len({d for d in rows[0] if d >= 0}) >= 3
+
+
+def test_packed_rows_run_verified_kernels_and_train(monkeypatch, said):
+    as_metal(monkeypatch, fake_kernels("right"))
+    q, k, v, ids = packed_inputs()
+
+    @mx.compile
+    def step(q, k, v, ids):
+        def loss(q):
+            return poc(q, k, v, scale=0.2, mask="causal", segments=ids).astype(mx.float32).sum()
+
+        return mx.grad(loss)(q)
+
+    got = step(q, k, v, ids)
+    assert poc.last_path == "metal"
+    want = mx.grad(lambda q: practical(q, k, v, scale=0.2, mask="causal", segments=ids)
+                   .astype(mx.float32).sum())(q)
+    assert max_diff(got, want) < 0.05
+    other = packed_ids()[::-1]  # new ids, same compiled step: they are an input, not a constant
+    want = mx.grad(lambda q: practical(q, k, v, scale=0.2, mask="causal", segments=other)
+                   .astype(mx.float32).sum())(q)
+    assert max_diff(step(q, k, v, other), want) < 0.05
+    assert ("metal", mx.bfloat16, 32, True, "segments") in poc_module._verdicts
+    assert not [m for level, m in said.messages if level >= logging.WARNING]
+
+
+@pytest.mark.parametrize("declared", [None, False], ids=["no SEGMENTS", "SEGMENTS False"])
+def test_kernels_without_segments_send_packed_rows_to_practical(monkeypatch, said, declared):
+    as_metal(monkeypatch, fake_kernels("right", segments=declared))
+    q, k, v, ids = packed_inputs()
+    for _ in range(2):
+        out = poc(q, k, v, scale=0.2, mask="causal", segments=ids)
+    assert poc.last_path == "practical"
+    assert max_diff(out, practical(q, k, v, scale=0.2, mask="causal", segments=ids)) == 0
+    (warning,) = [m for level, m in said.messages if level == logging.WARNING]
+    assert "metal kernels take no segments" in warning
+    poc(q, k, v, scale=0.2, mask="causal")  # unpacked rows still run the kernels
+    assert poc.last_path == "metal"
+
+
+@pytest.mark.parametrize("mode, reason", [("ignore-segments", "relative error"),
+                                          ("padding-leak", "not zero on padding slots")])
+def test_packed_kernels_that_fail_their_check_are_never_used(monkeypatch, said, mode, reason):
+    as_metal(monkeypatch, fake_kernels(mode))
+    q, k, v, ids = packed_inputs()
+    out = poc(q, k, v, scale=0.2, segments=ids)
+    assert poc.last_path == "practical"
+    assert max_diff(out, practical(q, k, v, scale=0.2, segments=ids)) == 0
+    (warning,) = [m for level, m in said.messages if level == logging.WARNING]
+    assert "segments self-check" in warning and reason in warning
+    poc(q, k, v, scale=0.2)  # the unpacked variant is checked on its own, and passes
+    assert poc.last_path == "metal"
+
+
+def test_cuda_kernels_refuse_segments_before_launching():
+    assert cuda_kernels.SEGMENTS is False
+    q = mx.zeros((1, 2, 8, 64), dtype=mx.bfloat16)
+    ids = mx.zeros((1, 8), dtype=mx.int32)
+    with pytest.raises(ValueError, match=r"take no segments.*\(1, 8\)"):
+        cuda_kernels.forward(q, q, q, 0.125, True, segments=ids)
+    with pytest.raises(ValueError, match="take no segments"):
+        cuda_kernels.backward(q, q, q, q, mx.zeros((1, 2, 8)), q, 0.125, True, segments=ids)

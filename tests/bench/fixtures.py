@@ -14,8 +14,10 @@ LABEL = "TinyLlama-1.1B (random-init weights)"
 
 def write_run(results: Path, relpath: str, *, suite: str, impl: str, step_s: float = 0.1, iters: int = 100,
               tokens: int = 2600, peak: float = 16.0, length: Optional[int] = None, batch: int = 4,
-              failed: Optional[str] = None, window: int = 1, warmup_first: float = 2.0) -> Path:  # fmt: skip
-    """One run file: bench header, run_info, per-iteration (or per-window) records, end record."""
+              failed: Optional[str] = None, window: int = 1, warmup_first: float = 2.0,
+              fine_tune_type: Optional[str] = None) -> Path:  # fmt: skip
+    """One run file: bench header (without a fine_tune_type unless given, as older files), run_info,
+    per-iteration (or per-window) records, end record."""
     lines: List[dict] = [{"bench": {
         "suite": suite, "model": "TinyLlama-1.1B", "label": LABEL, "weights": "random-init", "tokenizer": "stand-in",
         "impl": impl, "tool": "mlx_lm.lora" if impl == "mlx_lm.lora" else "flashtune", "length": length, "batch": batch,
@@ -23,6 +25,8 @@ def write_run(results: Path, relpath: str, *, suite: str, impl: str, step_s: flo
         "data_meta": {"kind": "fixed", "length": length, "seed": 0} if length else {"kind": "variable", "lo": 300, "hi": 1020, "seed": 0, "train": {"examples": 400}},
         "command": [], "order_in_call": 0,
     }}, dict(RUN_INFO)]  # fmt: skip
+    if fine_tune_type:
+        lines[0]["bench"]["fine_tune_type"] = fine_tune_type
     done = 0 if failed else iters
     for first in range(1, done + 1, window):
         last = min(first + window - 1, done)
@@ -68,3 +72,25 @@ def write_results(results: Path) -> Path:
         attention.append(r)
     (Path(results) / "attention.jsonl").write_text("".join(json.dumps(r) + "\n" for r in attention))
     return Path(results)
+
+
+def tiny_bench(tmp_path: Path, recipe: str, **options):
+    """A `Bench` over the tiny HF model and text dataset (tests.tiny_models), its main recipe ``recipe``.
+
+    Args:
+        options: more `Bench` fields (train_flags, hf, ...).
+
+    Returns:
+        The Bench; its results go to ``tmp_path / "results"``.
+    """
+    from flashtune.bench.assets import ModelSetup
+    from flashtune.bench.runner import Bench
+    from tests.tiny_models import write_text_dataset, write_tiny_hf_model
+
+    folder = write_tiny_hf_model(tmp_path / "tiny")
+    data = write_text_dataset(tmp_path / "data")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "finetune-tiny.yaml").write_text(recipe)
+    setup = ModelSetup("tiny", "pretrained", str(folder), "pretrained", folder, folder, "tiny word-level")
+    return Bench(tmp_path / "results", tmp_path, recipes, {"tiny": setup}, {("main", "tiny", None): data}, **options)

@@ -7,7 +7,8 @@ import mlx.core as mx
 import pytest
 
 from flashtune.bench import attention as bench
-from flashtune.bench.report import attention_table, demo_length_note, read_jsonl
+from flashtune.bench.attention_report import attention_table, demo_length_note
+from flashtune.bench.report import read_jsonl
 from flashtune.cli import main as cli_main
 
 TINY = bench.Shape("tiny", 1, 4, 2, 96, 32)

@@ -4,28 +4,22 @@ import json
 
 import pytest
 
-from flashtune.bench.assets import ModelSetup
-from flashtune.bench.finetune import Bench, Run
+from flashtune.bench.finetune import Run
 from flashtune.bench.report import read_run, summarize_run, write_report
-from tests.tiny_models import write_text_dataset, write_tiny_hf_model
 
-pytestmark = pytest.mark.slow  # three subprocesses, ~15 s on 2 cores
+from .fixtures import tiny_bench
+
+pytestmark = pytest.mark.slow  # five subprocesses, ~25 s on 2 cores
 
 RECIPE = "model: tiny\niters: 4\nbatch_size: 2\nlora_layers: 2\nsteps_per_eval: 2\nval_batches: 1\nsteps_per_save: 0\nsample: false\n"
 
 
 def test_runs_record_alike_and_failures_are_results(tmp_path):
-    folder = write_tiny_hf_model(tmp_path / "tiny")
-    data = write_text_dataset(tmp_path / "data")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "train.jsonl").write_text('{"text": "fine"}\n{"nope": 1}\n')
-    recipes = tmp_path / "recipes"
-    recipes.mkdir()
-    (recipes / "finetune-tiny.yaml").write_text(RECIPE)
-    setup = ModelSetup("tiny", "pretrained", str(folder), "pretrained", folder, folder, "tiny word-level")
-    results = tmp_path / "results"
-    bench = Bench(results, tmp_path, recipes, {"tiny": setup}, {("main", "tiny", None): data}, train_flags=["--no-fuse-projections"])
+    bench = tiny_bench(tmp_path, RECIPE, train_flags=["--no-fuse-projections"])
+    results = bench.results
     assert bench.execute(Run("main", "tiny", "demo")) == "ok"
     assert bench.execute(Run("main", "tiny", "mlx_lm.lora")) == "ok"
     bench.data[("main", "tiny", None)] = broken
@@ -49,3 +43,17 @@ def test_runs_record_alike_and_failures_are_results(tmp_path):
     md = write_report(results).read_text()
     assert "| mlx_lm.lora | ok | 4 |" in md and "| baseline | failed |" in md
     assert json.loads((results / "main" / "tiny" / "demo.jsonl").read_text().splitlines()[0])["bench"]["impl"] == "demo"
+
+
+def test_dora_runs_of_both_tools_train_dora(tmp_path):
+    bench = tiny_bench(tmp_path, RECIPE)
+    results = bench.results
+    for impl in ("demo", "mlx_lm.lora"):
+        assert bench.execute(Run("main", "tiny", impl, fine_tune_type="dora")) == "ok"
+    ours, peer = (summarize_run(results / "dora" / "main" / "tiny" / f"{i}.jsonl") for i in ("demo", "mlx_lm.lora"))
+    assert ours["fine_tune_type"] == peer["fine_tune_type"] == "dora"
+    command = ours["bench"]["command"]
+    assert ours["run_info"]["config"]["fine_tune_type"] == "dora" and command[command.index("--fine-tune-type") + 1] == "dora"
+    assert peer["run_info"]["config"]["mlx_lm"]["fine_tune_type"] == "dora" and peer["iters"] == 4
+    assert "dora · 2 layers" in (results / "logs" / "dora" / "main" / "tiny" / "mlx_lm.lora.log").read_text()  # mlx-lm's own header
+    assert "4 DoRA iterations" in write_report(results).read_text()

@@ -6,7 +6,9 @@ import pytest
 
 from flashtune import cli
 from flashtune.bench import context
-from flashtune.bench.runner import PEER_GC, Run, mlx_lm_config, shape_settings
+from flashtune.bench.peer import PEER_GC
+from flashtune.bench.runner import mlx_lm_config
+from flashtune.bench.runs import Run
 from flashtune.config import resolve
 from tests.tiny_models import write_tiny_hf_model
 
@@ -44,13 +46,16 @@ def test_implementations_default_to_all_and_unknown_ones_are_named():
 
 
 def test_runs_share_one_shape_and_only_the_peer_run_named_so_checkpoints():
-    run = Run("context", "SmolLM2-135M", PEER_GC, 4096, 1, 2)
-    assert shape_settings(run) == {"fixed_length": 4096, "batch_size": 1, "max_seq_length": 4096}
+    shape = {"fixed_length": 4096, "batch_size": 1, "max_seq_length": 4096}
+    assert context.run_settings("practical", 4096) == dict(shape, chunked_loss=True, grad_checkpoint=True)
+    assert context.run_settings("mlx_lm.lora", 4096) == dict(shape, grad_checkpoint=False)
+    run = Run("context", "SmolLM2-135M", PEER_GC, 4096, 1, 2, overrides=context.run_settings(PEER_GC, 4096))
     assert str(run.relpath) == "context/SmolLM2-135M/L4096-mlx_lm.lora+grad-checkpoint.jsonl"
-    config = resolve(None, **context.recipe(SMOL, 2))
+    config = resolve(None, **{**context.recipe(SMOL, 2), **run.overrides})
     assert config.lora_layers == 30 and config.lora_rank == 8 and config.batch_size == 1 and config.iters == 2
     assert mlx_lm_config(config, run)["grad_checkpoint"] and mlx_lm_config(config, run)["max_seq_length"] == 4096
-    assert not mlx_lm_config(config, Run("context", "SmolLM2-135M", "mlx_lm.lora", 4096, 1, 2))["grad_checkpoint"]
+    plain = Run("context", "SmolLM2-135M", "mlx_lm.lora", 4096, 1, 2, overrides=context.run_settings("mlx_lm.lora", 4096))
+    assert not mlx_lm_config(resolve(None, **{**context.recipe(SMOL, 2), **plain.overrides}), plain)["grad_checkpoint"]
 
 
 def summary(impl, status="ok", oom=False, peak=1.5):

@@ -27,6 +27,16 @@ def test_plan_pairs_each_warm_up_with_its_run_and_keeps_tokens_per_step():
     assert [(r.suite, r.iters) for r in full] == [("cold", 100), ("main", 100)]
 
 
+def test_other_fine_tune_types_plan_into_their_own_folder():
+    runs = plan(["M"], ["demo", TOOL], ["main", "sweep"], [512], 4096, 10, 20, ["demo"], fine_tune_type="dora")
+    assert {r.fine_tune_type for r in runs} == {"dora"}
+    assert [str(r.relpath) for r in runs] == [
+        "dora/main/M/cold/demo.jsonl", "dora/main/M/demo.jsonl", f"dora/main/M/cold/{TOOL}.jsonl", f"dora/main/M/{TOOL}.jsonl",
+        "dora/sweep/M/L512-demo.jsonl",
+    ]  # fmt: skip
+    assert runs[1].name == "main dora M demo"
+
+
 def test_skip_existing_and_retry_failed(tmp_path):
     bench = Bench(tmp_path, tmp_path, tmp_path, {}, {}, skip_existing=True)
     ok, bad, todo = Run("main", "TinyLlama-1.1B", "demo"), Run("main", "TinyLlama-1.1B", "poc"), Run("main", "TinyLlama-1.1B", "baseline")
@@ -57,6 +67,8 @@ def test_mlx_lm_config_mirrors_the_recipe():
     assert c["lr_schedule"]["warmup"] == 10 and c["lr_schedule"]["arguments"] == [2e-4, 90, pytest.approx(2e-5)]
     assert (c["max_seq_length"], c["val_batches"], c["steps_per_eval"], c["steps_per_report"]) == (1024, 4, 50, 1)
     assert finetune.mlx_lm_config(config, Run("sweep", "M", TOOL, 2048, 2))["max_seq_length"] == 2049
+    assert c["fine_tune_type"] == "lora"
+    assert finetune.mlx_lm_config(TrainConfig(fine_tune_type="full"), Run("main", "M", TOOL))["fine_tune_type"] == "full"
 
 
 def test_word_tokenizer_data_hits_exact_token_counts(tmp_path):

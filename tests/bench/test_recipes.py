@@ -21,7 +21,7 @@ def test_recipe_loads(path):
 
 
 @pytest.mark.parametrize("model", sorted({m for d in DEFAULTS.values() for m in d["models"]}))
-@pytest.mark.parametrize("suite", ["main", "sweep"])
+@pytest.mark.parametrize("suite", ["main", "sweep", "packing"])
 def test_default_models_have_recipes(model, suite):
     path = recipe_path(suite, model, RECIPES)
     assert path.is_file(), path

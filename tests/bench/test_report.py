@@ -1,4 +1,4 @@
-"""`flashtune report`: tables and plots from JSONL alone, failed runs shown, targets checked."""
+"""`flashtune report`: tables and plots from JSONL alone, failed runs shown, performance goals checked."""
 
 import pytest
 
@@ -45,7 +45,7 @@ def test_main_table_speedups_and_failures(tmp_path):
     assert f"{base['total_wall_s'] / demo['total_wall_s']:.3g}" in rows["demo"]
 
 
-def test_targets(tmp_path):
+def test_performance_goals(tmp_path):
     runs = report.collect(write_results(tmp_path))
     table = report.targets_table([s for s in runs if s["suite"] == "main"], [s for s in runs if s["suite"] == "sweep"])
     assert "demo tok/s vs baseline at 4×1024 | 1.50× | ≥ 1.3× | yes" in table
@@ -56,7 +56,7 @@ def test_targets(tmp_path):
 def test_write_report_tables_and_plots(tmp_path):
     results = write_results(tmp_path)
     md = report.write_report(results).read_text()
-    for heading in ("## Targets", f"## {LABEL}: 100 LoRA iterations", "### Warm-up runs", "sequence-length sweep", "## Attention benchmark"):
+    for heading in ("## Performance goals", f"## {LABEL}: 100 LoRA iterations", "### Warm-up runs", "sequence-length sweep", "## Attention benchmark"):
         assert heading in md
     assert "failed: out of memory" in md and "NVIDIA H100" in md and "random weights" in md
     for png in ("iterations-tinyllama-1.1b.png", "sweep-tokens-tinyllama-1.1b.png", "sweep-memory-tinyllama-1.1b.png", "attention-speedup.png"):
@@ -72,3 +72,19 @@ def test_report_command(tmp_path, capsys):
 
 def test_empty_folder(tmp_path):
     assert "No results found" in report.write_report(tmp_path).read_text()
+
+
+def test_dora_runs_get_their_own_tables_and_goal(tmp_path):
+    results = write_results(tmp_path)
+    for impl, step_s in (("demo", 0.1), ("mlx_lm.lora", 0.25)):
+        write_run(results, f"dora/main/TinyLlama-1.1B/{impl}.jsonl", suite="main", impl=impl, step_s=step_s, fine_tune_type="dora")
+    runs = report.collect(results)
+    assert {s["fine_tune_type"] for s in runs} == {"lora", "dora"}  # files without the key are LoRA runs
+    md = report.write_report(results).read_text()
+    assert f"## {LABEL}: 100 LoRA iterations" in md and f"## {LABEL}: 100 DoRA iterations" in md
+    lora_table = md.split("100 LoRA iterations")[1].split("## ")[0]
+    dora_table = md.split("100 DoRA iterations")[1].split("## ")[0]
+    assert lora_table.count("| demo |") == 1 and dora_table.count("| demo |") == 1 and "| baseline |" not in dora_table
+    # (2 + 99 * 0.1) / (2 + 99 * 0.25): the DoRA goal is half of mlx_lm.lora's DoRA time
+    assert "TinyLlama-1.1B (DoRA) | time for 100 iterations, best flashtune (demo) / mlx_lm.lora | 0.44 | ≤ 0.5 | yes" in md
+    assert (results / "iterations-tinyllama-1.1b-dora.png").is_file() and (results / "iterations-tinyllama-1.1b.png").is_file()

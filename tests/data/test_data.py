@@ -11,7 +11,7 @@ from flashtune import data
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tests.scripts import load_script  # noqa: E402
+from flashtune.data import capitals  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,7 @@ def test_shipped_dataset_is_small_real_and_split(shipped, tokenizer):
 
 
 def test_shipped_dataset_regenerates_identically():
-    make_dataset = load_script("make_dataset")
-    for name, text in make_dataset.build().items():
+    for name, text in capitals.build().items():
         target = data.default_dataset_dir() / (name if name.endswith(".md") else f"{name}.jsonl")
         assert target.read_text() == text, f"{target} is stale: run python scripts/make_dataset.py"
 
@@ -193,7 +192,7 @@ def test_batch_layout(tokenizer, multiple):
         assert B == 4 and L % multiple == 0
         assert (batch.inputs.dtype, batch.targets.dtype, batch.mask.dtype) == (mx.int32, mx.int32, mx.float32)
         assert batch.targets.shape == batch.mask.shape == (B, L)
-        inputs, targets, mask = (np.array(a) for a in batch)
+        inputs, targets, mask = (np.array(a) for a in batch.arrays)
         for row in range(B):
             n = int(np.flatnonzero(mask[row])[-1]) + 1  # real positions; the answer runs to the end
             assert (inputs[row, 1:n] == targets[row, : n - 1]).all()  # targets are inputs shifted by one

@@ -1,4 +1,4 @@
-"""Fused q/k/v and gate/up projections: the same loss, gradients and parameters as separate ones."""
+"""Fused q/k/v and gate/up projections (LoRA and DoRA): the same loss, gradients and parameters as separate ones."""
 
 import numpy as np
 import pytest
@@ -15,12 +15,14 @@ from flashtune.train.step import loss_sum
 from tests.tiny_models import tiny_model
 
 
-def lora_model(model_type, dropout=0.0, precision="mixed", **overrides):
+def lora_model(model_type, dropout=0.0, precision="mixed", fine_tune_type="lora", **overrides):
     model = tiny_model(model_type, **overrides)
-    apply_lora(model, adapter_config(2, 4, 20.0, dropout), precision)
-    for _, module in model.named_modules():  # LoRA B starts at zero; make the branches count
+    apply_lora(model, adapter_config(2, 4, 20.0, dropout, fine_tune_type), precision)
+    for _, module in model.named_modules():  # LoRA B starts at zero, DoRA's m at ||W||: make them count
         if "lora_b" in module:
             module.lora_b = 0.05 * mx.random.normal(module.lora_b.shape)
+        if "m" in module:
+            module.m = module.m * (1 + 0.1 * mx.random.normal(module.m.shape))
     patch(model, "baseline")
     mx.eval(model.parameters())
     return model
@@ -42,9 +44,10 @@ def loss_and_grads(model):
     return loss.item(), dict(tree_flatten(grads))
 
 
+@pytest.mark.parametrize("fine_tune_type", ["lora", "dora"])
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])  # qwen2: q/k/v with biases
-def test_fused_step_has_the_same_loss_gradients_and_parameter_names(model_type):
-    model = lora_model(model_type)
+def test_fused_step_has_the_same_loss_gradients_and_parameter_names(model_type, fine_tune_type):
+    model = lora_model(model_type, fine_tune_type=fine_tune_type)
     params = dict(tree_flatten(model.parameters()))
     loss, grads = loss_and_grads(model)
     assert fuse_projections(model) == 4  # 2 LoRA'd blocks x (q/k/v, gate/up)
@@ -76,9 +79,10 @@ def test_each_projection_gets_its_own_lora_gradient():
         assert g.shape == member.lora_b.shape and mx.abs(g).max().item() > 0
 
 
+@pytest.mark.parametrize("fine_tune_type", ["lora", "dora"])
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-def test_unfusing_restores_the_exact_forward(model_type):
-    model = lora_model(model_type)
+def test_unfusing_restores_the_exact_forward(model_type, fine_tune_type):
+    model = lora_model(model_type, fine_tune_type=fine_tune_type)
     inputs = batch()[0]
     before = model(inputs)
     mlp_class = type(model.layers[-1].mlp)
@@ -90,21 +94,22 @@ def test_unfusing_restores_the_exact_forward(model_type):
     assert mx.array_equal(model(inputs), before).item()
 
 
-@pytest.mark.parametrize("case", ["dropout", "float32 LoRA", "no LoRA"])
+@pytest.mark.parametrize("case", ["dropout", "float32 LoRA", "float32 DoRA", "no LoRA"])
 def test_only_the_same_computation_is_fused(case):
     if case == "dropout":  # mlx-lm draws dropout per projection; one fused input cannot
         model = lora_model("llama", dropout=0.1)
-    elif case == "float32 LoRA":
-        model = lora_model("llama", precision="float32")
+    elif case.startswith("float32"):
+        model = lora_model("llama", precision="float32", fine_tune_type=case.split()[1].lower())
     else:
         model = tiny_model("llama")
     assert fuse_projections(model) == 0
 
 
-def test_fused_projections_with_gradient_checkpointing():
+@pytest.mark.parametrize("fine_tune_type", ["lora", "dora"])
+def test_fused_projections_with_gradient_checkpointing(fine_tune_type):
     """Checkpointed blocks re-run their forward from updated parameters: the fused projections
     read the members' LoRA parameters at call time, so gradients stay the same."""
-    model = lora_model("llama")
+    model = lora_model("llama", fine_tune_type=fine_tune_type)
     loss, grads = loss_and_grads(model)
     fuse_projections(model)
     enable_grad_checkpoint(model)
@@ -114,8 +119,9 @@ def test_fused_projections_with_gradient_checkpointing():
         assert_close(fused_grads[name], grads[name], name)
 
 
-def test_compiled_fused_step_matches_uncompiled():
-    model = lora_model("qwen2")
+@pytest.mark.parametrize("fine_tune_type", ["lora", "dora"])
+def test_compiled_fused_step_matches_uncompiled(fine_tune_type):
+    model = lora_model("qwen2", fine_tune_type=fine_tune_type)
     fuse_projections(model)
     loss, grads = loss_and_grads(model)
     state = [model.state]

@@ -20,7 +20,7 @@ def make_log(records, compiled=True):
 
 
 def dispatched(it, tic, length, loss=1.0):
-    return iterations.Iteration(it, tic, [(2, length)], mx.array(loss), mx.array(10.0), mx.array(1e-3))
+    return iterations.Iteration(it, tic, [(2, length)], loss=mx.array(loss), tokens=mx.array(10.0), lr=mx.array(1e-3))
 
 
 def test_wall_time_counts_overlap_once_and_pauses_between(monkeypatch):

@@ -1,4 +1,4 @@
-"""The LoRA trainer on a tiny local model: learning, exact resume, mlx-lm compatibility, clear errors."""
+"""The trainer on a tiny local model: learning, exact resume, mlx-lm compatibility (LoRA, DoRA, full), clear errors."""
 
 import dataclasses
 import json
@@ -41,6 +41,19 @@ def adapters(run_dir):
     return mx.load(str(Path(run_dir) / "adapters.safetensors"))
 
 
+def step_losses(run_dir):
+    return [r["loss"] for r in records.read(Path(run_dir) / "records.jsonl") if "wall_s" in r]
+
+
+def train_keeping_model(config, monkeypatch):
+    """Trains as `loop.train` does and returns the trained model itself."""
+    kept = []
+    monkeypatch.setattr(loop, "prepare", lambda c: kept.append(prepare.prepare(c)) or kept[0])
+    loop.train(config)
+    monkeypatch.undo()
+    return kept[0].model
+
+
 def test_loss_goes_down_and_records_follow_the_contract(tiny, tmp_path):
     summary = loop.train(make_config(tiny, tmp_path / "run"))
     rows = records.read(tmp_path / "run" / "records.jsonl")
@@ -56,9 +69,10 @@ def test_loss_goes_down_and_records_follow_the_contract(tiny, tmp_path):
     assert max(r["lr"] for r in steps) == pytest.approx(1e-3, rel=0.05)  # warm-up reaches the peak
 
 
-def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch):
-    straight = make_config(tiny, tmp_path / "straight", iters=12, steps_per_save=100)
-    loop.train(straight)
+@pytest.mark.parametrize("fine_tune_type", config_module.FINE_TUNE_TYPES)
+def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny, tmp_path, monkeypatch, fine_tune_type):
+    settings = dict(iters=12, steps_per_save=100, fine_tune_type=fine_tune_type)
+    loop.train(make_config(tiny, tmp_path / "straight", **settings))
 
     original = data.iterate_batches
 
@@ -70,16 +84,17 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(tiny, tmp_path, mon
 
     monkeypatch.setattr(loop.data, "iterate_batches", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        loop.train(make_config(tiny, tmp_path / "resumed", iters=12, steps_per_save=100))
+        loop.train(make_config(tiny, tmp_path / "resumed", **settings))
     monkeypatch.setattr(loop.data, "iterate_batches", original)
     step, _ = checkpoint.latest(tmp_path / "resumed")
     assert step == 7  # the interrupt saved the last completed iteration
-    loop.train(make_config(tiny, tmp_path / "resumed", iters=12, steps_per_save=100, resume=True))
+    loop.train(make_config(tiny, tmp_path / "resumed", resume=True, **settings))
 
     expected, got = adapters(tmp_path / "straight"), adapters(tmp_path / "resumed")
     assert set(expected) == set(got)
-    for name in expected:
-        np.testing.assert_allclose(np.array(got[name]), np.array(expected[name]), rtol=1e-5, atol=1e-7, err_msg=name)
+    for name in expected:  # bit-identical: same compiled steps, same data, same optimizer state
+        np.testing.assert_array_equal(np.array(got[name]), np.array(expected[name]), err_msg=name)
+    assert step_losses(tmp_path / "resumed") == step_losses(tmp_path / "straight")
     summary = records.summarize(records.read(tmp_path / "resumed" / "records.jsonl"))
     assert summary["iters"] == 12
 
@@ -174,7 +189,7 @@ def test_gradient_accumulation_is_one_update_over_all_micro_batches(tiny, tmp_pa
     value_and_grad = nn.value_and_grad(model, step.loss_sum)
     grads, tokens = None, 0.0
     for batch in micro_batches:
-        (_, count), g = value_and_grad(model, *batch)
+        (_, count), g = value_and_grad(model, *batch.arrays)
         grads = g if grads is None else tree_map(mx.add, grads, g)
         tokens += count.item()
     optimizer = optim.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
@@ -191,22 +206,28 @@ def test_gradient_accumulation_is_one_update_over_all_micro_batches(tiny, tmp_pa
     assert record["tokens"] == int(tokens)
 
 
-def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path):
-    from mlx_lm.tuner.utils import load_adapters
+@pytest.mark.parametrize("fine_tune_type", config_module.FINE_TUNE_TYPES)
+def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path, monkeypatch, fine_tune_type):
+    """mlx_lm.load(model, adapter_path=run) and mlx_lm fuse give the trained model's logits; only
+    the last --lora-layers blocks changed."""
     from mlx_lm.utils import load
 
     run = tmp_path / "run"
-    loop.train(make_config(tiny, run, iters=5, attn="demo"))
+    trained = train_keeping_model(make_config(tiny, run, iters=5, attn="demo", lora_layers=1, fine_tune_type=fine_tune_type), monkeypatch)
     config = json.loads((run / "adapter_config.json").read_text())
-    assert config["fine_tune_type"] == "lora" and config["num_layers"] == 2
+    assert config["fine_tune_type"] == fine_tune_type and config["num_layers"] == 1
+    saved = set(adapters(run))
+    assert all(name.startswith("model.layers.1.") for name in saved)
+    if fine_tune_type == "full":
+        assert {f"model.layers.1.{name}.weight" for name in ("self_attn.q_proj", "mlp.down_proj", "input_layernorm")} <= saved
+    else:
+        assert {name.rsplit(".", 1)[1] for name in saved} == ({"lora_a", "lora_b", "m"} if fine_tune_type == "dora" else {"lora_a", "lora_b"})
     plain, _ = load(str(tiny[0]))
     with_adapters, _ = load(str(tiny[0]), adapter_path=str(run))
     tokens = mx.array([[5, 9, 11, 17, 23, 4]])
     assert not np.allclose(np.array(plain(tokens)), np.array(with_adapters(tokens)), atol=1e-4)
-    # Same adapters through mlx-lm's loader and through flashtune's model: same logits.
-    model, _, _ = models.load_model(str(tiny[0]))
-    load_adapters(model, str(run))
-    np.testing.assert_allclose(np.array(model(tokens)), np.array(with_adapters(tokens)), rtol=1e-5, atol=1e-5)
+    trained.eval()
+    np.testing.assert_allclose(np.array(with_adapters(tokens)), np.array(trained(tokens)), rtol=1e-5, atol=1e-5)
     # mlx_lm.fuse folds them into the weights: a plain model with the same logits.
     fused_dir = tmp_path / "fused"
     subprocess.run(
@@ -215,6 +236,70 @@ def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path):
     )
     fused, _ = load(str(fused_dir))
     np.testing.assert_allclose(np.array(fused(tokens)), np.array(with_adapters(tokens)), rtol=1e-4, atol=1e-4)
+
+
+def mlx_lm_batch(batch: data.Batch):
+    """flashtune's (inputs, targets, mask) as mlx-lm's trainer takes it: (tokens, (offset, length))
+    rows whose loss mask, ``offset <= t + 1 <= length``, is flashtune's. Each row's tokens are its
+    first input then its targets (a shorter row's last input is padding, its last target is not)."""
+    mask = np.array(batch.mask) > 0
+    positions = np.arange(mask.shape[1])
+    spans = [(int(positions[row].min()) + 1, int(positions[row].max()) + 1) for row in mask]
+    tokens = mx.concatenate([batch.inputs[:, :1], batch.targets], axis=1)
+    return tokens, mx.array(spans)
+
+
+def test_full_fine_tune_matches_mlx_lm(tiny, tmp_path, monkeypatch):
+    """mlx-lm's full fine-tune (mlx_lm.lora.train_model: its freezing, loss and compiled step) fed
+    flashtune's batches in flashtune's order, same AdamW and learning rate: the same losses, and
+    the same weights under the same names in adapters.safetensors."""
+    import types
+    from functools import partial
+
+    import mlx_lm.lora as mlx_lm_lora
+    from mlx_lm.tuner import trainer
+    from mlx_lm.tuner.callbacks import TrainingCallback
+    from mlx_lm.utils import load
+
+    iters = 4
+    config = make_config(tiny, tmp_path / "ours", iters=iters, fine_tune_type="full", lora_layers=1, warmup=0, min_lr_ratio=1.0, steps_per_eval=0)
+    loop.train(config)
+
+    model, tokenizer = load(str(tiny[0]))
+    dataset = data.load_dataset(config.data, models.load_model(config.model)[1]).train
+    batches = [mlx_lm_batch(b) for b in data.iterate_batches(dataset, config.batch_size, seed=config.seed, num_steps=iters)]
+    losses = []
+
+    class Losses(TrainingCallback):
+        def on_train_loss_report(self, info):
+            losses.append(info["train_loss"])
+
+    args = types.SimpleNamespace(**{
+        **mlx_lm_lora.CONFIG_DEFAULTS, "fine_tune_type": "full", "num_layers": 1, "iters": iters, "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate, "optimizer": "adamw", "optimizer_config": {"adamw": {"weight_decay": config.weight_decay}},
+        "steps_per_report": 1, "save_every": 1000, "adapter_path": str(tmp_path / "theirs"),
+    })  # fmt: skip
+    monkeypatch.setattr(mlx_lm_lora, "train", partial(trainer.train, iterate_batches=lambda **_: iter(batches)))
+    mlx_lm_lora.train_model(args, model, [], [], Losses())
+
+    np.testing.assert_allclose(step_losses(tmp_path / "ours"), losses, rtol=1e-5)
+    ours, theirs = adapters(tmp_path / "ours"), adapters(tmp_path / "theirs")
+    assert set(ours) == set(theirs)
+    for name in theirs:
+        # Adam's first steps are ~lr * sign(g): where g is near zero, float32 summation order moves
+        # an element by ~3e-5 of the ~1e-2 these 4 steps move it; a wrong update is off by ~lr (1e-3).
+        np.testing.assert_allclose(np.array(ours[name]), np.array(theirs[name]), rtol=1e-4, atol=5e-5, err_msg=name)
+
+
+def test_full_fine_tuning_refuses_quantized_blocks(tiny):
+    import mlx.nn as nn
+
+    from flashtune.train.lora import train_last_blocks
+
+    model, _, _ = models.load_model(tiny[0])
+    nn.quantize(model, group_size=32, bits=4)
+    with pytest.raises(ValueError, match="quantized layers.*--fine-tune-type lora or dora"):
+        train_last_blocks(model, 1)
 
 
 def test_existing_run_is_not_overwritten(tiny, tmp_path):
@@ -229,6 +314,7 @@ def test_existing_run_is_not_overwritten(tiny, tmp_path):
         ({"attn": "flash9"}, KeyError, "baseline"),
         ({"model": "NoSuchModel-7B"}, ValueError, "TinyLlama-1.1B"),
         ({"data": "/nonexistent/data"}, FileNotFoundError, "/nonexistent/data"),
+        ({"qlora": True, "fine_tune_type": "full"}, config_module.ConfigError, "--qlora.*lora or dora"),
     ],
 )
 def test_bad_input_fails_before_loading_the_model(tiny, tmp_path, monkeypatch, overrides, error, message):
@@ -271,19 +357,20 @@ def test_yaml_recipe_precedence_and_unknown_keys(tmp_path):
         config_module.load_yaml(recipe)
 
 
-def test_qlora_and_gradient_checkpointing_train(tiny, tmp_path):
-    """QLoRA (4-bit base weights) learns; gradient checkpointing gives the same losses as without."""
-    summary = loop.train(make_config(tiny, tmp_path / "qlora", qlora=True, iters=20, steps_per_eval=0))
+@pytest.mark.parametrize("fine_tune_type", ["lora", "dora"])
+def test_qlora_trains(tiny, tmp_path, fine_tune_type):
+    """QLoRA (4-bit base weights) learns, with LoRA and with DoRA."""
+    summary = loop.train(make_config(tiny, tmp_path / "qlora", qlora=True, iters=20, steps_per_eval=0, fine_tune_type=fine_tune_type))
     assert summary["final_loss"] < 0.9 * summary["first_loss"]
     header = records.read(tmp_path / "qlora" / "records.jsonl")[0]
     assert header["model"]["quantized"] is True
 
-    plain = make_config(tiny, tmp_path / "plain", iters=4, steps_per_eval=0)
-    checkpointed = make_config(tiny, tmp_path / "ckpt", iters=4, steps_per_eval=0, grad_checkpoint=True)
-    loop.train(plain)
-    loop.train(checkpointed)
-    losses = [[r["loss"] for r in records.read(tmp_path / name / "records.jsonl") if "iter" in r and not r.get("eval")] for name in ("plain", "ckpt")]
-    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+@pytest.mark.parametrize("fine_tune_type", config_module.FINE_TUNE_TYPES)
+def test_gradient_checkpointing_gives_the_same_losses(tiny, tmp_path, fine_tune_type):
+    for name, checkpointed in (("plain", False), ("ckpt", True)):
+        loop.train(make_config(tiny, tmp_path / name, iters=4, steps_per_eval=0, grad_checkpoint=checkpointed, fine_tune_type=fine_tune_type))
+    np.testing.assert_allclose(step_losses(tmp_path / "plain"), step_losses(tmp_path / "ckpt"), rtol=1e-5)
 
 
 def test_cli_train_and_generate(tiny, tmp_path, capsys):

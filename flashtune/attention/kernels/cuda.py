@@ -21,16 +21,17 @@ from flashtune.log import say_once
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 DTYPES = (mx.bfloat16, mx.float16)
+SEGMENTS = False  # the kernels take no document ids: poc routes packed sequences to practical
 BLOCK_N_FWD = 64  # keys per forward tile (BN in flash_fwd)
 # Forward (warps, row tiles of 16 per warp): BM = 16 * warps * tiles query rows per CTA.
-# Backward warps: 16 * warps keys (and query rows per step) per CTA. Measured on the H100
-# (kernels/NOTES.md); callers may pass others for experiments.
+# Backward warps: 16 * warps keys (and query rows per step) per CTA. Measured on an H100
+# (docs/kernels.md, CUDA kernels for any GPU); callers may pass others for experiments.
 FWD_CONFIG = {32: (4, 2), 64: (4, 2), 80: (4, 1), 96: (4, 1), 128: (4, 2)}
 # Hopper (sm_90) runs the wgmma forward (flash_forward_sm90.cu) for these head dims, with
 # (keys per K/V tile, warpgroups of 64 query rows per CTA, K/V tile buffers: 3).
 FWD_SM90_CONFIG = {64: (128, 1, 3), 128: (128, 2, 3)}
 # Keys per tile whose launches pass the float64 checks on the H100 at every head dim of
-# FWD_SM90_CONFIG (64-key tiles at D=64 only since 41ccbef: kernels/NOTES.md).
+# FWD_SM90_CONFIG (64-key tiles at D=64 only since 41ccbef: docs/kernels.md, Hopper forward).
 FWD_SM90_BLOCK_N = (64, 128)
 MAX_SMEM_BYTES = 227 * 1024  # dynamic shared memory one CTA may have on the H100
 SM_SMEM_BYTES = 228 * 1024  # shared memory of one SM
@@ -83,7 +84,7 @@ def header(files: Tuple[str, ...] = ALL_SOURCES) -> str:
     """The device code of ``files`` without comments (line count kept, so compiler messages
     point at the files' lines). MLX hashes a kernel's whole source on every launch: the
     hash of all four files with comments (56 KB) cost ~0.014 ms per call on the H100's host
-    (kernels/NOTES.md, "The forward, session 9")."""
+    (docs/kernels.md, Hopper forward)."""
     text = "\n".join(Path(__file__).with_name(name).read_text() for name in files)
     return re.sub(r"[ \t]*//[^\n]*", "", text)
 
@@ -213,6 +214,14 @@ def _params(scale: float) -> mx.array:
     return mx.array([scale], dtype=mx.float32)
 
 
+def _refuse_segments(segments: Optional[mx.array]) -> None:
+    if segments is not None:
+        raise ValueError(
+            f"the CUDA flash-attention kernels take no segments (SEGMENTS = False); got "
+            f"segments of shape {tuple(segments.shape)}: use the 'practical' attention"
+        )
+
+
 def forward(
     q: mx.array,
     k: mx.array,
@@ -223,6 +232,7 @@ def forward(
     poison: Optional[float] = None,
     kernel: Optional[str] = None,
     ctas: Optional[int] = None,
+    segments: Optional[mx.array] = None,
 ) -> Tuple[mx.array, mx.array]:
     """Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32, log2 units.
 
@@ -232,9 +242,10 @@ def forward(
     outputs, e.g. with NaN, to show that every element is written. ``ctas`` (sm90) is the
     grid: by default as many CTAs as run on the GPU at once (persistent: each walks several
     tiles of 64 * warpgroups query rows and copies the next tile's Q and first K/V block
-    under the current one; kernels/NOTES.md, session 10), or one per tile when the SM count
-    is unknown.
+    under the current one; docs/kernels.md, Hopper forward), or one per tile when the SM count
+    is unknown. ``segments`` must be None (``SEGMENTS``).
     """
+    _refuse_segments(segments)
     B, n_heads, L_q, D = q.shape
     if (kernel or forward_kernel(D)) == "sm90":
         if D not in FWD_SM90_CONFIG:
@@ -311,13 +322,15 @@ def backward(
     n_warps: int = 0,
     kernel: Optional[str] = None,
     config: Optional[Tuple[int, int]] = None,
+    segments: Optional[mx.array] = None,
 ) -> Tuple[mx.array, mx.array, mx.array]:
     """dq, dk, dv in the inputs' dtype; dQ accumulates with float32 atomics.
 
     ``kernel`` is "sm90" or "sm80", default ``backward_kernel(D)``; sm90 takes ``config``
     (warpgroups, query row tiles), default ``BWD_SM90_CONFIG``; sm80 takes ``n_warps``,
-    default ``BWD_WARPS``.
+    default ``BWD_WARPS``. ``segments`` must be None (``SEGMENTS``).
     """
+    _refuse_segments(segments)
     B, n_heads, L_q, D = q.shape
     n_kv_heads, L_k = k.shape[1], k.shape[2]
     group = n_heads // n_kv_heads

@@ -147,8 +147,8 @@ struct Wgmma<__half, TRANS_B> {
 
 // d (N pieces of 64 columns) += A (16 columns, registers) * B (16 x 64N at addr; piece p at
 // addr + p * piece), one m64n64k16 per piece; two pieces go as one m64n128k16. lbo: the
-// stride of 64-column panels of an MN-major B (the 128-column instruction reads it; NOTES,
-// "64-key tiles at D=64", on why the 64-column one gets it too).
+// stride of 64-column panels of an MN-major B (the 128-column instruction reads it;
+// docs/kernels.md, "64-key tiles at D=64", on why the 64-column one gets it too).
 template <typename T, int TRANS_B, int N>
 struct WgmmaRow {
   static __device__ __forceinline__ void run(float (&d)[N][32], const unsigned (&a)[4],
@@ -189,7 +189,7 @@ __device__ __forceinline__ void pack_a(unsigned (&a)[N * 4][4], const float (&c)
 // division or swizzle arithmetic). A tile inside the matrix takes a path without the
 // per-row bounds checks: each copy is then one instruction with constant offsets (the
 // forward's loop issued ~140 instructions for its 16 copies per thread before; 4-11 %
-// faster, kernels/NOTES.md, session 9).
+// faster on an H100; docs/kernels.md).
 template <typename T, int ROWS, int D, int NT>
 __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* src, int row0, int L) {
   constexpr int CPR = D / 8;      // 16-byte chunks per row
@@ -219,7 +219,7 @@ __device__ __forceinline__ void load_tile_sw128(unsigned dst, const T* src, int 
 // Tiles (BM query rows of one head) are numbered longest causal row block first over all
 // heads. With G = the number of tiles every CTA runs one, and the hardware starts them in
 // index order: every head's last row block goes first and the last wave is short blocks
-// (measured: NOTES, session 8). A persistent grid (G = the CTAs that fit on the GPU at once)
+// (measured on an H100: docs/kernels.md). A persistent grid (G = the CTAs that fit on the GPU at once)
 // walks the tiles in rounds of G, every other round backwards, so that each CTA gets long and
 // short tiles in turn, and copies the next tile's Q and first K/V block while its current
 // tile computes its last block, instead of after the tile has finished (with one CTA per SM
@@ -383,7 +383,7 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
     // per block: past it, block j has landed for every thread's copies and every warpgroup is
     // done with the block two before it, whose buffers then take block j + 1 while the tensor
     // cores work (with a second barrier at the end of the block, before the copies, the
-    // forward was 2-6 % slower: kernels/NOTES.md, session 9).
+    // forward was 2-6 % slower on an H100: docs/kernels.md).
     if (cur.n_blocks > 0) {
       if (!have_first) {
         load_first(cur, blk);
@@ -425,8 +425,8 @@ __device__ __forceinline__ void flash_fwd_sm90(const T* q, const T* k, const T* 
       wgmma_fence();
       issue_scores(blk, s);
       // The copies go while S runs: issued after P V, they waited for its wgmmas to find a
-      // slot (only once S was nearly done) and delayed the softmax (kernels/NOTES.md,
-      // session 10).
+      // slot (only once S was nearly done) and delayed the softmax (Nsight Compute on an H100;
+      // docs/kernels.md).
       load_after(j);
       rescale_o(corr_a, corr_b);
       issue_pv(blk - 1);

@@ -5,14 +5,33 @@ Forward: online softmax over K/V tiles held in threadgroup memory, saving the lo
 of its GQA group, and dQ in a separate pass (no atomics), both recomputing probabilities from
 the LSE; nothing of size Lq x Lk is ever stored. One simdgroup owns one row (a query row, or a
 key row in the dK/dV pass) and its 32 lanes split the head dimension; dot products are
-simd_sum reductions. No Apple GPU is available to this project, so ``poc`` checks these
-kernels against ``practical`` on first use and falls back if they fail (see poc.py).
+simd_sum reductions. With ``segments`` (per-document ids) a row sees only its own document,
+and every tile whose documents cannot meet the block's is skipped by the whole threadgroup.
+The bodies are in metal_source.py.
+
+Every launch is first described (``forward_launch``, ``backward_launches``: kernel source,
+inputs, template constants, grid, threadgroup) and then run by ``run_on_gpu``; the tests run
+the same descriptions on the CPU through ``metal_emulator``.
+
+Verified without Apple hardware, under that emulation (tests/attention/kernels): the algorithm
+and this exact source, wrapped as MLX wraps it, against a float64 reference for every head dim,
+both dtypes, causal or not, odd lengths, Lq != Lk, GQA and segments (documents of length 1,
+across tiles, padding; the tiles skipped are counted); that no thread reads or writes outside
+its buffers, races on threadgroup memory, lets threadgroup memory it never wrote (NaN there)
+reach a result, or reaches a barrier or simd_sum that others of its group or simdgroup skip;
+and the 32 KB threadgroup-memory limit. Only a Mac can verify that the Metal compiler accepts
+the source, the GPU's own rounding (fused multiply-adds, exp2 precision, simd_sum order), the
+pipeline's thread limit and the speed; ``poc`` therefore still checks every variant against
+``practical`` at first use and falls back if it fails (see poc.py and docs/metal-emulator.md).
 """
 
 import functools
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import mlx.core as mx
+
+from flashtune.attention.kernels import metal_source
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 DTYPES = (mx.bfloat16, mx.float16)
@@ -20,235 +39,74 @@ ROWS = 8  # simdgroups, hence rows, per threadgroup
 # Keys (forward, dQ) or queries (dK/dV) per threadgroup-memory tile: two float32 tiles of
 # 16 x 128 are 16 KB, half of the 32 KB an Apple GPU threadgroup may hold.
 TILE = 16
+SEGMENTS = True  # forward and backward take per-document ids (segments=)
 
-_COMMON = """
-    constexpr int D = HEAD_DIM;
-    constexpr int PER = (D + 31) / 32;  // head-dim elements per lane
-    const int Hq = q_shape[1], Lq = q_shape[2], Hkv = k_shape[1], Lk = k_shape[2];
-    const int group = Hq / Hkv;
-    const int offset = Lk - Lq;  // causal: row i sees key j <= i + offset
-    const uint lane = thread_index_in_simdgroup;
-    const uint sg = simdgroup_index_in_threadgroup;
-    const uint tid = thread_index_in_threadgroup;
-    const int b = threadgroup_position_in_grid.z;
-    const float scale = params[0];
-    const float scale_log2 = scale * 1.4426950408889634f;
-"""
 
-_FWD = _COMMON + """
-    const int h = threadgroup_position_in_grid.y;
-    const int hk = h / group;
-    const int m0 = threadgroup_position_in_grid.x * ROWS;
-    const int row = m0 + int(sg);
-    const ulong qbase = (ulong)(b * Hq + h) * Lq;
-    const ulong kbase = (ulong)(b * Hkv + hk) * Lk;
-    threadgroup float Ks[TILE * D];
-    threadgroup float Vs[TILE * D];
-    float qr[PER], acc[PER];
-    for (int i = 0; i < PER; ++i) {
-        const int d = lane + 32 * i;
-        qr[i] = (row < Lq && d < D) ? float(q[(qbase + row) * D + d]) : 0.0f;
-        acc[i] = 0.0f;
-    }
-    float m = -INFINITY, l = 0.0f;
-    const int n_end = CAUSAL ? min(Lk, m0 + ROWS + offset) : Lk;
-    for (int n0 = 0; n0 < n_end; n0 += TILE) {
-        threadgroup_barrier(mem_flags::mem_threadgroup);
-        for (int idx = tid; idx < TILE * D; idx += 32 * ROWS) {
-            const int r = idx / D, c = idx % D;
-            const bool ok = n0 + r < Lk;
-            Ks[idx] = ok ? float(k[(kbase + n0 + r) * D + c]) : 0.0f;
-            Vs[idx] = ok ? float(v[(kbase + n0 + r) * D + c]) : 0.0f;
-        }
-        threadgroup_barrier(mem_flags::mem_threadgroup);
-        float s[TILE];
-        float tile_max = -INFINITY;
-        for (int j = 0; j < TILE; ++j) {
-            float part = 0.0f;
-            for (int i = 0; i < PER; ++i) {
-                const int d = lane + 32 * i;
-                if (d < D) part += qr[i] * Ks[j * D + d];
-            }
-            float x = simd_sum(part) * scale_log2;
-            const int col = n0 + j;
-            if (col >= Lk || (CAUSAL && col > row + offset)) x = -INFINITY;
-            s[j] = x;
-            tile_max = max(tile_max, x);
-        }
-        const float m_new = max(m, tile_max);
-        const float base = m_new == -INFINITY ? 0.0f : m_new;
-        const float corr = exp2(m - base);
-        l *= corr;
-        for (int i = 0; i < PER; ++i) acc[i] *= corr;
-        for (int j = 0; j < TILE; ++j) {
-            const float p = exp2(s[j] - base);
-            l += p;
-            for (int i = 0; i < PER; ++i) {
-                const int d = lane + 32 * i;
-                if (d < D) acc[i] += p * Vs[j * D + d];
-            }
-        }
-        m = m_new;
-    }
-    if (row < Lq) {
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        for (int i = 0; i < PER; ++i) {
-            const int d = lane + 32 * i;
-            if (d < D) out[(qbase + row) * D + d] = static_cast<T>(acc[i] * inv);
-        }
-        if (lane == 0) lse[qbase + row] = l > 0.0f ? m + log2(l) : INFINITY;
-    }
-"""
+@dataclass(frozen=True)
+class Kernel:
+    """What mx.fast.metal_kernel compiles: a name, the buffer names and the body."""
 
-_DQ = _COMMON + """
-    const int h = threadgroup_position_in_grid.y;
-    const int hk = h / group;
-    const int m0 = threadgroup_position_in_grid.x * ROWS;
-    const int row = m0 + int(sg);
-    const ulong qbase = (ulong)(b * Hq + h) * Lq;
-    const ulong kbase = (ulong)(b * Hkv + hk) * Lk;
-    threadgroup float Ks[TILE * D];
-    threadgroup float Vs[TILE * D];
-    float qr[PER], dor[PER], acc[PER];
-    for (int i = 0; i < PER; ++i) {
-        const int d = lane + 32 * i;
-        const bool ok = row < Lq && d < D;
-        qr[i] = ok ? float(q[(qbase + row) * D + d]) : 0.0f;
-        dor[i] = ok ? float(dout[(qbase + row) * D + d]) : 0.0f;
-        acc[i] = 0.0f;
-    }
-    const float row_lse = row < Lq ? lse[qbase + row] : INFINITY;
-    const float row_delta = row < Lq ? delta[qbase + row] : 0.0f;
-    const int n_end = CAUSAL ? min(Lk, m0 + ROWS + offset) : Lk;
-    for (int n0 = 0; n0 < n_end; n0 += TILE) {
-        threadgroup_barrier(mem_flags::mem_threadgroup);
-        for (int idx = tid; idx < TILE * D; idx += 32 * ROWS) {
-            const int r = idx / D, c = idx % D;
-            const bool ok = n0 + r < Lk;
-            Ks[idx] = ok ? float(k[(kbase + n0 + r) * D + c]) : 0.0f;
-            Vs[idx] = ok ? float(v[(kbase + n0 + r) * D + c]) : 0.0f;
-        }
-        threadgroup_barrier(mem_flags::mem_threadgroup);
-        for (int j = 0; j < TILE; ++j) {
-            float sp = 0.0f, dpp = 0.0f;
-            for (int i = 0; i < PER; ++i) {
-                const int d = lane + 32 * i;
-                if (d < D) {
-                    sp += qr[i] * Ks[j * D + d];
-                    dpp += dor[i] * Vs[j * D + d];
-                }
-            }
-            const float sc = simd_sum(sp), dp = simd_sum(dpp);
-            const int col = n0 + j;
-            float p = exp2(sc * scale_log2 - row_lse);
-            if (col >= Lk || (CAUSAL && col > row + offset)) p = 0.0f;
-            const float ds = p * (dp - row_delta);
-            for (int i = 0; i < PER; ++i) {
-                const int d = lane + 32 * i;
-                if (d < D) acc[i] += ds * Ks[j * D + d];
-            }
-        }
-    }
-    if (row < Lq) {
-        for (int i = 0; i < PER; ++i) {
-            const int d = lane + 32 * i;
-            if (d < D) dq[(qbase + row) * D + d] = static_cast<T>(acc[i] * scale);
-        }
-    }
-"""
+    name: str
+    input_names: Tuple[str, ...]
+    output_names: Tuple[str, ...]
+    source: str
 
-_DKDV = _COMMON + """
-    const int hk = threadgroup_position_in_grid.y;
-    const int n0 = threadgroup_position_in_grid.x * ROWS;
-    const int key = n0 + int(sg);
-    const ulong kbase = (ulong)(b * Hkv + hk) * Lk;
-    threadgroup float Qs[TILE * D];
-    threadgroup float Os[TILE * D];
-    threadgroup float Ls[TILE];
-    threadgroup float Es[TILE];
-    float kr[PER], vr[PER], dka[PER], dva[PER];
-    for (int i = 0; i < PER; ++i) {
-        const int d = lane + 32 * i;
-        const bool ok = key < Lk && d < D;
-        kr[i] = ok ? float(k[(kbase + key) * D + d]) : 0.0f;
-        vr[i] = ok ? float(v[(kbase + key) * D + d]) : 0.0f;
-        dka[i] = 0.0f;
-        dva[i] = 0.0f;
-    }
-    const int q_first = CAUSAL ? max(0, n0 - offset) : 0;
-    for (int hh = 0; hh < group; ++hh) {
-        const ulong qbase = (ulong)(b * Hq + hk * group + hh) * Lq;
-        for (int m0 = q_first; m0 < Lq; m0 += TILE) {
-            threadgroup_barrier(mem_flags::mem_threadgroup);
-            for (int idx = tid; idx < TILE * D; idx += 32 * ROWS) {
-                const int r = idx / D, c = idx % D;
-                const bool ok = m0 + r < Lq;
-                Qs[idx] = ok ? float(q[(qbase + m0 + r) * D + c]) : 0.0f;
-                Os[idx] = ok ? float(dout[(qbase + m0 + r) * D + c]) : 0.0f;
-            }
-            for (int r = tid; r < TILE; r += 32 * ROWS) {
-                const bool ok = m0 + r < Lq;
-                Ls[r] = ok ? lse[qbase + m0 + r] : INFINITY;
-                Es[r] = ok ? delta[qbase + m0 + r] : 0.0f;
-            }
-            threadgroup_barrier(mem_flags::mem_threadgroup);
-            for (int i = 0; i < TILE; ++i) {
-                float sp = 0.0f, dpp = 0.0f;
-                for (int e = 0; e < PER; ++e) {
-                    const int d = lane + 32 * e;
-                    if (d < D) {
-                        sp += kr[e] * Qs[i * D + d];
-                        dpp += vr[e] * Os[i * D + d];
-                    }
-                }
-                const float sc = simd_sum(sp), dp = simd_sum(dpp);
-                float p = exp2(sc * scale_log2 - Ls[i]);
-                if (key >= Lk || (CAUSAL && key > m0 + i + offset)) p = 0.0f;
-                const float ds = p * (dp - Es[i]);
-                for (int e = 0; e < PER; ++e) {
-                    const int d = lane + 32 * e;
-                    if (d < D) {
-                        dva[e] += p * Os[i * D + d];
-                        dka[e] += ds * Qs[i * D + d];
-                    }
-                }
-            }
-        }
-    }
-    if (key < Lk) {
-        for (int i = 0; i < PER; ++i) {
-            const int d = lane + 32 * i;
-            if (d < D) {
-                dk[(kbase + key) * D + d] = static_cast<T>(dka[i] * scale);
-                dv[(kbase + key) * D + d] = static_cast<T>(dva[i]);
-            }
-        }
-    }
-"""
+
+@dataclass(frozen=True)
+class Launch:
+    """One call of a Kernel: everything the kernel object is called with."""
+
+    kernel: Kernel
+    inputs: Tuple[mx.array, ...]
+    template: Tuple[Tuple[str, Any], ...]
+    grid: Tuple[int, int, int]
+    threadgroup: Tuple[int, int, int]
+    output_shapes: Tuple[Tuple[int, ...], ...]
+    output_dtypes: Tuple[mx.Dtype, ...]
+
+
+Runner = Callable[[Launch], Sequence[mx.array]]
+
+_BACKWARD_INPUTS = ("q", "k", "v", "dout", "lse", "delta", "params")
+_BACKWARD_SEGMENT_INPUTS = ("q", "k", "v", "segments", "dout", "lse", "delta", "params")
+FORWARD = Kernel("ftpoc_flash_fwd", ("q", "k", "v", "params"), ("out", "lse"),
+                 metal_source.FORWARD)
+DQ = Kernel("ftpoc_flash_dq", _BACKWARD_INPUTS, ("dq",), metal_source.DQ)
+DKDV = Kernel("ftpoc_flash_dkdv", _BACKWARD_INPUTS, ("dk", "dv"), metal_source.DKDV)
+# The same kernels with per-document masking and tile skipping (metal_source's markers).
+FORWARD_SEGMENTS = Kernel("ftpoc_flash_fwd_seg", ("q", "k", "v", "segments", "params"),
+                          ("out", "lse"), metal_source.FORWARD_SEGMENTS)
+DQ_SEGMENTS = Kernel("ftpoc_flash_dq_seg", _BACKWARD_SEGMENT_INPUTS, ("dq",),
+                     metal_source.DQ_SEGMENTS)
+DKDV_SEGMENTS = Kernel("ftpoc_flash_dkdv_seg", _BACKWARD_SEGMENT_INPUTS, ("dk", "dv"),
+                       metal_source.DKDV_SEGMENTS)
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels():
-    """Kernel objects; MLX compiles each template instance on first use."""
-    fwd = mx.fast.metal_kernel(
-        name="ftpoc_flash_fwd",
-        input_names=["q", "k", "v", "params"],
-        output_names=["out", "lse"],
-        source=_FWD,
+def _metal_kernel(kernel: Kernel):
+    """The kernel object; MLX compiles each template instance on first use."""
+    return mx.fast.metal_kernel(
+        name=kernel.name,
+        input_names=list(kernel.input_names),
+        output_names=list(kernel.output_names),
+        source=kernel.source,
     )
-    dq = mx.fast.metal_kernel(
-        name="ftpoc_flash_dq",
-        input_names=["q", "k", "v", "dout", "lse", "delta", "params"],
-        output_names=["dq"],
-        source=_DQ,
+
+
+def run_on_gpu(launch: Launch) -> List[mx.array]:
+    """Runs a launch through mx.fast.metal_kernel (needs MLX's Metal backend).
+
+    Returns:
+        The outputs, in the order of ``launch.kernel.output_names``.
+    """
+    return _metal_kernel(launch.kernel)(
+        inputs=list(launch.inputs),
+        template=list(launch.template),
+        grid=launch.grid,
+        threadgroup=launch.threadgroup,
+        output_shapes=list(launch.output_shapes),
+        output_dtypes=list(launch.output_dtypes),
     )
-    dkdv = mx.fast.metal_kernel(
-        name="ftpoc_flash_dkdv",
-        input_names=["q", "k", "v", "dout", "lse", "delta", "params"],
-        output_names=["dk", "dv"],
-        source=_DKDV,
-    )
-    return fwd, dq, dkdv
 
 
 def supports(q: mx.array, k: mx.array) -> bool:
@@ -256,30 +114,111 @@ def supports(q: mx.array, k: mx.array) -> bool:
     return q.dtype in DTYPES and q.shape[-1] in HEAD_DIMS
 
 
-def _template(q: mx.array, causal: bool):
-    return [
+def _template(q: mx.array, causal: bool) -> Tuple[Tuple[str, Any], ...]:
+    return (
         ("T", q.dtype),
         ("HEAD_DIM", q.shape[-1]),
         ("CAUSAL", causal),
         ("ROWS", ROWS),
         ("TILE", TILE),
-    ]
+    )
+
+
+def _rows_grid(n_rows: int, n_heads: int, batch: int) -> Tuple[int, int, int]:
+    """One threadgroup of ROWS simdgroups per ROWS rows, per head and batch entry."""
+    return (-(-n_rows // ROWS) * 32 * ROWS, n_heads, batch)
+
+
+def _params(scale: float) -> mx.array:
+    return mx.array([scale], dtype=mx.float32)
+
+
+def checked_segments(q: mx.array, k: mx.array, segments: Optional[mx.array]) -> Optional[mx.array]:
+    """The document ids as int32 (B, L), or None.
+
+    Raises:
+        ValueError: ids that are not integers of shape (B, L) with Lq == Lk == L.
+    """
+    if segments is None:
+        return None
+    B, _, L_q, _ = q.shape
+    L_k = k.shape[2]
+    if L_q != L_k or tuple(segments.shape) != (B, L_q):
+        raise ValueError(
+            f"segments must have shape (B, L) with Lq == Lk == L; got segments "
+            f"{tuple(segments.shape)}, q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    if not mx.issubdtype(segments.dtype, mx.integer):
+        raise ValueError(f"segments must hold integer document ids; got {segments.dtype}")
+    return segments.astype(mx.int32)
+
+
+def forward_launch(
+    q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool,
+    segments: Optional[mx.array] = None,
+) -> Launch:
+    """The forward kernel's launch for q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) and optional
+    document ids (B, L) (``checked_segments``)."""
+    B, n_heads, L_q, _ = q.shape
+    segments = checked_segments(q, k, segments)
+    with_ids = () if segments is None else (segments,)
+    return Launch(
+        kernel=FORWARD if segments is None else FORWARD_SEGMENTS,
+        inputs=(q, k, v, *with_ids, _params(scale)),
+        template=_template(q, causal),
+        grid=_rows_grid(L_q, n_heads, B),
+        threadgroup=(32 * ROWS, 1, 1),
+        output_shapes=(tuple(q.shape), (B, n_heads, L_q)),
+        output_dtypes=(q.dtype, mx.float32),
+    )
+
+
+def backward_launches(
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    out: mx.array,
+    lse: mx.array,
+    d_out: mx.array,
+    scale: float,
+    causal: bool,
+    segments: Optional[mx.array] = None,
+) -> Tuple[Launch, Launch]:
+    """The dQ and dK/dV launches; the row sums delta = rowsum(dO * O) are MLX ops here."""
+    B, n_heads, L_q, _ = q.shape
+    n_kv_heads, L_k = k.shape[1], k.shape[2]
+    segments = checked_segments(q, k, segments)
+    with_ids = () if segments is None else (segments,)
+    d_out = d_out.astype(q.dtype)
+    delta = mx.sum(d_out.astype(mx.float32) * out.astype(mx.float32), axis=-1)
+    inputs = (q, k, v, *with_ids, d_out, lse, delta, _params(scale))
+    template = _template(q, causal)
+    dq_kernel, dkdv_kernel = (DQ, DKDV) if segments is None else (DQ_SEGMENTS, DKDV_SEGMENTS)
+    dq = Launch(dq_kernel, inputs, template, _rows_grid(L_q, n_heads, B), (32 * ROWS, 1, 1),
+                (tuple(q.shape),), (q.dtype,))
+    dkdv = Launch(dkdv_kernel, inputs, template, _rows_grid(L_k, n_kv_heads, B),
+                  (32 * ROWS, 1, 1), (tuple(k.shape), tuple(v.shape)), (k.dtype, v.dtype))
+    return dq, dkdv
 
 
 def forward(
-    q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool
+    q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool,
+    segments: Optional[mx.array] = None, run: Optional[Runner] = None,
 ) -> Tuple[mx.array, mx.array]:
-    """Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32, log2 units."""
-    B, n_heads, L_q, _ = q.shape
-    fwd, _, _ = _kernels()
-    out, lse = fwd(
-        inputs=[q, k, v, mx.array([scale], dtype=mx.float32)],
-        template=_template(q, causal),
-        grid=(-(-L_q // ROWS) * 32 * ROWS, n_heads, B),
-        threadgroup=(32 * ROWS, 1, 1),
-        output_shapes=[q.shape, (B, n_heads, L_q)],
-        output_dtypes=[q.dtype, mx.float32],
-    )
+    """Flash-attention forward.
+
+    Args:
+        q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D), bf16 or fp16 (``supports``).
+        scale: multiplier of q kᵀ. causal: lower-right aligned causal mask (Lq <= Lk).
+        segments: None, or int32 (B, L) document ids with Lq == Lk == L: query i sees key j
+            only when both ids are equal and non-negative (and j <= i when causal); rows with
+            a negative id are padding (output 0, lse +inf, zero gradient).
+        run: executes a launch (default ``run_on_gpu``; the tests pass the emulator's).
+
+    Returns:
+        out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32, log2 units.
+    """
+    out, lse = (run or run_on_gpu)(forward_launch(q, k, v, scale, causal, segments))
     return out, lse
 
 
@@ -292,28 +231,13 @@ def backward(
     d_out: mx.array,
     scale: float,
     causal: bool,
+    segments: Optional[mx.array] = None,
+    run: Optional[Runner] = None,
 ) -> Tuple[mx.array, mx.array, mx.array]:
-    """dq, dk, dv in the inputs' dtype (dQ by its own pass)."""
-    B, n_heads, L_q, _ = q.shape
-    n_kv_heads, L_k = k.shape[1], k.shape[2]
-    d_out = d_out.astype(q.dtype)
-    delta = mx.sum(d_out.astype(mx.float32) * out.astype(mx.float32), axis=-1)
-    inputs = [q, k, v, d_out, lse, delta, mx.array([scale], dtype=mx.float32)]
-    _, dq_kernel, dkdv_kernel = _kernels()
-    (dq,) = dq_kernel(
-        inputs=inputs,
-        template=_template(q, causal),
-        grid=(-(-L_q // ROWS) * 32 * ROWS, n_heads, B),
-        threadgroup=(32 * ROWS, 1, 1),
-        output_shapes=[q.shape],
-        output_dtypes=[q.dtype],
-    )
-    dk, dv = dkdv_kernel(
-        inputs=inputs,
-        template=_template(q, causal),
-        grid=(-(-L_k // ROWS) * 32 * ROWS, n_kv_heads, B),
-        threadgroup=(32 * ROWS, 1, 1),
-        output_shapes=[k.shape, v.shape],
-        output_dtypes=[k.dtype, v.dtype],
-    )
+    """dq, dk, dv in the inputs' dtype (dQ by its own pass); arguments as in ``forward``,
+    with its out and lse and the cotangent d_out."""
+    dq_launch, dkdv_launch = backward_launches(q, k, v, out, lse, d_out, scale, causal, segments)
+    run = run or run_on_gpu
+    (dq,) = run(dq_launch)
+    dk, dv = run(dkdv_launch)
     return dq, dk, dv
