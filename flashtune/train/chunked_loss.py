@@ -4,8 +4,9 @@ The plain loss materializes (tokens x vocabulary) logits, their float32 softmax 
 at 32,768 tokens Qwen2.5-1.5B's 151,936-word vocabulary makes 10 GB of bf16 logits alone. Here
 a custom VJP runs the head's matmul and the softmax one chunk of tokens at a time, in the forward
 (keeping each token's log-sum-exp, 4 bytes) and again in the backward (recomputing the chunk's
-logits from the hidden states), so the loss holds one chunk's logits at a time. MLX would run
-independent chunks together; `mx.depends` chains them so that one chunk is in flight.
+logits from the hidden states), so the loss holds a few chunks' logits, never all of them. MLX
+would run independent chunks together; `mx.depends` chains them in order (it still allocates a
+few chunks ahead of the computation: see CHUNK_BUDGET_BYTES).
 
 The head module itself is called per chunk, so LoRA or quantization on it works, and gradients
 reach its trainable parameters (and the embedding, when tied and trained) as well as the hidden
