@@ -128,7 +128,7 @@ def test_tiny_model_end_to_end(tmp_path, capsys):
 def test_cpu_target_flashtune_peak_is_at_most_half_of_mlx_lm_loras_best(tmp_path):
     """SmolLM2-135M, one 4096-token sequence per step on CPU: flashtune (practical, chunked loss,
     grad checkpointing) peaks at no more than half of mlx_lm lora's lower peak (with or without
-    its grad checkpointing; a run of it that runs out of memory does not count). ~30 min on 2 cores."""
+    its grad checkpointing; a run of it that runs out of memory does not count). ~10 min on 2 cores."""
     from flashtune import env
     from flashtune.models import gguf
 
