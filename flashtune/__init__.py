@@ -7,4 +7,6 @@ cpu_blas.load()
 
 __version__ = "0.1.0"
 
-from flashtune.patch import patch, unpatch, patched, packed  # noqa: E402
+from flashtune.patch import packed, patch, patched, unpatch  # noqa: E402
+
+__all__ = ["__version__", "packed", "patch", "patched", "unpatch"]

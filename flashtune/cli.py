@@ -4,7 +4,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 from flashtune.bench import ATTENTION_REPEAT, ATTENTION_WARMUP
 
@@ -19,7 +18,9 @@ def _env(args) -> int:
 def _attention(args) -> int:
     from flashtune import attention, env
 
-    print(f"Attention implementations (flashtune train --attn NAME); paths on this machine ({env.device_name()}, {env.backend()}):\n")
+    print(
+        f"Attention implementations (flashtune train --attn NAME); paths on this machine ({env.device_name()}, {env.backend()}):\n"
+    )
     for name in attention.names():
         info = attention.describe(name)
         print(f"{name}\n  what: {info['what']}\n  here: {info['here']}\n")
@@ -47,7 +48,16 @@ def _bench_attention(args) -> int:
         status = f"{r['fwdbwd_ms']:.2f} ms fwd+bwd, {r['extra_mb']:.0f} MB" if r["status"] == "ok" else r["status"]
         print(f"  {r['tag']} B{r['batch']} L{r['length']} D{r['head_dim']} {r['impl']}: {status}", file=sys.stderr)
 
-    records = bench.run(sets, impls, dtype, warmup=args.warmup, repeat=args.repeat, out=out, progress=progress, anchor=not args.no_anchor)
+    records = bench.run(
+        sets,
+        impls,
+        dtype,
+        warmup=args.warmup,
+        repeat=args.repeat,
+        out=out,
+        progress=progress,
+        anchor=not args.no_anchor,
+    )
     print(describe_header(records[0]))
     print(attention_table(records[1:]))
     note = demo_length_note(records[1:])
@@ -134,29 +144,43 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
 
     commands.add_parser("env", help="versions, device and CPU BLAS").set_defaults(run=_env)
-    commands.add_parser("attention", help="the attention implementations and the path each takes here").set_defaults(run=_attention)
+    commands.add_parser("attention", help="the attention implementations and the path each takes here").set_defaults(
+        run=_attention
+    )
 
     bench = commands.add_parser("bench", help="benchmarks").add_subparsers(dest="bench", required=True)
     attn = bench.add_parser("attention", help="attention speed/memory, every implementation")
     attn.add_argument("--sets", default="seed,training", help="comma list of shape sets: seed, training, memory, smoke")
     attn.add_argument("--memory", action="store_true", help="peak memory of fwd+bwd at B1 H8/2 L4096 D64")
     attn.add_argument("--impl", help="comma list of implementations (default: all)")
-    attn.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on GPU, float32 on CPU")
-    attn.add_argument("--warmup", type=int, default=ATTENTION_WARMUP, help="untimed compiled calls per pass (default %(default)s)")
-    attn.add_argument("--repeat", type=int, default=ATTENTION_REPEAT, help="timed calls per pass, median kept (default %(default)s)")
-    attn.add_argument("--no-anchor", action="store_true", help="skip bare mx.fast.scaled_dot_product_attention (impl 'anchor')")
+    attn.add_argument(
+        "--dtype", choices=["float32", "float16", "bfloat16"], help="default: bfloat16 on GPU, float32 on CPU"
+    )
+    attn.add_argument(
+        "--warmup", type=int, default=ATTENTION_WARMUP, help="untimed compiled calls per pass (default %(default)s)"
+    )
+    attn.add_argument(
+        "--repeat", type=int, default=ATTENTION_REPEAT, help="timed calls per pass, median kept (default %(default)s)"
+    )
+    attn.add_argument(
+        "--no-anchor", action="store_true", help="skip bare mx.fast.scaled_dot_product_attention (impl 'anchor')"
+    )
     attn.add_argument("--out", help="JSONL results file")
     attn.set_defaults(run=_bench_attention)
 
     from flashtune.bench.finetune import add_arguments as finetune_arguments  # light: model code loads lazily
 
-    finetune = bench.add_parser("finetune", help="100 LoRA iterations per implementation and mlx_lm.lora, and a length sweep")
+    finetune = bench.add_parser(
+        "finetune", help="100 LoRA iterations per implementation and mlx_lm.lora, and a length sweep"
+    )
     finetune_arguments(finetune)
     finetune.set_defaults(run=_bench_finetune)
 
     from flashtune.bench.context import add_arguments as context_arguments
 
-    long_context = bench.add_parser("context", help="peak memory and speed of one sequence of growing length, every implementation and mlx_lm.lora")
+    long_context = bench.add_parser(
+        "context", help="peak memory and speed of one sequence of growing length, every implementation and mlx_lm.lora"
+    )
     context_arguments(long_context)
     long_context.set_defaults(run=_bench_context)
 
@@ -183,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

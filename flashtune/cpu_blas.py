@@ -10,7 +10,6 @@ import ctypes
 import ctypes.util
 import os
 import sys
-from typing import Optional
 
 # Debian/Ubuntu's libopenblas0-pthread, then the alternatives link, then the loader's search.
 _CANDIDATES = (
@@ -26,11 +25,11 @@ HOW_TO_GET_ONE = (
     "or point FLASHTUNE_BLAS at a libopenblas.so.0."
 )
 
-loaded: Optional[str] = None  # the path that was loaded, or None
+loaded: str | None = None  # the path that was loaded, or None
 reason: str = "not attempted"
 
 
-def _find() -> Optional[str]:
+def _find() -> str | None:
     chosen = os.environ.get("FLASHTUNE_BLAS")
     if chosen:
         return None if chosen.lower() == "none" else chosen
@@ -40,7 +39,7 @@ def _find() -> Optional[str]:
     return ctypes.util.find_library("openblas")
 
 
-def load() -> Optional[str]:
+def load() -> str | None:
     """Loads OpenBLAS globally if found (Linux only; macOS uses Accelerate/Metal).
 
     Returns:

@@ -6,21 +6,21 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import mlx.core as mx
 
 from flashtune import __version__, cpu_blas
 
 
-def _version(package: str) -> Optional[str]:
+def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def git_sha() -> Optional[str]:
+def git_sha() -> str | None:
     """The checkout's commit (with '+dirty' when files changed), or None outside git.
 
     FLASHTUNE_GIT_SHA, when set, wins: a copy shipped to another machine may carry a stale .git
@@ -32,11 +32,16 @@ def git_sha() -> Optional[str]:
     try:
         sha = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -69,7 +74,7 @@ def short_device_tag() -> str:
     return "-".join(filter(None, name.split("-")))[:40] + f"-{backend()}"
 
 
-def run_info(config: Optional[Dict[str, Any]] = None, **extra: Any) -> Dict[str, Any]:
+def run_info(config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """The header record of a results file.
 
     Args:

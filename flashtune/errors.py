@@ -4,8 +4,6 @@ Errors raised before any work starts name the bad value and the valid choices; t
 them as one message (``FLASHTUNE_DEBUG=1`` shows the traceback).
 """
 
-from typing import Union
-
 # What MLX (CUDA, Metal, CPU) and Python print when an allocation fails.
 _OOM_MARKERS = ("out of memory", "outofmemory", "malloc", "allocat", "memory limit")
 
@@ -34,7 +32,7 @@ class TrainingError(RuntimeError):
     """Training stopped for a reason the user can act on (the message says what to do)."""
 
 
-def is_out_of_memory(error: Union[BaseException, str]) -> bool:
+def is_out_of_memory(error: BaseException | str) -> bool:
     """True when ``error`` (an exception or captured output) reports a failed allocation."""
     text = str(error).lower()
     return isinstance(error, MemoryError) or any(marker in text for marker in _OOM_MARKERS)

@@ -1,7 +1,6 @@
 """Greedy answers from a (fine-tuned) model: held-out prompts before and after training, and `flashtune generate`."""
 
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import mlx.nn as nn
 from mlx_lm.generate import generate as mlx_generate
@@ -9,14 +8,14 @@ from mlx_lm.generate import generate as mlx_generate
 from flashtune import data
 
 
-def prompt_tokens(tokenizer, messages: List[Dict[str, str]]) -> List[int]:
+def prompt_tokens(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """The chat-templated prompt (with the assistant turn opened) as token ids."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     return tokenizer.encode("\n".join(m["content"] for m in messages))
 
 
-def held_out_prompts(data_dir: Optional[str], count: int = 2) -> List[List[Dict[str, str]]]:
+def held_out_prompts(data_dir: str | None, count: int = 2) -> list[list[dict[str, str]]]:
     """The first ``count`` prompts of valid.jsonl (chat messages before the last assistant turn)."""
     root = data.default_dataset_dir() if data_dir is None else Path(data_dir)
     valid = root / "valid.jsonl" if root.is_dir() else None
@@ -34,7 +33,7 @@ def held_out_prompts(data_dir: Optional[str], count: int = 2) -> List[List[Dict[
     return prompts
 
 
-def answer(model: nn.Module, tokenizer, messages: List[Dict[str, str]], max_tokens: int = 48) -> str:
+def answer(model: nn.Module, tokenizer, messages: list[dict[str, str]], max_tokens: int = 48) -> str:
     """Greedy decoding of one reply."""
     was_training = model.training
     model.eval()

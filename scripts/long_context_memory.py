@@ -36,11 +36,10 @@ def measure(model_name: str, length: int, variant: str, steps: int, layers: int 
 
     ``layers``: keep only the first blocks (0: all); random weights stay lazy, so the others cost nothing.
     """
-    import flashtune  # noqa: F401  (BLAS before mlx)
     import mlx.core as mx
-    import mlx.nn as nn
     import mlx.optimizers as optim
 
+    import flashtune  # noqa: F401  (BLAS before mlx)
     from flashtune import models
     from flashtune.patch import patch
     from flashtune.train.chunked_loss import chunk_tokens_for
@@ -67,7 +66,10 @@ def measure(model_name: str, length: int, variant: str, steps: int, layers: int 
     step = make_steps(model, optimizer, None, 1, True, chunk)
     vocab = info.config["vocab_size"] if variant != "blocks-only" else 2
     mx.random.seed(0)
-    inputs, targets = mx.random.randint(0, info.config["vocab_size"], (1, length)), mx.random.randint(0, vocab, (1, length))
+    inputs, targets = (
+        mx.random.randint(0, info.config["vocab_size"], (1, length)),
+        mx.random.randint(0, vocab, (1, length)),
+    )
     mask = mx.ones((1, length))
     mx.eval(inputs, targets, mask)
     before = mx.get_active_memory()
@@ -87,16 +89,19 @@ def measure_loss(model_name: str, length: int, chunks: list, default_limit: int)
 
     ``default_limit``: MLX's memory limit as the process started (restored for the runs with run-ahead).
     """
-    import flashtune  # noqa: F401  (BLAS before mlx)
     import mlx.core as mx
     import mlx.nn as nn
 
+    import flashtune  # noqa: F401  (BLAS before mlx)
     from flashtune.bench.context import model_facts
-    from flashtune.models.random_init import shipped_config
     from flashtune.models import resolve
+    from flashtune.models.random_init import shipped_config
     from flashtune.train.chunked_loss import Head, cross_entropy_sum
 
-    vocab, hidden_size = model_facts(model_name).vocab_size, shipped_config(resolve(model_name).config_name)["hidden_size"]
+    vocab, hidden_size = (
+        model_facts(model_name).vocab_size,
+        shipped_config(resolve(model_name).config_name)["hidden_size"],
+    )
     mx.random.seed(0)
     linear = nn.Linear(hidden_size, vocab, bias=False)
     linear.freeze()
@@ -117,7 +122,14 @@ def measure_loss(model_name: str, length: int, chunks: list, default_limit: int)
             base = mx.get_active_memory()
             mx.reset_peak_memory()
             mx.eval(step(hidden))
-            rows.append({"length": length, "chunk": chunk, "run_ahead": run_ahead, "extra_mib": (mx.get_peak_memory() - base) / 2**20})
+            rows.append(
+                {
+                    "length": length,
+                    "chunk": chunk,
+                    "run_ahead": run_ahead,
+                    "extra_mib": (mx.get_peak_memory() - base) / 2**20,
+                }
+            )
     return rows
 
 
@@ -133,8 +145,9 @@ def main() -> None:
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single measurement, in this process
     args = parser.parse_args()
     if args.loss_only:
-        import flashtune  # noqa: F401  (BLAS before mlx)
         import mlx.core as mx
+
+        import flashtune  # noqa: F401  (BLAS before mlx)
 
         default_limit = mx.get_memory_limit()
         print("| L | loss | MLX run-ahead | extra peak MiB |\n|---|---|---|---|", flush=True)
@@ -158,7 +171,9 @@ def main() -> None:
                 print(f"| {length} | {variant} | failed: {done.stderr.strip().splitlines()[-1:]} | | |", flush=True)
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"| {length} | {variant} | {r['peak_gb']:.2f} | {r['before_gb']:.2f} | {r['seconds']:.0f} |", flush=True)
+            print(
+                f"| {length} | {variant} | {r['peak_gb']:.2f} | {r['before_gb']:.2f} | {r['seconds']:.0f} |", flush=True
+            )
 
 
 if __name__ == "__main__":

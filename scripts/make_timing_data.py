@@ -15,19 +15,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import flashtune  # noqa: E402,F401
-from flashtune.bench import assets, packing  # noqa: E402
-from flashtune.bench.finetune import DEFAULTS  # noqa: E402
+import flashtune  # noqa: F401
+from flashtune.bench import assets, packing
+from flashtune.bench.finetune import DEFAULTS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", required=True, help="output folder (the bench's --cache-dir)")
     parser.add_argument("--models", default=",".join(DEFAULTS["gpu"]["models"]))
-    parser.add_argument("--lengths", default=",".join(map(str, DEFAULTS["gpu"]["lengths"])), help="sweep lengths ('' for none)")
+    parser.add_argument(
+        "--lengths", default=",".join(map(str, DEFAULTS["gpu"]["lengths"])), help="sweep lengths ('' for none)"
+    )
     parser.add_argument("--sweep-tokens", type=int, default=DEFAULTS["gpu"]["sweep_tokens"])
-    parser.add_argument("--pack-datasets", default=",".join(DEFAULTS["gpu"]["pack_datasets"]), help="the packing suite's datasets ('' for none)")
-    parser.add_argument("--dtype", default="bfloat16", help="dtype of the runs that will use it (names the export folder)")
+    parser.add_argument(
+        "--pack-datasets",
+        default=",".join(DEFAULTS["gpu"]["pack_datasets"]),
+        help="the packing suite's datasets ('' for none)",
+    )
+    parser.add_argument(
+        "--dtype", default="bfloat16", help="dtype of the runs that will use it (names the export folder)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     cache = Path(args.cache)
@@ -37,7 +45,9 @@ def main() -> None:
         print(f"{setup.label}: tokenizer {setup.tokenizer_note}", flush=True)
         folders = [] if setup.embedded else [assets.prepare_data(setup, cache, args.seed)]
         folders += [assets.prepare_data(setup, cache, args.seed, L, max(args.sweep_tokens // L, 1)) for L in lengths]
-        folders += [packing.prepare_dataset(name, setup, cache, args.seed) for name in args.pack_datasets.split(",") if name]
+        folders += [
+            packing.prepare_dataset(name, setup, cache, args.seed) for name in args.pack_datasets.split(",") if name
+        ]
         for folder in dict.fromkeys(folders):  # the packing suite's "timing" set is the main suite's
             print(f"  {folder}", flush=True)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runs from a checkout without installing
 
-import flashtune  # noqa: E402,F401  (BLAS before mlx)
-from flashtune.bench.finetune import main  # noqa: E402
+import flashtune  # noqa: F401  (BLAS before mlx)
+from flashtune.bench.finetune import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -43,15 +43,21 @@ def venv(wheel, tmp_path_factory) -> Path:
 
 def test_wheel_ships_what_commands_read_and_no_developer_notes(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("flashtune/recipes/finetune-smollm2-135m.yaml", "flashtune/datasets/capitals/train.jsonl",
-                   "flashtune/models/configs/TinyLlama-1.1B-Chat-v1.0.json", "flashtune/attention/kernels/flash_attention.cu"):
+    for needed in (
+        "flashtune/recipes/finetune-smollm2-135m.yaml",
+        "flashtune/datasets/capitals/train.jsonl",
+        "flashtune/models/configs/TinyLlama-1.1B-Chat-v1.0.json",
+        "flashtune/attention/kernels/flash_attention.cu",
+    ):
         assert needed in names, needed
     assert not [n for n in names if n.endswith(".md") and "datasets/" not in n], "docs belong in docs/, not the wheel"
 
 
 def test_installed_commands_run_outside_the_checkout(venv, tmp_path):
     flashtune = str(venv / "bin" / "flashtune")
-    where = run([str(venv / "bin" / "python"), "-c", "import flashtune; print(flashtune.__file__)"], cwd=tmp_path).stdout
+    where = run(
+        [str(venv / "bin" / "python"), "-c", "import flashtune; print(flashtune.__file__)"], cwd=tmp_path
+    ).stdout
     assert str(venv) in where and str(REPO) not in where, where
     plan = run([flashtune, "bench", "finetune", "--dry-run"], cwd=tmp_path).stdout
     assert "finetune-smollm2-135m.yaml" in plan or "SmolLM2-135M" in plan, plan

@@ -2,19 +2,19 @@
 
 from functools import partial
 
-import pytest
-
-import flashtune
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from flashtune import attention
-from flashtune.patch import SUPPORTED, patch, patch_info, patched, unpatch
+import pytest
 from mlx.utils import tree_flatten, tree_map
 from mlx_lm.generate import generate_step
 from mlx_lm.models import base, llama, qwen2
 from mlx_lm.models.cache import QuantizedKVCache, make_prompt_cache
 from mlx_lm.tuner.utils import linear_to_lora_layers
+
+import flashtune
+from flashtune import attention
+from flashtune.patch import SUPPORTED, patch, patch_info, patched, unpatch
 from tests.tiny_models import model_module, tiny_model
 
 NAMES = attention.names()
@@ -25,9 +25,7 @@ RTOL = 1e-4  # float32, patched vs unpatched, relative to the largest reference 
 MODELS = {
     "llama": dict(model_type="llama"),
     "qwen2": dict(model_type="qwen2"),
-    "llama-sliding": dict(
-        model_type="llama", layer_types=["sliding_attention", "full_attention"], sliding_window=4
-    ),
+    "llama-sliding": dict(model_type="llama", layer_types=["sliding_attention", "full_attention"], sliding_window=4),
 }
 LORA_CONFIG = {"rank": 4, "scale": 10.0, "dropout": 0.0}
 
@@ -233,9 +231,18 @@ def test_unsupported_model_type_names_it_and_the_supported_ones():
     arch = model_module("qwen3")
     model = arch.Model(
         arch.ModelArgs(
-            model_type="qwen3", hidden_size=32, num_hidden_layers=1, intermediate_size=64,
-            num_attention_heads=2, rms_norm_eps=1e-5, vocab_size=64, num_key_value_heads=1,
-            max_position_embeddings=64, head_dim=16, tie_word_embeddings=True, rope_theta=1e6,
+            model_type="qwen3",
+            hidden_size=32,
+            num_hidden_layers=1,
+            intermediate_size=64,
+            num_attention_heads=2,
+            rms_norm_eps=1e-5,
+            vocab_size=64,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            head_dim=16,
+            tie_word_embeddings=True,
+            rope_theta=1e6,
         )
     )
     with pytest.raises(ValueError, match=r"'qwen3'.*llama, qwen2"):

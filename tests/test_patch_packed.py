@@ -1,16 +1,16 @@
 """flashtune.packed: packed rows through patched tiny Llama and Qwen2 equal the documents run one
 by one (logits and LoRA gradients), which is also the proof that RoPE needs no change."""
 
-import pytest
-
-import flashtune
 import mlx.core as mx
 import mlx.nn as nn
+import pytest
+from mlx.utils import tree_flatten, tree_map
+from mlx_lm.models.cache import make_prompt_cache
+
+import flashtune
 from flashtune import attention
 from flashtune.patch import packed, patch, patched, unpatch
 from flashtune.train.lora import apply_lora, enable_grad_checkpoint
-from mlx.utils import tree_flatten, tree_map
-from mlx_lm.models.cache import make_prompt_cache
 from tests.tiny_models import tiny_model
 
 NAMES = attention.names()
@@ -67,8 +67,7 @@ def assert_close(actual, expected, what, rtol=RTOL):
     err = mx.abs(actual - expected)
     scale = mx.abs(expected).max().item()
     assert err.max().item() <= rtol * scale, (
-        f"{what}: max error {err.max().item():.3g}, mean {err.mean().item():.3g}, "
-        f"scale {scale:.3g}, rtol {rtol}"
+        f"{what}: max error {err.max().item():.3g}, mean {err.mean().item():.3g}, scale {scale:.3g}, rtol {rtol}"
     )
 
 

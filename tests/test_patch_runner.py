@@ -6,13 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
+from mlx.utils import tree_flatten
 
 import flashtune  # noqa: F401
-import mlx.core as mx
 from flashtune import attention
 from flashtune.patch.runner import REPORT_ENV, split_argv
-from mlx.utils import tree_flatten
 from tests.tiny_models import write_text_dataset, write_tiny_hf_model
 
 LLAMA_ENTRY = {"class": "mlx_lm.models.llama.Model", "model_type": "llama", "blocks": 2}
@@ -31,17 +31,25 @@ def run_patch(args, cwd, report=None, prefix=(sys.executable, "-m", "flashtune.p
     if report is not None:
         env[REPORT_ENV] = str(report)
     return subprocess.run(
-        [*prefix, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+        [*prefix, *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
 
 
 def test_split_argv_gives_the_target_everything_after_it():
     assert split_argv(["--attn", "demo", "s.py", "--attn", "x", "-m", "y"]) == (
-        ["--attn", "demo"], ("script", "s.py"), ["--attn", "x", "-m", "y"]
+        ["--attn", "demo"],
+        ("script", "s.py"),
+        ["--attn", "x", "-m", "y"],
     )
     assert split_argv(["--attn=demo", "-m", "mlx_lm", "lora", "--train"]) == (
-        ["--attn=demo"], ("module", "mlx_lm"), ["lora", "--train"]
+        ["--attn=demo"],
+        ("module", "mlx_lm"),
+        ["lora", "--train"],
     )
     assert split_argv(["--attn", "demo", "-m"]) == (["--attn", "demo"], None, [])
 
@@ -82,7 +90,9 @@ def test_plain_script_using_mlx_lm_load_is_patched(tiny_hf, tmp_path):
     assert result.returncode == 3, result.stderr  # the script's own exit code
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out == {
-        "argv": [str(model_dir), "--flag"], "name": "__main__", "path0": str(tmp_path),
+        "argv": [str(model_dir), "--flag"],
+        "name": "__main__",
+        "path0": str(tmp_path),
         "classes": ["PatchedAttention", "PatchedAttention"],
     }
     said = [line for line in result.stderr.splitlines() if "patched 2 attention blocks" in line]
@@ -123,12 +133,33 @@ def test_mlx_lm_lora_cli_end_to_end(tiny_hf, tmp_path):
     adapters, report = tmp_path / "adapters", tmp_path / "report.json"
     result = run_patch(
         [
-            "--attn", "practical", "-m", "mlx_lm", "lora", "--model", model_dir, "--train",
-            "--data", data_dir, "--iters", 3, "--batch-size", 2, "--num-layers", 2,
-            "--max-seq-length", 64, "--val-batches", 1, "--steps-per-report", 1,
-            "--adapter-path", adapters,
+            "--attn",
+            "practical",
+            "-m",
+            "mlx_lm",
+            "lora",
+            "--model",
+            model_dir,
+            "--train",
+            "--data",
+            data_dir,
+            "--iters",
+            3,
+            "--batch-size",
+            2,
+            "--num-layers",
+            2,
+            "--max-seq-length",
+            64,
+            "--val-batches",
+            1,
+            "--steps-per-report",
+            1,
+            "--adapter-path",
+            adapters,
         ],
-        tmp_path, report,
+        tmp_path,
+        report,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "patched 2 attention blocks of llama model" in result.stderr

@@ -5,13 +5,13 @@ from the repository root). Nothing here downloads anything.
 """
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
-import flashtune  # noqa: F401  (loads the optimized BLAS before mlx)
 import mlx.core as mx
 import mlx.nn as nn
 
+import flashtune  # noqa: F401  (loads the optimized BLAS before mlx)
 from flashtune.bench.timing_data import save_tokenizer_folder
 
 # Small enough to run in milliseconds, big enough for GQA (4 query / 2 KV heads, head_dim 16).
@@ -41,7 +41,7 @@ TINY_TEXTS = [
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
-def tiny_config(model_type: str = "llama", **overrides) -> Dict:
+def tiny_config(model_type: str = "llama", **overrides) -> dict:
     """HF-style config dict of a tiny model (also what ``config.json`` holds)."""
     return {"model_type": model_type, **TINY_CONFIG, **overrides}
 
@@ -69,9 +69,7 @@ def tiny_model(model_type: str = "llama", seed: int = 0, **overrides) -> nn.Modu
     return model
 
 
-def write_tiny_tokenizer(
-    path: Path, texts: Sequence[str] = TINY_TEXTS, vocab_size: int = 128
-) -> Path:
+def write_tiny_tokenizer(path: Path, texts: Sequence[str] = TINY_TEXTS, vocab_size: int = 128) -> Path:
     """Writes a word-level ``tokenizer.json`` + ``tokenizer_config.json`` trained on ``texts``.
 
     ``transformers.AutoTokenizer`` (and so ``mlx_lm.load``) reads the folder offline.
@@ -107,7 +105,7 @@ def write_text_dataset(path: Path, texts: Sequence[str] = TINY_TEXTS) -> Path:
     """Writes ``train.jsonl``, ``valid.jsonl`` and ``test.jsonl`` of ``{"text": ...}`` lines."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    lines: List[str] = [json.dumps({"text": t}) for t in texts]
+    lines: list[str] = [json.dumps({"text": t}) for t in texts]
     for split in ("train", "valid", "test"):
         (path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return path

@@ -6,11 +6,11 @@ sequences). Nothing is chosen at import time: callers ask by name.
 """
 
 import sys
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 AttentionFn = Callable[..., "mx.array"]  # noqa: F821 (mx is only named for readers)
 
-_REGISTRY: Dict[str, AttentionFn] = {}
+_REGISTRY: dict[str, AttentionFn] = {}
 
 
 def register(name: str) -> Callable[[AttentionFn], AttentionFn]:
@@ -35,7 +35,7 @@ def register(name: str) -> Callable[[AttentionFn], AttentionFn]:
     return decorator
 
 
-def names() -> List[str]:
+def names() -> list[str]:
     """Returns the registered attention names, in registration order."""
     return list(_REGISTRY)
 
@@ -49,12 +49,10 @@ def get(name: str) -> AttentionFn:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(
-            f"unknown attention {name!r}; valid names: {', '.join(names())}"
-        ) from None
+        raise KeyError(f"unknown attention {name!r}; valid names: {', '.join(names())}") from None
 
 
-def describe(name: str) -> Dict[str, str]:
+def describe(name: str) -> dict[str, str]:
     """What an implementation is and which path it takes on this machine (``flashtune attention``).
 
     Returns:
@@ -73,4 +71,6 @@ def check_name(name: str) -> str:
 
 
 # Importing the implementations registers them; order here is the order of names().
+# isort: off
 from flashtune.attention import baseline, practical, demo, poc  # noqa: E402,F401
+# isort: on

@@ -22,9 +22,7 @@ def runs_here() -> str:
 
 @register("baseline")
 @conforming
-def baseline(
-    q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None, segments=None
-) -> mx.array:
+def baseline(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None, segments=None) -> mx.array:
     """softmax(q kᵀ · scale + mask) v with the scores (and any document mask) materialized.
 
     Args:

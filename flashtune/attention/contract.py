@@ -24,18 +24,16 @@ leaking into dK and dV.
 """
 
 import functools
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import mlx.core as mx
 
-Mask = Union[None, str, mx.array]
+Mask = str | mx.array | None
 FLOAT_DTYPES = (mx.float32, mx.float16, mx.bfloat16)
 SEGMENTS_DTYPE = mx.int32
 
 
-def validate(
-    q: mx.array, k: mx.array, v: mx.array, mask: Mask, segments: Optional[mx.array] = None
-) -> None:
+def validate(q: mx.array, k: mx.array, v: mx.array, mask: Mask, segments: mx.array | None = None) -> None:
     """Raises ValueError, naming the shapes, when the inputs break the contract."""
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -48,14 +46,10 @@ def validate(
         raise ValueError(f"head dim of q and k/v differ; got {shapes}")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(
-            f"query heads ({q.shape[1]}) must be a multiple of key/value heads "
-            f"({k.shape[1]}); got {shapes}"
+            f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]}); got {shapes}"
         )
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in FLOAT_DTYPES:
-        raise ValueError(
-            f"q, k, v must share one of float32/float16/bfloat16; got "
-            f"{q.dtype}, {k.dtype}, {v.dtype}"
-        )
+        raise ValueError(f"q, k, v must share one of float32/float16/bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}")
     if mask is None or isinstance(mask, mx.array):
         pass
     elif isinstance(mask, str):
@@ -72,14 +66,9 @@ def validate(
 def _validate_mask(mask: mx.array, target: tuple, shapes: str) -> None:
     if mask.ndim > 4 or any(m not in (1, t) for m, t in zip(mask.shape[::-1], target[::-1])):
         raise ValueError(
-            f"mask of shape {tuple(mask.shape)} is not broadcastable to "
-            f"(B, Hq, Lq, Lk) = {target}; {shapes}"
+            f"mask of shape {tuple(mask.shape)} is not broadcastable to (B, Hq, Lq, Lk) = {target}; {shapes}"
         )
-    if not (
-        mask.dtype == mx.bool_
-        or mask.dtype in FLOAT_DTYPES
-        or mx.issubdtype(mask.dtype, mx.integer)
-    ):
+    if not (mask.dtype == mx.bool_ or mask.dtype in FLOAT_DTYPES or mx.issubdtype(mask.dtype, mx.integer)):
         raise ValueError(
             f"mask dtype {mask.dtype} is not supported; use bool (keep) or an additive "
             f"float16/bfloat16/float32 or integer mask"
@@ -88,23 +77,14 @@ def _validate_mask(mask: mx.array, target: tuple, shapes: str) -> None:
 
 def _validate_segments(segments, q: mx.array, k: mx.array, shapes: str) -> None:
     if not isinstance(segments, mx.array):
-        raise ValueError(
-            f"segments must be an int32 mx.array of shape (B, L); got {type(segments).__name__}"
-        )
+        raise ValueError(f"segments must be an int32 mx.array of shape (B, L); got {type(segments).__name__}")
     if q.shape[2] != k.shape[2]:
-        raise ValueError(
-            f"segments need self-attention (Lq == Lk); got {shapes}, "
-            f"segments {tuple(segments.shape)}"
-        )
+        raise ValueError(f"segments need self-attention (Lq == Lk); got {shapes}, segments {tuple(segments.shape)}")
     expected = (q.shape[0], q.shape[2])
     if segments.ndim != 2 or tuple(segments.shape) != expected:
-        raise ValueError(
-            f"segments must have shape (B, L) = {expected}; got {tuple(segments.shape)}, {shapes}"
-        )
+        raise ValueError(f"segments must have shape (B, L) = {expected}; got {tuple(segments.shape)}, {shapes}")
     if segments.dtype != SEGMENTS_DTYPE:
-        raise ValueError(
-            f"segments must be int32; got {segments.dtype} (shape {tuple(segments.shape)})"
-        )
+        raise ValueError(f"segments must be int32; got {segments.dtype} (shape {tuple(segments.shape)})")
 
 
 def keep_mask_rows(mask: mx.array) -> mx.array:
@@ -178,7 +158,7 @@ def grouped_mask(mask: mx.array, n_heads: int, n_kv_heads: int) -> mx.array:
     return mask.reshape(b, n_kv_heads, n_heads // n_kv_heads, lq, lk)
 
 
-def masked_scores(scores: mx.array, mask: Optional[mx.array]) -> mx.array:
+def masked_scores(scores: mx.array, mask: mx.array | None) -> mx.array:
     """Applies a bool (keep) or additive mask to float32 scores."""
     if mask is None:
         return scores

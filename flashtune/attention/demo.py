@@ -125,9 +125,9 @@ def _fused_forward_reference_backward(q, k, v, scale, mask):
 
 _PATHS = {
     "cuda": "cuDNN's fused forward and backward for fp16/bf16 with head dim <= 128 (queries padded to a "
-            "multiple of 128); MLX's unfused path otherwise",
+    "multiple of 128); MLX's unfused path otherwise",
     "metal": "fused forward for inference; when training, MLX's unfused forward and backward (it has no fused "
-             "backward on Metal): (L, L) scores per head",
+    "backward on Metal): (L, L) scores per head",
     "cpu": "MLX's unfused forward and backward (no fused kernel on the CPU): (L, L) scores per head",
 }
 
@@ -139,9 +139,7 @@ def runs_here() -> str:
 
 @register("demo")
 @conforming
-def demo(
-    q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None, segments=None
-) -> mx.array:
+def demo(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None, segments=None) -> mx.array:
     """Fused SDPA with the padding and masked-row handling described in the module docstring.
 
     Args:

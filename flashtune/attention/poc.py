@@ -23,7 +23,6 @@ A kernels module provides ``forward(q, k, v, scale, causal, segments=None) -> (o
 
 import functools
 import logging
-from typing import Dict, Optional, Tuple
 
 import mlx.core as mx
 
@@ -53,10 +52,10 @@ CHECK_SEGMENTS = (
     (9,) * 45 + (-3,) * 22,
 )
 
-_verdicts: Dict[Tuple, Optional[str]] = {}  # variant -> None (verified) or why it failed
+_verdicts: dict[tuple, str | None] = {}  # variant -> None (verified) or why it failed
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernel_function(kind: str, scale: float, causal: bool, segments: bool = False):
     """The custom function (forward kernel + backward kernels) for one static configuration.
 
@@ -89,9 +88,7 @@ def _kernel_function_with_segments(kind: str, scale: float, causal: bool):
     def flash_vjp(primals, cotangents, outputs):
         q, k, v, ids = primals
         out, lse = outputs
-        grads = KERNELS[kind].backward(
-            q, k, v, out, lse, cotangents[0], scale, causal, segments=ids
-        )
+        grads = KERNELS[kind].backward(q, k, v, out, lse, cotangents[0], scale, causal, segments=ids)
         return (*grads, mx.zeros_like(ids))
 
     return flash
@@ -121,7 +118,7 @@ def _check_problem(dtype: mx.Dtype, head_dim: int, segments: bool):
     return (*(x.astype(dtype) for x in (q, k, v, cot)), ids)
 
 
-def _padding_not_zero(ids: mx.array, named: Dict[str, mx.array]) -> Optional[str]:
+def _padding_not_zero(ids: mx.array, named: dict[str, mx.array]) -> str | None:
     """The first of ``named`` (B, H, L, D) arrays that is not exactly zero on padding slots."""
     padding = (ids < 0)[:, None, :, None]
     for name, x in named.items():
@@ -130,9 +127,7 @@ def _padding_not_zero(ids: mx.array, named: Dict[str, mx.array]) -> Optional[str
     return None
 
 
-def self_check(
-    kind: str, dtype: mx.Dtype, head_dim: int, causal: bool, segments: bool = False
-) -> Optional[str]:
+def self_check(kind: str, dtype: mx.Dtype, head_dim: int, causal: bool, segments: bool = False) -> str | None:
     """Runs one kernel variant on a small random problem against float32 ``practical``.
 
     With ``segments`` the problem is packed (``CHECK_SEGMENTS``), and the output, dq, dk
@@ -150,7 +145,7 @@ def self_check(
     try:
         (out,), grads = mx.vjp(lambda *a: flash(*a, *extra)[0], [q, k, v], [cot])
         mx.eval(out, grads)
-    except Exception as error:  # noqa: BLE001 (any compile or launch failure means "unusable")
+    except Exception as error:
         return f"{type(error).__name__}: {error}".strip()[:600]
     (want,), want_grads = mx.vjp(
         lambda *a: practical(*a, scale=scale, mask=mask, segments=ids),
@@ -168,14 +163,20 @@ def self_check(
         worst = max(worst, (error, name))
     if segments and (reason := _padding_not_zero(ids, named)):
         return reason
-    logger.debug("poc: %s kernel %s D=%d causal=%s segments=%s verified (worst %s %.2e)",
-                 kind, dtype, head_dim, causal, segments, worst[1], worst[0])
+    logger.debug(
+        "poc: %s kernel %s D=%d causal=%s segments=%s verified (worst %s %.2e)",
+        kind,
+        dtype,
+        head_dim,
+        causal,
+        segments,
+        worst[1],
+        worst[0],
+    )
     return None
 
 
-def verdict(
-    kind: str, dtype: mx.Dtype, head_dim: int, causal: bool, segments: bool = False
-) -> Optional[str]:
+def verdict(kind: str, dtype: mx.Dtype, head_dim: int, causal: bool, segments: bool = False) -> str | None:
     """Cached ``self_check``: None when the variant may run, else why not."""
     variant = (kind, dtype, head_dim, causal) + (("segments",) if segments else ())
     if variant not in _verdicts:
@@ -188,7 +189,7 @@ def reset() -> None:
     _verdicts.clear()
 
 
-def _route(q: mx.array, k: mx.array, mask, segments) -> Tuple[str, str]:
+def _route(q: mx.array, k: mx.array, mask, segments) -> tuple[str, str]:
     """Returns (path, why): path is a backend name or a fallback implementation's name."""
     kind = backend()
     if kind == "cpu":
@@ -218,17 +219,21 @@ def runs_here() -> str:
         return "no kernel backend on the CPU: runs practical"
     kernels = KERNELS[kind]
     dims = "/".join(map(str, kernels.HEAD_DIMS))
-    flavour = ("wgmma on this Hopper GPU (mma.sync for other head dims)" if cuda_kernels.is_sm90() else "mma.sync") if kind == "cuda" else "simdgroup"
+    flavour = (
+        ("wgmma on this Hopper GPU (mma.sync for other head dims)" if cuda_kernels.is_sm90() else "mma.sync")
+        if kind == "cuda"
+        else "simdgroup"
+    )
     packed = "packed rows too" if getattr(kernels, "SEGMENTS", False) else "packed rows go to practical"
-    return (f"{kind} kernels ({flavour}) for bf16/fp16, head dims {dims}, no mask or causal ({packed}); "
-            "each variant checks itself against practical at first use and falls back if it fails")
+    return (
+        f"{kind} kernels ({flavour}) for bf16/fp16, head dims {dims}, no mask or causal ({packed}); "
+        "each variant checks itself against practical at first use and falls back if it fails"
+    )
 
 
 @register("poc")
 @conforming
-def poc(
-    q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None, segments=None
-) -> mx.array:
+def poc(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask=None, segments=None) -> mx.array:
     """Flash-attention kernels where available and verified, else a fallback (module docstring).
 
     Args:
@@ -248,9 +253,7 @@ def poc(
         return flash(q, k, v, *([segments] if packed else []))[0]
     # A failed self-check, a missing backend or kernels without segments is news; a routed
     # mask or dtype is expected.
-    noteworthy = any(
-        s in why for s in ("self-check", "no flash-attention kernel backend", "no segments")
-    )
+    noteworthy = any(s in why for s in ("self-check", "no flash-attention kernel backend", "no segments"))
     say_once(
         f"poc-route-{path}-{why}",
         f"poc: {why}; running '{path}'",

@@ -13,7 +13,6 @@ MLX traces it, and the ids are data, so which tiles could be skipped is unknown 
 
 import functools
 import os
-from typing import List, Optional
 
 import mlx.core as mx
 
@@ -39,6 +38,8 @@ def default_block() -> int:
             raise ValueError(f"FLASHTUNE_PRACTICAL_BLOCK={override!r}; expected a positive integer")
         return int(override)
     return BLOCK_BY_BACKEND.get(env.backend(), CPU_BLOCK)
+
+
 _INF = float("inf")
 
 
@@ -62,9 +63,9 @@ def _tile_masks(mask, causal, segments, q_start, q_len, k_start, k_len, offset):
     masks = () if tile_mask is None else (tile_mask,)
     if segments is None:
         return masks
-    documents = same_segment(
-        segments[:, q_start : q_start + q_len], segments[:, k_start : k_start + k_len]
-    )[:, None, None]  # (B, 1, 1, q_len, k_len)
+    documents = same_segment(segments[:, q_start : q_start + q_len], segments[:, k_start : k_start + k_len])[
+        :, None, None
+    ]  # (B, 1, 1, q_len, k_len)
     return masks + (documents,)
 
 
@@ -108,8 +109,8 @@ def _forward(q, k, v, mask, *, scale, causal, block_q, block_k, segments=None):
     group = n_heads // n_kv_heads
     offset = L_k - L_q
     q5 = q.reshape(B, n_kv_heads, group, L_q, D)  # (B, Hkv, G, Lq, D)
-    outs: List[mx.array] = []
-    lses: List[mx.array] = []
+    outs: list[mx.array] = []
+    lses: list[mx.array] = []
     for q_start, q_len in _blocks(L_q, block_q):
         q_tile = _q_tile(q5, q_start, q_len, n_kv_heads, group)
         if outs:
@@ -123,9 +124,7 @@ def _forward(q, k, v, mask, *, scale, causal, block_q, block_k, segments=None):
         k_stop = min(L_k, q_start + q_len + offset) if causal else L_k
         for k_start, k_len in _blocks(k_stop, block_k):
             tile_masks = _tile_masks(mask, causal, segments, q_start, q_len, k_start, k_len, offset)
-            scores = _tile_scores(
-                q_tile, k[:, :, k_start : k_start + k_len], tile_masks, scale, group
-            )
+            scores = _tile_scores(q_tile, k[:, :, k_start : k_start + k_len], tile_masks, scale, group)
             new_max = mx.maximum(row_max, mx.max(scores, axis=-1, keepdims=True))
             safe_max = mx.where(new_max == -_INF, 0.0, new_max)
             probs = mx.exp(scores - safe_max)
@@ -139,9 +138,7 @@ def _forward(q, k, v, mask, *, scale, causal, block_q, block_k, segments=None):
         outs.append(out.reshape(B, n_kv_heads, group, q_len, D))
         lses.append(mx.where(empty, _INF, row_max + mx.log(mx.where(empty, 1.0, row_sum))))
     out = mx.concatenate(outs, axis=3).reshape(B, n_heads, L_q, D).astype(q.dtype)
-    lse = mx.concatenate(
-        [x.reshape(B, n_kv_heads, group, -1) for x in lses], axis=3
-    )  # (B, Hkv, G, Lq)
+    lse = mx.concatenate([x.reshape(B, n_kv_heads, group, -1) for x in lses], axis=3)  # (B, Hkv, G, Lq)
     return out, lse
 
 
@@ -155,11 +152,9 @@ def _backward(q, k, v, mask, out, lse, d_out, *, scale, causal, block_q, block_k
     q5 = q.reshape(B, n_kv_heads, group, L_q, D)
     do5 = d_out.astype(dt).reshape(B, n_kv_heads, group, L_q, D)
     # delta_i = rowsum(dO_i * O_i): the softmax-Jacobian term of FlashAttention-2's backward.
-    delta = mx.sum(
-        d_out.astype(mx.float32) * out.astype(mx.float32), axis=-1
-    ).reshape(B, n_kv_heads, group, L_q)
+    delta = mx.sum(d_out.astype(mx.float32) * out.astype(mx.float32), axis=-1).reshape(B, n_kv_heads, group, L_q)
     q_blocks = _blocks(L_q, block_q)
-    dq_tiles: List[Optional[mx.array]] = [None] * len(q_blocks)
+    dq_tiles: list[mx.array | None] = [None] * len(q_blocks)
     dks, dvs = [], []
     last_dq = None
     for k_start, k_len in _blocks(L_k, block_k):
@@ -192,8 +187,9 @@ def _backward(q, k, v, mask, out, lse, d_out, *, scale, causal, block_q, block_k
         dvs.append(dv)
     dq = mx.concatenate(
         [
-            (t if t is not None else mx.zeros((B, n_kv_heads, group * q_len, D)))
-            .reshape(B, n_kv_heads, group, q_len, D)
+            (t if t is not None else mx.zeros((B, n_kv_heads, group * q_len, D))).reshape(
+                B, n_kv_heads, group, q_len, D
+            )
             for t, (_, q_len) in zip(dq_tiles, q_blocks)
         ],
         axis=3,
@@ -203,7 +199,7 @@ def _backward(q, k, v, mask, out, lse, d_out, *, scale, causal, block_q, block_k
     return dq.astype(dt), dk.astype(dt), dv.astype(dt)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flash_function(
     scale: float,
     causal: bool,
@@ -265,9 +261,9 @@ def practical(
     *,
     scale: float,
     mask=None,
-    block_q: Optional[int] = None,
-    block_k: Optional[int] = None,
-    segments: Optional[mx.array] = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    segments: mx.array | None = None,
 ) -> mx.array:
     """FlashAttention-2 forward and backward in MLX ops.
 

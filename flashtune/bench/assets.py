@@ -21,7 +21,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
 
 from flashtune.bench import timing_data
 
@@ -40,10 +39,10 @@ class ModelSetup:
     weights: str  # "pretrained" | "random-init"
     train_model: str  # flashtune train --model
     init: str  # flashtune train --init
-    tokenizer_dir: Optional[Path]  # where the tokenizer files are (None: the embedded GGUF)
+    tokenizer_dir: Path | None  # where the tokenizer files are (None: the embedded GGUF)
     hf_folder: Path  # what mlx_lm lora --model gets
     tokenizer_note: str
-    export: Optional[dict] = None  # how to write hf_folder's weights when they are not there yet
+    export: dict | None = None  # how to write hf_folder's weights when they are not there yet
 
     @property
     def label(self) -> str:
@@ -72,7 +71,7 @@ def _save_tokenizer(name: str, folder: Path) -> str:
 
 
 def prepare_model(name: str, cache: Path, dtype: str, seed: int, max_length: int, random_init: bool = False,
-                  exports: Optional[Path] = None) -> ModelSetup:  # fmt: skip
+                  exports: Path | None = None) -> ModelSetup:  # fmt: skip
     """Chooses real or random weights and writes the random-init folder (config + tokenizer).
 
     Args:
@@ -116,7 +115,7 @@ def prepare_model(name: str, cache: Path, dtype: str, seed: int, max_length: int
                       note_file.read_text().strip(), export={"model": str(folder), "init": "random", "dtype": dtype, "seed": seed})  # fmt: skip
 
 
-def export_weights(setup: ModelSetup, log: Path, env: Dict[str, str]) -> None:
+def export_weights(setup: ModelSetup, log: Path, env: dict[str, str]) -> None:
     """Saves the model (the same weights flashtune trains) as mlx_lm's HF folder, in a subprocess."""
     if setup.export is None or (setup.hf_folder / "flashtune-export.json").is_file():
         return
@@ -143,7 +142,7 @@ def tokenizer_of(setup: ModelSetup):
     return load_tokenizer(Path(setup.tokenizer_dir))
 
 
-def prepare_data(setup: ModelSetup, cache: Path, seed: int, length: Optional[int] = None, batch: int = 1) -> Path:
+def prepare_data(setup: ModelSetup, cache: Path, seed: int, length: int | None = None, batch: int = 1) -> Path:
     """Timing data for one model, written once: variable 300-1020 tokens, or fixed ``length + 1``."""
     root = cache / "data" / slug(setup.name)
     if length is None:
@@ -151,5 +150,7 @@ def prepare_data(setup: ModelSetup, cache: Path, seed: int, length: Optional[int
         timing_data.ensure_dataset(folder, tokenizer_of(setup), kind="variable", seed=seed, **VARIABLE)
     else:
         folder = root / f"{setup.weights}-fixed-{length}"
-        timing_data.ensure_dataset(folder, tokenizer_of(setup), kind="fixed", length=length, n_train=max(4 * batch, 8), n_valid=0, seed=seed)
+        timing_data.ensure_dataset(
+            folder, tokenizer_of(setup), kind="fixed", length=length, n_train=max(4 * batch, 8), n_valid=0, seed=seed
+        )
     return folder

@@ -16,9 +16,9 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
 
 import mlx.core as mx
 
@@ -44,16 +44,11 @@ class Shape:
         return forward * (3.5 if backward else 1.0)
 
 
-def _seed_grid() -> List[Shape]:
-    return [
-        Shape("seed", B, 16, 16, L, D)
-        for B in (1, 2, 4)
-        for L in (64, 128, 256)
-        for D in (32, 64, 128)
-    ]
+def _seed_grid() -> list[Shape]:
+    return [Shape("seed", B, 16, 16, L, D) for B in (1, 2, 4) for L in (64, 128, 256) for D in (32, 64, 128)]
 
 
-def _training(lengths=(512, 1000, 1024, 2000, 2048, 4096)) -> List[Shape]:
+def _training(lengths=(512, 1000, 1024, 2000, 2048, 4096)) -> list[Shape]:
     shapes = []
     for L in lengths:
         shapes.append(Shape("tinyllama", 4, 32, 4, L, 64))
@@ -61,7 +56,7 @@ def _training(lengths=(512, 1000, 1024, 2000, 2048, 4096)) -> List[Shape]:
     return shapes
 
 
-SHAPE_SETS: Dict[str, Callable[[], List[Shape]]] = {
+SHAPE_SETS: dict[str, Callable[[], list[Shape]]] = {
     "seed": _seed_grid,
     "training": _training,
     "memory": lambda: [Shape("memory", 1, 8, 2, 4096, 64)],
@@ -132,9 +127,7 @@ def _compiled_passes(fn, scale, mask):
     return forward, backward
 
 
-def measure(
-    name: str, shape: Shape, dtype, *, warmup: int, repeat: int, seed: int = 0
-) -> dict:
+def measure(name: str, shape: Shape, dtype, *, warmup: int, repeat: int, seed: int = 0) -> dict:
     """One record: timings, throughput, peak memory and error of ``name`` on ``shape``.
 
     Args:
@@ -158,9 +151,7 @@ def measure(
         record["peak_mb"] = mx.get_peak_memory() / 1e6
         record["extra_mb"] = (mx.get_peak_memory() - before) / 1e6
         record["fwd_ms"] = 1e3 * _median_seconds(lambda: mx.eval(forward(q, k, v)), warmup, repeat)
-        record["fwdbwd_ms"] = 1e3 * _median_seconds(
-            lambda: mx.eval(backward(q, k, v, d_out)), warmup, repeat
-        )
+        record["fwdbwd_ms"] = 1e3 * _median_seconds(lambda: mx.eval(backward(q, k, v, d_out)), warmup, repeat)
         record["fwd_tflops"] = shape.flops(False) / record["fwd_ms"] / 1e9
         record["fwdbwd_tflops"] = shape.flops(True) / record["fwdbwd_ms"] / 1e9
         record["fwdbwd_tokens_per_s"] = shape.batch * shape.length / record["fwdbwd_ms"] * 1e3
@@ -177,14 +168,14 @@ def measure(
 
 def run(
     shape_sets: Iterable[str],
-    impls: Optional[List[str]] = None,
+    impls: list[str] | None = None,
     dtype=None,
     warmup: int = ATTENTION_WARMUP,
     repeat: int = ATTENTION_REPEAT,
-    out: Optional[Path] = None,
+    out: Path | None = None,
     progress: Callable[[dict], None] = lambda record: None,
     anchor: bool = True,
-) -> List[dict]:
+) -> list[dict]:
     """Benchmarks ``impls`` (default: every registered name) on the named shape sets.
 
     Args:
@@ -198,8 +189,14 @@ def run(
     if dtype is None:  # bf16 is emulated (slow) on CPUs: compute in float32 there
         dtype = mx.bfloat16 if env.backend() != "cpu" else mx.float32
     header = env.run_info(
-        {"shape_sets": list(shape_sets), "impls": impls, "warmup": warmup, "repeat": repeat,
-         "anchor": anchor, "compiled": True},
+        {
+            "shape_sets": list(shape_sets),
+            "impls": impls,
+            "warmup": warmup,
+            "repeat": repeat,
+            "anchor": anchor,
+            "compiled": True,
+        },
         dtype=str(dtype).split(".")[-1],
         kind="attention-bench",
     )

@@ -11,13 +11,13 @@ moves by 10-15 %, so a claim rests on the median of several runs.
 import argparse
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
-Key = Tuple[str, int]  # (layout tag, sequence length)
+Key = tuple[str, int]  # (layout tag, sequence length)
 
 
-def read_times(folder: Path) -> Dict[Tuple[str, int, str], dict]:
+def read_times(folder: Path) -> dict[tuple[str, int, str], dict]:
     """{(tag, length, impl): record} of one run's ok records."""
     path = Path(folder) / "attention.jsonl"
     if not path.is_file():
@@ -30,9 +30,9 @@ def read_times(folder: Path) -> Dict[Tuple[str, int, str], dict]:
     return out
 
 
-def ratios(folders: Sequence[Path], reference: str, candidate: str) -> Dict[Key, List[Tuple[float, float]]]:
+def ratios(folders: Sequence[Path], reference: str, candidate: str) -> dict[Key, list[tuple[float, float]]]:
     """{(tag, length): [(fwd ratio, fwd+bwd ratio) per run]}, reference time over candidate time."""
-    table: Dict[Key, List[Tuple[float, float]]] = {}
+    table: dict[Key, list[tuple[float, float]]] = {}
     for folder in folders:
         times = read_times(folder)
         for (tag, length, impl), mine in times.items():
@@ -45,10 +45,13 @@ def ratios(folders: Sequence[Path], reference: str, candidate: str) -> Dict[Key,
     return table
 
 
-def markdown(table: Dict[Key, List[Tuple[float, float]]], reference: str, candidate: str) -> str:
+def markdown(table: dict[Key, list[tuple[float, float]]], reference: str, candidate: str) -> str:
     """One row per (layout, length): each run's ratio and the median, forward and forward+backward."""
     name = f"{reference}/{candidate}"
-    lines = [f"| layout | L | fwd {name} per run | median | fwd+bwd {name} per run | median |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"| layout | L | fwd {name} per run | median | fwd+bwd {name} per run | median |",
+        "|---|---|---|---|---|---|",
+    ]
     for (tag, length), runs in sorted(table.items()):
         cells = []
         for column in zip(*runs):

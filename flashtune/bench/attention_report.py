@@ -1,17 +1,15 @@
 """Markdown from the attention benchmark's records (attention.jsonl): the table and a padding note."""
 
-from typing import Dict, List, Tuple
-
 from flashtune.bench.report import markdown_table
 
 
-def attention_table(records: List[dict]) -> str:
+def attention_table(records: list[dict]) -> str:
     """One row per (shape, implementation), with speedups against ``baseline``, ``demo``, ``anchor``.
 
     Speedups are reference fwd+bwd time / this row's; ``anchor`` is bare fused SDPA, so files
     from before it was measured show "–" in that column.
     """
-    by_shape: Dict[tuple, Dict[str, dict]] = {}
+    by_shape: dict[tuple, dict[str, dict]] = {}
     for r in records:
         key = (r["tag"], r["batch"], r["n_heads"], r["n_kv_heads"], r["length"], r["head_dim"])
         by_shape.setdefault(key, {})[r["impl"]] = r
@@ -22,31 +20,55 @@ def attention_table(records: List[dict]) -> str:
         anchor = impls.get("anchor", {})
         for name, r in impls.items():
             ok = r.get("status") == "ok"
-            speed = lambda ref: (  # noqa: E731
-                ref["fwdbwd_ms"] / r["fwdbwd_ms"] if ok and ref.get("status") == "ok" else None
+
+            def speed(ref, r=r, ok=ok):
+                return ref["fwdbwd_ms"] / r["fwdbwd_ms"] if ok and ref.get("status") == "ok" else None
+
+            rows.append(
+                [
+                    key[0],
+                    f"{key[1]}×{key[4]}",
+                    f"{key[2]}/{key[3]}",
+                    key[5],
+                    name,
+                    r.get("fwd_ms") if ok else r.get("status"),
+                    r.get("fwdbwd_ms"),
+                    r.get("fwd_tflops"),
+                    r.get("fwdbwd_tflops"),
+                    speed(base),
+                    speed(demo),
+                    speed(anchor),
+                    r.get("extra_mb"),
+                    r.get("rel_err"),
+                ]
             )
-            rows.append([
-                key[0], f"{key[1]}×{key[4]}", f"{key[2]}/{key[3]}", key[5], name,
-                r.get("fwd_ms") if ok else r.get("status"), r.get("fwdbwd_ms"),
-                r.get("fwd_tflops"), r.get("fwdbwd_tflops"), speed(base), speed(demo), speed(anchor),
-                r.get("extra_mb"), r.get("rel_err"),
-            ])
     columns = [
-        "shape", "B×L", "Hq/Hkv", "D", "impl", "fwd ms", "fwd+bwd ms", "fwd TFLOP/s",
-        "fwd+bwd TFLOP/s", "fwd+bwd speedup vs baseline", "vs demo", "vs anchor", "fwd+bwd extra MB",
+        "shape",
+        "B×L",
+        "Hq/Hkv",
+        "D",
+        "impl",
+        "fwd ms",
+        "fwd+bwd ms",
+        "fwd TFLOP/s",
+        "fwd+bwd TFLOP/s",
+        "fwd+bwd speedup vs baseline",
+        "vs demo",
+        "vs anchor",
+        "fwd+bwd extra MB",
         "rel err",
     ]
     return markdown_table(columns, rows)
 
 
-def demo_length_note(records: List[dict], lengths: Tuple[int, int] = (1000, 1024)) -> str:
+def demo_length_note(records: list[dict], lengths: tuple[int, int] = (1000, 1024)) -> str:
     """demo's fwd+bwd time per token at L=1000 over that at L=1024, per shape tag.
 
     The padding target: a length just short of a multiple of 128 should cost no more per token
     (ratio <= 1). Returns "" when no tag has demo ok at both lengths.
     """
     short, long = lengths
-    per_token: Dict[str, Dict[int, float]] = {}
+    per_token: dict[str, dict[int, float]] = {}
     for r in records:
         if r.get("impl") == "demo" and r.get("status") == "ok" and r["length"] in lengths:
             per_token.setdefault(r["tag"], {})[r["length"]] = r["fwdbwd_ms"] / (r["batch"] * r["length"])

@@ -17,9 +17,9 @@ length). ``step_s`` is the median step after the first (which compiles); ``token
 import argparse
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
 
 from flashtune.bench.peer import PEER_GC, TOOL, is_peer
 from flashtune.bench.runs import Run, recipe_path
@@ -29,7 +29,7 @@ DEFAULT_STEPS = 3  # the first compiles; the median of the others is the step ti
 STATUSES = ("ok", "oom", "error")
 
 
-def implementations() -> List[str]:
+def implementations() -> list[str]:
     """Every attention implementation (at call time: nothing chosen at import), then mlx_lm's two runs."""
     from flashtune import attention
 
@@ -62,10 +62,12 @@ def model_facts(name: str) -> ModelFacts:
         config = json.loads((Path(spec.path) / "config.json").read_text())
     else:
         raise ValueError(f"{name}: bench context needs a model alias or a local HF folder with config.json")
-    return ModelFacts(name, int(config["max_position_embeddings"]), int(config["num_hidden_layers"]), int(config["vocab_size"]))
+    return ModelFacts(
+        name, int(config["max_position_embeddings"]), int(config["num_hidden_layers"]), int(config["vocab_size"])
+    )
 
 
-def default_lengths(context: int, first: int = FIRST_LENGTH) -> List[int]:
+def default_lengths(context: int, first: int = FIRST_LENGTH) -> list[int]:
     """Doubling from ``first`` while within ``context`` (just ``[context]`` when it is shorter)."""
     lengths = []
     length = first
@@ -75,7 +77,7 @@ def default_lengths(context: int, first: int = FIRST_LENGTH) -> List[int]:
     return lengths or [context]
 
 
-def parse_lengths(text: Optional[str], facts: ModelFacts) -> List[int]:
+def parse_lengths(text: str | None, facts: ModelFacts) -> list[int]:
     """``--lengths``: a comma list, where ``A,...,B`` doubles from A to B; default `default_lengths`.
 
     Raises:
@@ -91,7 +93,9 @@ def parse_lengths(text: Optional[str], facts: ModelFacts) -> List[int]:
         else:
             lengths = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"--lengths {text!r}: expected a comma list of token counts, e.g. 2048,4096 or 2048,...,32768") from None
+        raise ValueError(
+            f"--lengths {text!r}: expected a comma list of token counts, e.g. 2048,4096 or 2048,...,32768"
+        ) from None
     for length in lengths:
         if length < 2:
             raise ValueError(f"--lengths: {length} is too short; a training sequence has at least 2 tokens")
@@ -100,7 +104,7 @@ def parse_lengths(text: Optional[str], facts: ModelFacts) -> List[int]:
     return sorted(set(lengths))
 
 
-def parse_impls(text: Optional[str]) -> List[str]:
+def parse_impls(text: str | None) -> list[str]:
     """``--impls``: a comma list of `implementations` (default: all of them)."""
     valid = implementations()
     if not text:
@@ -112,12 +116,12 @@ def parse_impls(text: Optional[str]) -> List[str]:
     return impls
 
 
-def plan(impls: List[str], lengths: List[int]) -> List[tuple]:
+def plan(impls: list[str], lengths: list[int]) -> list[tuple]:
     """(length, impl) pairs, shortest length first, so an out-of-memory run can stop longer ones."""
     return [(length, impl) for length in lengths for impl in impls]
 
 
-def recipe(facts: ModelFacts, steps: int) -> Dict:
+def recipe(facts: ModelFacts, steps: int) -> dict:
     """The settings every run shares (the bench adds the shape, flashtune runs add their memory flags)."""
     return {
         "iters": steps, "batch_size": 1, "lora_layers": facts.n_layers, "lora_rank": 8,
@@ -128,7 +132,7 @@ def recipe(facts: ModelFacts, steps: int) -> Dict:
 MEMORY_SETTINGS = {"chunked_loss": True, "grad_checkpoint": True}  # flashtune's best memory settings
 
 
-def run_settings(impl: str, length: int) -> Dict:
+def run_settings(impl: str, length: int) -> dict:
     """The `flashtune train` settings one run adds to the recipe: one sequence of ``length`` tokens
     per step (its ``length - 1`` inputs padded to ``length``), and flashtune's memory settings, or
     for mlx_lm lora whether it checkpoints."""
@@ -138,7 +142,7 @@ def run_settings(impl: str, length: int) -> Dict:
     return dict(shape, **MEMORY_SETTINGS)
 
 
-def row_of(summary: Dict, length: int) -> Dict:
+def row_of(summary: dict, length: int) -> dict:
     """One results row from a run summary (`flashtune.bench.report.summarize_run`)."""
     status = "ok" if summary["status"] == "ok" else ("oom" if summary.get("oom") else "error")
     row = {"impl": summary["impl"], "length": length, "status": status, "peak_gb": summary.get("peak_mem_gb"),
@@ -152,16 +156,19 @@ def row_of(summary: Dict, length: int) -> Dict:
     return row
 
 
-def progress_line(row: Dict) -> str:
+def progress_line(row: dict) -> str:
     head = f"  L={row['length']} {row['impl']}: "
     if row["status"] == "ok":
-        return head + f"peak {row['peak_gb']:.2f} GB, step {row['step_s']:.2f} s, {row['tokens_per_s']:,.0f} tok/s, loss {row['loss']:.3f}"
+        return (
+            head
+            + f"peak {row['peak_gb']:.2f} GB, step {row['step_s']:.2f} s, {row['tokens_per_s']:,.0f} tok/s, loss {row['loss']:.3f}"
+        )
     error = " ".join(row.get("error") or []).removeprefix("out of memory: ")
     return head + ("out of memory" if row["status"] == "oom" else "error") + f": {error}"
 
 
-def sweep(pairs: Iterable[tuple], execute: Callable[[int, str], Dict], emit: Callable[[Dict], None],
-          say: Callable[[str], None] = print) -> List[Dict]:  # fmt: skip
+def sweep(pairs: Iterable[tuple], execute: Callable[[int, str], dict], emit: Callable[[dict], None],
+          say: Callable[[str], None] = print) -> list[dict]:  # fmt: skip
     """Runs each (length, impl) with ``execute(length, impl) -> row`` unless that implementation ran
     out of memory at a shorter length; ``emit`` gets each row as it finishes. Returns the rows."""
     rows, stopped = [], {}
@@ -178,7 +185,7 @@ def sweep(pairs: Iterable[tuple], execute: Callable[[int, str], Dict], emit: Cal
     return rows
 
 
-def table(rows: List[Dict]) -> str:
+def table(rows: list[dict]) -> str:
     """Markdown table; ``peak / mlx_lm best`` divides by the lowest mlx_lm peak at the same length."""
     from flashtune.bench.report import markdown_table
 
@@ -195,7 +202,7 @@ def table(rows: List[Dict]) -> str:
     return markdown_table(["L", "impl", "status", "peak GB", "peak / mlx_lm best", "step s", "tokens/s", "loss"], body)
 
 
-def memory_cap_default() -> Optional[float]:
+def memory_cap_default() -> float | None:
     """On CPU runs, 0.8 of physical memory (MLX's own default memory limit there), in GB; else None."""
     from flashtune import env
 
@@ -211,18 +218,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default: doubling from {FIRST_LENGTH} to the model's context)")  # fmt: skip
     parser.add_argument("--impls", help="comma list of attention implementations, mlx_lm.lora and "
                         "mlx_lm.lora+grad-checkpoint (default: all)")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps per run; the first compiles (default: %(default)s)")
-    parser.add_argument("--results", help="results folder; output goes to <results>/context/ (default: results/<date>-<device>)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help="training steps per run; the first compiles (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--results", help="results folder; output goes to <results>/context/ (default: results/<date>-<device>)"
+    )
     parser.add_argument("--cache-dir", help="model folders, data, run scratch (default: ~/.cache/flashtune/bench)")
-    parser.add_argument("--export-dir", help="where mlx_lm's model folders with weights go (default: <cache-dir>/exports)")
-    parser.add_argument("--random-init", action="store_true", help="architecture-exact random weights even where real ones are available")
+    parser.add_argument(
+        "--export-dir", help="where mlx_lm's model folders with weights go (default: <cache-dir>/exports)"
+    )
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="architecture-exact random weights even where real ones are available",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and random weights")
     parser.add_argument("--memory-cap-gb", type=float, help="stop a run whose resident memory passes this and record it as out "
                         "of memory, before the kernel's OOM killer picks a process (Linux; default on CPU: 0.8 of RAM; 0: no cap)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
 
 
-def _write_outputs(rows: List[Dict], out: Path, stem: str, title: str) -> None:
+def _write_outputs(rows: list[dict], out: Path, stem: str, title: str) -> None:
     from flashtune.bench.plots import context as context_plot
 
     note = ("Each run: one sequence per step, a fresh process; flashtune with --chunked-loss --grad-checkpoint"
@@ -233,7 +253,7 @@ def _write_outputs(rows: List[Dict], out: Path, stem: str, title: str) -> None:
         context_plot(rows, out / f"{stem}.png", title)
 
 
-def _prepare(args, facts: ModelFacts, lengths: List[int], out: Path):
+def _prepare(args, facts: ModelFacts, lengths: list[int], out: Path):
     """The model folder, data and recipe; returns (Bench, model key, setup)."""
     import yaml
 
@@ -280,15 +300,17 @@ def run_from_args(args: argparse.Namespace) -> int:
     path = out / f"{stem}.jsonl"
     settings = {"model": args.model, "lengths": lengths, "impls": impls, "steps": args.steps, "memory_cap_gb": bench.memory_cap_gb,
                 "recipe": recipe(facts, args.steps), "memory_settings": MEMORY_SETTINGS}  # fmt: skip
-    header = env.run_info(settings, kind="context-bench", model=setup.label, weights=setup.weights, context=facts.context)
+    header = env.run_info(
+        settings, kind="context-bench", model=setup.label, weights=setup.weights, context=facts.context
+    )
     path.write_text(json.dumps(header) + "\n")
 
-    def execute(length: int, impl: str) -> Dict:
+    def execute(length: int, impl: str) -> dict:
         run = Run("context", key, impl, length, 1, args.steps, overrides=run_settings(impl, length))
         bench.execute(run)
         return row_of(summarize_run(bench.results / run.relpath), length)
 
-    def emit(row: Dict) -> None:
+    def emit(row: dict) -> None:
         with open(path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
 

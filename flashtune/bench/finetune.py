@@ -40,9 +40,9 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from flashtune.bench import hf_peft, packing
 from flashtune.bench.assets import prepare_data, prepare_model
@@ -65,7 +65,7 @@ DEFAULTS = {  # per device kind: what `make reproduce-finetune` runs with no opt
 }  # fmt: skip
 
 
-def check_train_flags(text: str) -> List[str]:
+def check_train_flags(text: str) -> list[str]:
     """Splits --train-flags and checks them against `flashtune train`'s own parser, before any run."""
     from flashtune import config as config_module
 
@@ -74,25 +74,37 @@ def check_train_flags(text: str) -> List[str]:
     config_module.add_arguments(parser)
     _, unknown = parser.parse_known_args(flags)
     if unknown:
-        raise SystemExit(f"--train-flags: {' '.join(unknown)} not understood by flashtune train; see flashtune train -h")
+        raise SystemExit(
+            f"--train-flags: {' '.join(unknown)} not understood by flashtune train; see flashtune train -h"
+        )
     return flags
 
 
-def plan(models: List[str], impls: List[str], suites: List[str], lengths: List[int], sweep_tokens: int,
-         warmup_iters: int, sweep_iters: Optional[int], sweep_impls: List[str], iters: Optional[int] = None,
-         fine_tune_type: str = "lora", pack_datasets: Sequence[str] = (), pack_impls: Sequence[str] = ()) -> List[Run]:  # fmt: skip
+def plan(models: list[str], impls: list[str], suites: list[str], lengths: list[int], sweep_tokens: int,
+         warmup_iters: int, sweep_iters: int | None, sweep_impls: list[str], iters: int | None = None,
+         fine_tune_type: str = "lora", pack_datasets: Sequence[str] = (), pack_impls: Sequence[str] = ()) -> list[Run]:  # fmt: skip
     """The runs, in order: per model, each tool's warm-up then measured run, then the sweep, then packing."""
     runs = []
     for model in models:
         if "main" in suites:
             for impl in impls:
                 if warmup_iters:  # < 0: as long as the measured run
-                    runs.append(Run("cold", model, impl, iters=iters if warmup_iters < 0 else warmup_iters, fine_tune_type=fine_tune_type))
+                    runs.append(
+                        Run(
+                            "cold",
+                            model,
+                            impl,
+                            iters=iters if warmup_iters < 0 else warmup_iters,
+                            fine_tune_type=fine_tune_type,
+                        )
+                    )
                 runs.append(Run("main", model, impl, iters=iters, fine_tune_type=fine_tune_type))
         if "sweep" in suites:
             for length in lengths:
                 for impl in sweep_impls:
-                    runs.append(Run("sweep", model, impl, length, max(sweep_tokens // length, 1), sweep_iters, fine_tune_type))
+                    runs.append(
+                        Run("sweep", model, impl, length, max(sweep_tokens // length, 1), sweep_iters, fine_tune_type)
+                    )
         if "packing" in suites:
             runs += packing.plan_runs([model], list(pack_datasets), list(pack_impls), warmup_iters, fine_tune_type)
     return runs
@@ -107,38 +119,78 @@ def default_results_dir() -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `flashtune bench finetune` and scripts/reproduce_finetune.py."""
     parser.add_argument("--results", help="results folder (default: results/<date>-<device> under the current folder)")
-    parser.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto", help="which defaults to use (default: what MLX runs on)")
-    parser.add_argument("--big", action="store_true", help="on a CPU: the GPU defaults (TinyLlama-1.1B, Qwen2.5-1.5B; slow)")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "gpu", "cpu"],
+        default="auto",
+        help="which defaults to use (default: what MLX runs on)",
+    )
+    parser.add_argument(
+        "--big", action="store_true", help="on a CPU: the GPU defaults (TinyLlama-1.1B, Qwen2.5-1.5B; slow)"
+    )
     parser.add_argument("--models", help="comma list of models (default: per device)")
     parser.add_argument("--impls", help=f"comma list from {', '.join([*IMPLS, TOOL, *HF_IMPLS])} (default: all)")
     parser.add_argument("--suites", default="main,sweep", help="comma list: main, sweep, packing (default: main,sweep)")
-    parser.add_argument("--lengths", help="sweep lengths, comma list (default: 512,1024,2048,4096 on GPU; 64,128,256 on CPU)")
-    parser.add_argument("--sweep-tokens", type=int, help="tokens per sweep step; batch = this / length (default: 4096 GPU, 256 CPU)")
+    parser.add_argument(
+        "--lengths", help="sweep lengths, comma list (default: 512,1024,2048,4096 on GPU; 64,128,256 on CPU)"
+    )
+    parser.add_argument(
+        "--sweep-tokens", type=int, help="tokens per sweep step; batch = this / length (default: 4096 GPU, 256 CPU)"
+    )
     parser.add_argument("--sweep-impls", help=f"comma list for the sweep (default: {', '.join(IMPLS)})")
     parser.add_argument("--sweep-iters", type=int, help="sweep iterations (default: the sweep recipe's)")
     parser.add_argument("--iters", type=int, help="main-suite iterations (default: the recipe's, 100)")
-    parser.add_argument("--pack-datasets", help=f"packing suite: comma list from {', '.join(packing.DATASETS)} "
-                        "(default: timing,chat on GPU; capitals,chat-small on CPU)")
-    parser.add_argument("--pack-impls", help=f"packing suite: comma list from {', '.join((*packing.PACK_IMPLS, TOOL))} "
-                        f"(default: all on GPU; practical,demo,{TOOL} on CPU, where poc runs practical)")
-    parser.add_argument("--fine-tune-type", choices=FINE_TUNE_TYPES, default="lora", help="what every run trains, flashtune's and "
-                        "mlx_lm.lora's alike: lora, dora or full (dora and full results go under <results>/<type>/; default: lora)")
-    parser.add_argument("--warmup-iters", type=int, help="iterations of the warm-up run before each main run (0: none, -1: as many as the measured run; default -1 GPU, 0 CPU)")
+    parser.add_argument(
+        "--pack-datasets",
+        help=f"packing suite: comma list from {', '.join(packing.DATASETS)} "
+        "(default: timing,chat on GPU; capitals,chat-small on CPU)",
+    )
+    parser.add_argument(
+        "--pack-impls",
+        help=f"packing suite: comma list from {', '.join((*packing.PACK_IMPLS, TOOL))} "
+        f"(default: all on GPU; practical,demo,{TOOL} on CPU, where poc runs practical)",
+    )
+    parser.add_argument(
+        "--fine-tune-type",
+        choices=FINE_TUNE_TYPES,
+        default="lora",
+        help="what every run trains, flashtune's and "
+        "mlx_lm.lora's alike: lora, dora or full (dora and full results go under <results>/<type>/; default: lora)",
+    )
+    parser.add_argument(
+        "--warmup-iters",
+        type=int,
+        help="iterations of the warm-up run before each main run (0: none, -1: as many as the measured run; default -1 GPU, 0 CPU)",
+    )
     parser.add_argument("--random-init", action="store_true", help="random weights even where real ones are available")
-    parser.add_argument("--shipped-data", action="store_true", help="main suite on the shipped dataset instead of 300-1020-token text")
+    parser.add_argument(
+        "--shipped-data", action="store_true", help="main suite on the shipped dataset instead of 300-1020-token text"
+    )
     parser.add_argument("--skip-existing", action="store_true", help="skip runs whose JSONL is already there (resume)")
     parser.add_argument("--retry-failed", action="store_true", help="with --skip-existing: run failed runs again")
-    parser.add_argument("--budget-s", type=float, help="start no run that would end after this many seconds; stop one that would")
+    parser.add_argument(
+        "--budget-s", type=float, help="start no run that would end after this many seconds; stop one that would"
+    )
     parser.add_argument("--cache-dir", help="model folders, data, run scratch (default: ~/.cache/flashtune/bench)")
-    parser.add_argument("--export-dir", help="where mlx_lm's model folders with weights go (default: <cache-dir>/exports)")
-    parser.add_argument("--recipes", default=str(RECIPES_DIR), help="recipe folder (default: the recipes shipped in the package)")
+    parser.add_argument(
+        "--export-dir", help="where mlx_lm's model folders with weights go (default: <cache-dir>/exports)"
+    )
+    parser.add_argument(
+        "--recipes", default=str(RECIPES_DIR), help="recipe folder (default: the recipes shipped in the package)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the timing data and random weights")
-    parser.add_argument("--train-flags", default="", help="extra `flashtune train` flags for every flashtune run, e.g. "
-                        "'--no-fuse-projections' (ablations; mlx_lm.lora runs are unchanged; recorded in each run's command)")
+    parser.add_argument(
+        "--train-flags",
+        default="",
+        help="extra `flashtune train` flags for every flashtune run, e.g. "
+        "'--no-fuse-projections' (ablations; mlx_lm.lora runs are unchanged; recorded in each run's command)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip report.md and plots at the end")
     parser.add_argument("--archive", help="also write the results folder as this .tar.gz (to carry it off a device)")
-    parser.add_argument("--repeats", type=int, default=1, help="run the whole plan N times, into rep1/ ... repN/ of the results folder")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="run the whole plan N times, into rep1/ ... repN/ of the results folder"
+    )
     hf_peft.add_arguments(parser)
 
 
@@ -166,7 +218,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     pack_impls = split(args.pack_impls) if args.pack_impls else list(defaults["pack_impls"])
     hf_options = None
     if {"main", "sweep"} & set(suites):  # the packing suite runs no hf-peft
-        impls, sweep_impls, hf_options = hf_peft.keep_available(impls, sweep_impls, args.torch_python, args.hf_peft_device)
+        impls, sweep_impls, hf_options = hf_peft.keep_available(
+            impls, sweep_impls, args.torch_python, args.hf_peft_device
+        )
     train_flags = check_train_flags(args.train_flags)
     results = Path(args.results) if args.results else default_results_dir()
     cache = Path(args.cache_dir or os.environ.get("FLASHTUNE_BENCH_CACHE", "~/.cache/flashtune/bench")).expanduser()
@@ -179,10 +233,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     for run in runs:
         if not recipe_path(run.suite, run.model, recipes).is_file():
             raise SystemExit(f"no recipe {recipe_path(run.suite, run.model, recipes)} for {run.name}")
-    print(f"{len(runs)} {args.fine_tune_type} runs into {results} ({kind} defaults{', big models' if args.big else ''}; cache {cache})", flush=True)
+    print(
+        f"{len(runs)} {args.fine_tune_type} runs into {results} ({kind} defaults{', big models' if args.big else ''}; cache {cache})",
+        flush=True,
+    )
     if kind == "cpu" and not (args.big or args.models):
-        print("CPU-only machine: the comparison runs on the embedded SmolLM2-135M with small data (the shipped dataset, "
-              "a small sweep; packing: a small chat-like set too; --big: TinyLlama-1.1B and Qwen2.5-1.5B, slowly)", flush=True)
+        print(
+            "CPU-only machine: the comparison runs on the embedded SmolLM2-135M with small data (the shipped dataset, "
+            "a small sweep; packing: a small chat-like set too; --big: TinyLlama-1.1B and Qwen2.5-1.5B, slowly)",
+            flush=True,
+        )
     if args.dry_run:
         print("\n".join(f"  {r.name} -> {r.relpath}" for r in runs))
         return 0
@@ -192,17 +252,24 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     dtype = str(resolve_dtype(None)).split(".")[-1]
     max_length = max(lengths) if "sweep" in suites else 0
-    setups = {m: prepare_model(m, cache, dtype, args.seed, max_length, args.random_init, args.export_dir) for m in models}
-    bench = Bench(results, cache, recipes, setups, {}, args.skip_existing, args.retry_failed, args.budget_s, train_flags)
+    setups = {
+        m: prepare_model(m, cache, dtype, args.seed, max_length, args.random_init, args.export_dir) for m in models
+    }
+    bench = Bench(
+        results, cache, recipes, setups, {}, args.skip_existing, args.retry_failed, args.budget_s, train_flags
+    )
     bench.hf = hf_options
-    passes: Dict[tuple, packing.PassPlan] = {}
+    passes: dict[tuple, packing.PassPlan] = {}
     for i, run in enumerate(runs):
         if run.is_warmup and bench.should_skip(runs[i + 1]):  # a warm-up belongs to its measured run
             continue
         _prepare(bench, run, args, passes)
         bench.execute(run)
     c = bench.counts
-    print(f"done: {c['done']} runs ({c['failed']} failed), {c['skipped']} skipped (already there), {c['left']} left for another call", flush=True)
+    print(
+        f"done: {c['done']} runs ({c['failed']} failed), {c['skipped']} skipped (already there), {c['left']} left for another call",
+        flush=True,
+    )
     if args.report:
         from flashtune.bench.report import write_report
 
@@ -214,7 +281,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 3 if c["left"] else 0
 
 
-def _prepare(bench: Bench, run: Run, args: argparse.Namespace, passes: Dict[tuple, packing.PassPlan]) -> None:
+def _prepare(bench: Bench, run: Run, args: argparse.Namespace, passes: dict[tuple, packing.PassPlan]) -> None:
     """Writes the run's data once and, in the packing suite, sets its pass from that data."""
     from flashtune import env
 
@@ -225,7 +292,9 @@ def _prepare(bench: Bench, run: Run, args: argparse.Namespace, passes: Dict[tupl
             bench.data[key] = packing.prepare_dataset(run.dataset, setup, bench.cache, args.seed)
         else:
             shipped = run.suite != "sweep" and (args.shipped_data or setup.embedded)
-            bench.data[key] = None if shipped else prepare_data(setup, bench.cache, args.seed, run.length, run.batch or 1)
+            bench.data[key] = (
+                None if shipped else prepare_data(setup, bench.cache, args.seed, run.length, run.batch or 1)
+            )
     if run.dataset:
         if key not in passes:
             passes[key] = plan = packing.measure_pass(bench.recipes, bench.data[key], setup, env.backend())
@@ -234,8 +303,10 @@ def _prepare(bench: Bench, run: Run, args: argparse.Namespace, passes: Dict[tupl
         packing.apply_pass(run, passes[key])
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="reproduce_finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="reproduce_finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
 

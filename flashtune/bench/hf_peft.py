@@ -28,7 +28,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +46,7 @@ class HfOptions:
 
     python: str
     device: str  # "cuda" | "cpu"
-    probe: Dict[str, Any] = field(default_factory=dict)
+    probe: dict[str, Any] = field(default_factory=dict)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,13 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"where {HF_TOOL} runs: auto/cuda (skipped without a CUDA device) or cpu (tests, small checks)")  # fmt: skip
 
 
-def torch_python(given: Optional[str] = None) -> str:
+def torch_python(given: str | None = None) -> str:
     """``given``, else $FLASHTUNE_TORCH_PYTHON, else this interpreter."""
     return given or os.environ.get(TORCH_PYTHON_ENV) or sys.executable
 
 
-@functools.lru_cache(maxsize=None)
-def probe(python: str) -> Tuple[Optional[Dict[str, Any]], str]:
+@functools.cache
+def probe(python: str) -> tuple[dict[str, Any] | None, str]:
     """Asks ``python`` for its torch, transformers and peft versions and CUDA device.
 
     Returns:
@@ -82,7 +82,7 @@ def probe(python: str) -> Tuple[Optional[Dict[str, Any]], str]:
     return None, f"{python}: {lines[-1] if lines else f'exit status {done.returncode}'}"
 
 
-def check(python: str, device: str) -> Tuple[Optional[HfOptions], str]:
+def check(python: str, device: str) -> tuple[HfOptions | None, str]:
     """(options, "") when hf-peft can run on ``device`` ("auto", "cuda", "cpu") with ``python``, else (None, why not)."""
     if device not in DEVICES:
         raise ValueError(f"hf-peft device {device!r}; choose one of {', '.join(DEVICES)}")
@@ -90,11 +90,14 @@ def check(python: str, device: str) -> Tuple[Optional[HfOptions], str]:
     if info is None:
         return None, f"{'torch with CUDA' if device != 'cpu' else 'torch, transformers and peft'} not found: {reason}"
     if device != "cpu" and not info.get("cuda"):
-        return None, f"torch with CUDA not found: {python} has torch {info.get('torch')} without a CUDA device; --hf-peft-device cpu runs it on the CPU"
+        return (
+            None,
+            f"torch with CUDA not found: {python} has torch {info.get('torch')} without a CUDA device; --hf-peft-device cpu runs it on the CPU",
+        )
     return HfOptions(python, "cpu" if device == "cpu" else "cuda", info), ""
 
 
-def keep_available(impls: List[str], sweep_impls: List[str], python: Optional[str], device: str, say=print):
+def keep_available(impls: list[str], sweep_impls: list[str], python: str | None, device: str, say=print):
     """Drops the hf-peft implementations from both lists, saying so in one line, when they cannot run here.
 
     Returns:
@@ -109,7 +112,7 @@ def keep_available(impls: List[str], sweep_impls: List[str], python: Optional[st
     return impls, sweep_impls, options
 
 
-def export_batches(config, data_dir: Path, setup, backend: str, folder: Path) -> Dict[str, Any]:
+def export_batches(config, data_dir: Path, setup, backend: str, folder: Path) -> dict[str, Any]:
     """Writes the micro-batches ``flashtune train`` would train on, as ``step-NNNNN.npz`` + ``batches.json``.
 
     Args:
@@ -127,15 +130,26 @@ def export_batches(config, data_dir: Path, setup, backend: str, folder: Path) ->
     from flashtune.train.prepare import check_data_files, load_splits, plan_pad_lengths
 
     if config.pack:
-        raise ValueError("hf-peft trains padded batches: --pack (packed rows with per-document attention) is flashtune's alone")
+        raise ValueError(
+            "hf-peft trains padded batches: --pack (packed rows with per-document attention) is flashtune's alone"
+        )
     context = json.loads((Path(setup.hf_folder) / "config.json").read_text()).get("max_position_embeddings")
     config = _with_data(config, data_dir)
     splits = load_splits(config, tokenizer_of(setup), check_data_files(config.data), context)
     pad_lengths, pad_to = plan_pad_lengths(config, splits.train, backend)
     n = config.iters * config.grad_accumulation
     folder.mkdir(parents=True, exist_ok=True)
-    meta: Dict[str, Any] = {"files": [], "shapes": [], "documents": [], "input_tokens": [], "loss_tokens": 0}
-    for i, batch in enumerate(data.iterate_batches(splits.train, config.batch_size, seed=config.seed, num_steps=n, pad_to_multiple=pad_to, pad_lengths=pad_lengths)):
+    meta: dict[str, Any] = {"files": [], "shapes": [], "documents": [], "input_tokens": [], "loss_tokens": 0}
+    for i, batch in enumerate(
+        data.iterate_batches(
+            splits.train,
+            config.batch_size,
+            seed=config.seed,
+            num_steps=n,
+            pad_to_multiple=pad_to,
+            pad_lengths=pad_lengths,
+        )
+    ):
         arrays = {"inputs": np.array(batch.inputs), "targets": np.array(batch.targets), "mask": np.array(batch.mask)}
         meta["files"].append(f"step-{i + 1:05d}.npz")
         np.savez(folder / meta["files"][-1], **arrays)
@@ -155,7 +169,7 @@ def _with_data(config, data_dir: Path):
     return dataclasses.replace(config, data=str(data_dir))
 
 
-def run_config(config, label: str, dtype: str, device: str, compiled: bool) -> Dict[str, Any]:
+def run_config(config, label: str, dtype: str, device: str, compiled: bool) -> dict[str, Any]:
     """hf_peft_train.py's --config: flashtune's LoRA, AdamW and schedule settings in PEFT's terms.
 
     Args:
@@ -174,7 +188,7 @@ def run_config(config, label: str, dtype: str, device: str, compiled: bool) -> D
     }  # fmt: skip
 
 
-def prepare_run(setup, config, impl: str, data_dir: Path, options: HfOptions, work: Path, records: Path) -> List[str]:
+def prepare_run(setup, config, impl: str, data_dir: Path, options: HfOptions, work: Path, records: Path) -> list[str]:
     """Writes the batches and the run config into ``work``; returns the command that trains.
 
     The weights must be in ``setup.hf_folder`` already (`assets.export_weights`).
@@ -184,23 +198,28 @@ def prepare_run(setup, config, impl: str, data_dir: Path, options: HfOptions, wo
 
     dtype = str(resolve_dtype(config.dtype)).split(".")[-1]
     export_batches(config, data_dir, setup, env.backend(), work / "batches")
-    (work / "run.json").write_text(json.dumps(run_config(config, setup.label, dtype, options.device, impl == HF_COMPILE)))
+    (work / "run.json").write_text(
+        json.dumps(run_config(config, setup.label, dtype, options.device, impl == HF_COMPILE))
+    )
     return [options.python, str(TRAIN_SCRIPT), "--model", str(setup.hf_folder), "--batches", str(work / "batches"),
             "--config", str(work / "run.json"), "--out", str(records)]  # fmt: skip
 
 
-def child_env() -> Dict[str, str]:
+def child_env() -> dict[str, str]:
     """The torch process's environment: this one, unbuffered; flashtune's package folder is not added
     (it may be another Python's site-packages)."""
     return dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
 
 
-def report_note(info: Dict[str, Any]) -> str:
+def report_note(info: dict[str, Any]) -> str:
     """The report's note on how hf-peft is run and what differs, with the versions from one of its run_info headers."""
-    versions = ", ".join(f"{k} {info[k]}" for k in ("torch", "transformers", "peft") if info.get(k)) or "versions in each run's run_info"
+    versions = (
+        ", ".join(f"{k} {info[k]}" for k in ("torch", "transformers", "peft") if info.get(k))
+        or "versions in each run's run_info"
+    )
     return (
         f"{HF_TOOL} is Hugging Face transformers + PEFT on PyTorch ({versions}; `flashtune/bench/hf_peft_train.py`), "
-        "`attn_implementation=\"sdpa\"` (causal, no mask), in the same dtype, on the weights mlx_lm.lora gets "
+        '`attn_implementation="sdpa"` (causal, no mask), in the same dtype, on the weights mlx_lm.lora gets '
         "(flashtune's own, saved as an HF folder) and on the very batches flashtune trains on (same order and "
         "padding, exported as .npz). LoRA on the same projections of the same last blocks (`layers_to_transform`), "
         "rank r, `lora_alpha` = scale × r (DoRA: PEFT's `use_dora`; full fine-tuning: every weight of those blocks); torch's AdamW (fused on CUDA) with the same weight decay and warm-up + cosine "

@@ -31,7 +31,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -40,17 +40,21 @@ CONFIG_KEYS = ("iters", "grad_accumulation", "learning_rate", "warmup", "min_lr_
 LORA_KEYS = ("rank", "alpha", "dropout", "layers")
 
 
-def check_config(config: Dict[str, Any]) -> Dict[str, Any]:
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
     """Raises ValueError naming missing keys of the run config; returns it."""
-    missing = [k for k in CONFIG_KEYS if k not in config] + [f"lora.{k}" for k in LORA_KEYS if k not in config.get("lora", {})]
+    missing = [k for k in CONFIG_KEYS if k not in config] + [
+        f"lora.{k}" for k in LORA_KEYS if k not in config.get("lora", {})
+    ]
     if missing:
-        raise ValueError(f"run config lacks {', '.join(missing)}; it needs {', '.join(CONFIG_KEYS)} and lora.{{{', '.join(LORA_KEYS)}}}")
+        raise ValueError(
+            f"run config lacks {', '.join(missing)}; it needs {', '.join(CONFIG_KEYS)} and lora.{{{', '.join(LORA_KEYS)}}}"
+        )
     if config["device"] not in ("cuda", "cpu"):
         raise ValueError(f"device {config['device']!r}; choose cuda or cpu")
     return config
 
 
-def learning_rate(step: int, config: Dict[str, Any]) -> float:
+def learning_rate(step: int, config: dict[str, Any]) -> float:
     """The rate of update ``step`` (0-based): linear warm-up from 0, then cosine to min_lr_ratio of the peak.
 
     The same schedule as flashtune.train.prepare.make_schedule (MLX's linear_schedule joined to
@@ -64,7 +68,7 @@ def learning_rate(step: int, config: Dict[str, Any]) -> float:
     return end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, decay) / decay))
 
 
-def load_batches(folder: Path) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+def load_batches(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(batches.json, micro-batches in order), every array read into memory before training.
 
     A micro-batch holds ``inputs``, ``targets``, ``mask`` and its ``documents`` (examples) and
@@ -81,8 +85,8 @@ def load_batches(folder: Path) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     return meta, batches
 
 
-def step_record(it: int, wall: float, tokens: int, loss: float, lr: float, peak_gb: Optional[float],
-                parts: List[Dict[str, Any]], new_shape: bool, label: str) -> Dict[str, Any]:  # fmt: skip
+def step_record(it: int, wall: float, tokens: int, loss: float, lr: float, peak_gb: float | None,
+                parts: list[dict[str, Any]], new_shape: bool, label: str) -> dict[str, Any]:  # fmt: skip
     """One iteration over the micro-batches ``parts``: a record with flashtune.train.records' fields (``attn`` is "sdpa")."""
     shapes = [tuple(int(n) for n in p["inputs"].shape) for p in parts]
     return {
@@ -93,10 +97,11 @@ def step_record(it: int, wall: float, tokens: int, loss: float, lr: float, peak_
     }  # fmt: skip
 
 
-def probe() -> Dict[str, Any]:
+def probe() -> dict[str, Any]:
     """Versions of torch, transformers and peft, and the CUDA device if there is one (raises ImportError)."""
     import torch  # first: a Python without torch says so, not that peft is missing
 
+    # isort: split
     import peft
     import transformers
 
@@ -135,9 +140,8 @@ def load_model(folder: Path, dtype: str, device: str, seed: int):
         (model on ``device``, where its weights came from).
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
@@ -145,7 +149,9 @@ def load_model(folder: Path, dtype: str, device: str, seed: int):
     old = tuple(int(part) for part in transformers.__version__.split(".")[:2]) < (4, 56)
     kind = {"torch_dtype" if old else "dtype": _torch_dtype(dtype), "attn_implementation": "sdpa"}
     if any(folder.glob("*.safetensors")):
-        model, info = AutoModelForCausalLM.from_pretrained(folder, config=config, use_safetensors=True, output_loading_info=True, **kind)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            folder, config=config, use_safetensors=True, output_loading_info=True, **kind
+        )
         # A weight the file lacks would be initialized at random without a word: refuse instead.
         missing = [k for k in info.get("missing_keys", []) if "rotary" not in k]
         if missing:
@@ -160,7 +166,7 @@ def load_model(folder: Path, dtype: str, device: str, seed: int):
     return model.to(device), source
 
 
-def lora_targets(model) -> List[str]:
+def lora_targets(model) -> list[str]:
     """Names of every Linear layer inside a decoder block: mlx-lm's default LoRA targets."""
     import torch
 
@@ -168,7 +174,7 @@ def lora_targets(model) -> List[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in block.named_modules() if isinstance(m, torch.nn.Linear)})
 
 
-def make_trainable(model, lora: Dict[str, Any], fine_tune_type: str, seed: int):
+def make_trainable(model, lora: dict[str, Any], fine_tune_type: str, seed: int):
     """What trains, as mlx-lm's --fine-tune-type means it, on the last ``lora["layers"]`` blocks.
 
     "lora" and "dora": PEFT adapters (``use_dora`` for DoRA) on every Linear of those blocks;
@@ -214,7 +220,7 @@ def make_loss(model, compiled: bool):
     return torch.compile(loss_sum) if compiled else loss_sum
 
 
-def run_info(config: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+def run_info(config: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The header record: versions, device, the full config."""
     import datetime
 
@@ -232,7 +238,7 @@ def run_info(config: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
 class Trainer:
     """One run: model with LoRA, AdamW, the loss, and the iteration loop writing records to ``out``."""
 
-    def __init__(self, model_dir: Path, config: Dict[str, Any], out):
+    def __init__(self, model_dir: Path, config: dict[str, Any], out):
         import torch
 
         self.config, self.out, self.device = check_config(config), out, config["device"]
@@ -245,13 +251,15 @@ class Trainer:
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         fused = {"fused": True} if self.device == "cuda" else {}
-        self.optimizer = torch.optim.AdamW(params, lr=0.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=config["weight_decay"], **fused)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=0.0, betas=(0.9, 0.999), eps=1e-8, weight_decay=config["weight_decay"], **fused
+        )
         self.loss = make_loss(self.model, config["compile"])
         trainable = sum(p.numel() for p in params)
         self.write(run_info(config, weights=source, trains=_jsonable(trains), trainable_params=trainable,
                             adapter_dtype=str(params[0].dtype).replace("torch.", "")))  # fmt: skip
 
-    def write(self, record: Dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         self.out.write(json.dumps(record) + "\n")
         self.out.flush()
 
@@ -261,12 +269,12 @@ class Trainer:
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def peak_gb(self) -> Optional[float]:
+    def peak_gb(self) -> float | None:
         import torch
 
         return torch.cuda.max_memory_allocated() / 1e9 if self.device == "cuda" else None
 
-    def step(self, parts: List[Dict[str, Any]], lr: float) -> Tuple[float, int]:
+    def step(self, parts: list[dict[str, Any]], lr: float) -> tuple[float, int]:
         """One update over its micro-batches; returns (loss, loss tokens), the device waited for."""
         import torch
 
@@ -275,7 +283,9 @@ class Trainer:
             group["lr"] = lr
         total = None
         for part in parts:
-            inputs, targets, mask = (torch.from_numpy(part[k]).to(self.device, non_blocking=True) for k in ("inputs", "targets", "mask"))
+            inputs, targets, mask = (
+                torch.from_numpy(part[k]).to(self.device, non_blocking=True) for k in ("inputs", "targets", "mask")
+            )
             loss_sum = self.loss(inputs, targets, mask)
             (loss_sum / tokens).backward()  # the gradient of the iteration's mean loss, as flashtune divides
             total = loss_sum.detach() if total is None else total + loss_sum.detach()
@@ -285,7 +295,7 @@ class Trainer:
         self.sync()
         return loss, tokens
 
-    def run(self, batches: List[Dict[str, Any]]) -> None:
+    def run(self, batches: list[dict[str, Any]]) -> None:
         """Every iteration, timed and recorded; a new batch shape flags its iteration ``warmup``."""
         import torch
 
@@ -314,8 +324,10 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: sorted(v) if isinstance(v, (set, frozenset)) else str(v)))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf_peft_train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hf_peft_train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--probe", action="store_true", help="print versions and CUDA as one JSON line, then exit")
     parser.add_argument("--model", help="HF model folder (config.json, optionally safetensors weights)")
     parser.add_argument("--batches", help="folder of batches.json and step-NNNNN.npz")

@@ -27,15 +27,15 @@ import statistics
 import sys
 import time
 
-import flashtune  # noqa: F401  (before mlx: loads the BLAS)
 import mlx.core as mx
 
+import flashtune  # noqa: F401  (before mlx: loads the BLAS)
 from flashtune import models
+from flashtune.bench.profile_step import VIEW_PRIMITIVES, fresh_step, graph_primitives, pipelined_ms
+from flashtune.patch import patch
 from flashtune.train.fused_projections import fuse_projections
 from flashtune.train.lora import adapter_config, apply_lora
-from flashtune.patch import patch
 from flashtune.train.step import loss_sum
-from flashtune.bench.profile_step import VIEW_PRIMITIVES, fresh_step, graph_primitives, pipelined_ms
 
 
 def build(args):
@@ -101,10 +101,20 @@ def first_step(args):
     timed_step(f"new shape {B}x{L - L // 8}", random_batch(info, B, L - L // 8, 2))
 
     # What one new shape costs by kind: the first call builds its plans, the second is steady.
-    heads, kv_heads, D, L_new = model.args.num_attention_heads, model.args.num_key_value_heads, model.args.hidden_size // model.args.num_attention_heads, L + 128
+    heads, kv_heads, D, L_new = (
+        model.args.num_attention_heads,
+        model.args.num_key_value_heads,
+        model.args.hidden_size // model.args.num_attention_heads,
+        L + 128,
+    )
     q = mx.random.normal((B, heads, L_new, D)).astype(mx.bfloat16)
     kv = mx.random.normal((B, kv_heads, L_new, D)).astype(mx.bfloat16)
-    sdpa_grad = mx.grad(lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=D**-0.5, mask="causal").astype(mx.float32).sum(), argnums=(0, 1, 2))
+    sdpa_grad = mx.grad(
+        lambda q, k, v: (
+            mx.fast.scaled_dot_product_attention(q, k, v, scale=D**-0.5, mask="causal").astype(mx.float32).sum()
+        ),
+        argnums=(0, 1, 2),
+    )
     x = mx.random.normal((B * L_new, model.args.hidden_size)).astype(mx.bfloat16)
     w = mx.random.normal((model.args.hidden_size, model.args.hidden_size + 512)).astype(mx.bfloat16)
     mx.eval(q, kv, x, w)
@@ -159,12 +169,19 @@ def op_costs(args):
             mx.synchronize()
             calls.append(traced - start)
             dispatches.append(dispatched - traced)
-        rows[name] = {"call_us_per_op": round(1e6 * statistics.median(calls) / n, 2),
-                      "dispatch_us_per_op": round(1e6 * statistics.median(dispatches) / n, 2)}
-        print(f"{name:44s} call {rows[name]['call_us_per_op']:6.1f} us/op   dispatch {rows[name]['dispatch_us_per_op']:6.1f} us/op", flush=True)
+        rows[name] = {
+            "call_us_per_op": round(1e6 * statistics.median(calls) / n, 2),
+            "dispatch_us_per_op": round(1e6 * statistics.median(dispatches) / n, 2),
+        }
+        print(
+            f"{name:44s} call {rows[name]['call_us_per_op']:6.1f} us/op   dispatch {rows[name]['dispatch_us_per_op']:6.1f} us/op",
+            flush=True,
+        )
     if args.out:
         with open(args.out, "w") as handle:
-            json.dump({"ops": n, "device": str(mx.default_device()), "mlx": mx.__version__, "rows": rows}, handle, indent=1)
+            json.dump(
+                {"ops": n, "device": str(mx.default_device()), "mlx": mx.__version__, "rows": rows}, handle, indent=1
+            )
 
 
 def graph(args):
@@ -203,7 +220,7 @@ def summarize(path, top=40):
         for frame in set(frames):
             inclusive[frame[:110]] += n
         if "mlx::core::gpu::eval" in frames:
-            below = frames[frames.index("mlx::core::gpu::eval") + 1:]
+            below = frames[frames.index("mlx::core::gpu::eval") + 1 :]
             primitives[below[0][:90] if below else "(gpu::eval itself)"] += n
     if not total:
         raise SystemExit(f"{path}: no samples inside steady_loop (is it py-spy's raw format?)")

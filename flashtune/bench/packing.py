@@ -34,7 +34,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from flashtune.bench import assets
 from flashtune.bench.peer import TOOL
@@ -43,7 +43,7 @@ from flashtune.bench.runs import Run, recipe_path
 PACK_IMPLS = ("poc", "demo", "practical")
 VARIANTS = ("packed", "padded")
 WARMUP_SHARE = 0.1  # of the pass's steps: the main recipes warm up for 10 of 100 iterations
-DATASETS: Dict[str, Dict[str, Any]] = {
+DATASETS: dict[str, dict[str, Any]] = {
     "timing": {"kind": "variable", **assets.VARIABLE},
     "chat": {"kind": "chat", "median": 200, "sigma": 1.0, "lo": 16, "hi": 2048, "n_train": 1000, "n_valid": 32},
     "capitals": {"kind": "shipped", "n_train": 32, "n_valid": 8},
@@ -51,7 +51,9 @@ DATASETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def plan_runs(models: List[str], datasets: List[str], impls: List[str], warmup_iters: int, fine_tune_type: str = "lora") -> List[Run]:
+def plan_runs(
+    models: list[str], datasets: list[str], impls: list[str], warmup_iters: int, fine_tune_type: str = "lora"
+) -> list[Run]:
     """The suite's runs, in order: per model and dataset, each flashtune implementation packed then
     padded, then mlx_lm.lora, each preceded by its warm-up run when ``warmup_iters`` (< 0: as long).
 
@@ -97,7 +99,7 @@ class PassPlan:
     def settings(self, packed: bool) -> tuple:
         """(iterations, config overrides) of a pass: warm-up, and for packing the row length and scaled peak."""
         steps = self.packed_steps if packed else self.padded_steps
-        overrides: Dict[str, Any] = {"warmup": round(WARMUP_SHARE * steps)}
+        overrides: dict[str, Any] = {"warmup": round(WARMUP_SHARE * steps)}
         if packed:
             overrides.update(pack=True, pack_length=self.pack_length, learning_rate=self.learning_rate * self.lr_scale)
         return steps, overrides
@@ -156,7 +158,12 @@ def apply_pass(run: Run, plan: PassPlan) -> Run:
     steps, run.overrides = plan.settings(packed)
     run.iters = run.iters or steps
     scale = plan.lr_scale if packed else 1.0
-    run.extra = {"pass": dataclasses.asdict(plan), "pass_steps": steps, "lr_scale": scale, "peak_learning_rate": plan.learning_rate * scale}
+    run.extra = {
+        "pass": dataclasses.asdict(plan),
+        "pass_steps": steps,
+        "lr_scale": scale,
+        "peak_learning_rate": plan.learning_rate * scale,
+    }
     return run
 
 
@@ -166,7 +173,9 @@ def prepare_dataset(name: str, setup, cache: Path, seed: int) -> Path:
 
     spec = dict(DATASETS[name])
     if spec["kind"] == "shipped":
-        return shipped_subset(cache / "data" / f"capitals-{spec['n_train']}-{spec['n_valid']}", spec["n_train"], spec["n_valid"])
+        return shipped_subset(
+            cache / "data" / f"capitals-{spec['n_train']}-{spec['n_valid']}", spec["n_train"], spec["n_valid"]
+        )
     if name == "timing":
         return assets.prepare_data(setup, cache, seed)  # the main suite's own folder
     folder = cache / "data" / assets.slug(setup.name) / f"{setup.weights}-{name}"
@@ -180,7 +189,7 @@ def shipped_subset(folder: Path, n_train: int, n_valid: int) -> Path:
 
     source = default_dataset_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    meta: Dict[str, Any] = {"kind": "shipped", "source": "flashtune's shipped capitals dataset", "lo": None, "hi": None,
+    meta: dict[str, Any] = {"kind": "shipped", "source": "flashtune's shipped capitals dataset", "lo": None, "hi": None,
                             "distribution": "capital-city answer cards of 47-64 tokens with SmolLM2's tokenizer"}  # fmt: skip
     for split, n in (("train", n_train), ("valid", n_valid)):
         lines = [line for line in (source / f"{split}.jsonl").read_text().splitlines() if line.strip()][:n]
@@ -190,11 +199,13 @@ def shipped_subset(folder: Path, n_train: int, n_valid: int) -> Path:
     return folder
 
 
-def describe(meta: Optional[Dict[str, Any]]) -> str:
+def describe(meta: dict[str, Any] | None) -> str:
     """A dataset in words for the report, from its meta.json."""
     meta = meta or {}
     train = meta.get("train") or {}
-    size = f"{train.get('examples')} training examples" + (f", {train['tokens']:,} tokens" if train.get("tokens") else "")
+    size = f"{train.get('examples')} training examples" + (
+        f", {train['tokens']:,} tokens" if train.get("tokens") else ""
+    )
     if meta.get("kind") == "shipped":
         return f"{meta.get('source')}, first {size} ({meta.get('distribution')})"
     return f"text, lengths {meta.get('distribution', '?')} ({size}, seed {meta.get('seed')})"

@@ -1,7 +1,7 @@
 """The packing suite's part of report.md: one pass per run, packed against padded and mlx_lm.lora, per model and dataset."""
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from flashtune.bench.packing import WARMUP_SHARE, describe
 from flashtune.bench.peer import TOOL
@@ -9,13 +9,13 @@ from flashtune.bench.peer import TOOL
 TEXT_KINDS = ("variable", "chat")  # text data: every target is in the loss, so loss tokens = filled slots
 
 
-def row_name(s: Dict[str, Any]) -> str:
+def row_name(s: dict[str, Any]) -> str:
     """``practical packed``, ``practical padded`` or ``mlx_lm.lora``."""
     variant = s["bench"].get("variant")
     return f"{s['impl']} {variant}" if variant else s["impl"]
 
 
-def pass_numbers(s: Dict[str, Any]) -> Dict[str, Optional[float]]:
+def pass_numbers(s: dict[str, Any]) -> dict[str, float | None]:
     """Trained and processed tokens/s over the pass and the share of slots filled, from a run summary.
 
     mlx_lm.lora records no filled slots; on text data its loss tokens are exactly those.
@@ -31,19 +31,23 @@ def pass_numbers(s: Dict[str, Any]) -> Dict[str, Optional[float]]:
     }
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def ordered(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def ordered(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each implementation packed then padded, in the report's implementation order, mlx_lm.lora last."""
     from flashtune.bench.report import IMPL_ORDER
 
-    rank = lambda s: (IMPL_ORDER.index(s["impl"]) if s["impl"] in IMPL_ORDER else len(IMPL_ORDER), s["bench"].get("variant") != "packed")  # noqa: E731
+    def rank(s):
+        return IMPL_ORDER.index(s["impl"]) if s["impl"] in IMPL_ORDER else len(IMPL_ORDER), s["bench"].get(
+            "variant"
+        ) != "packed"
+
     return sorted(runs, key=rank)
 
 
-def pass_table(runs: List[Dict[str, Any]]) -> str:
+def pass_table(runs: list[dict[str, Any]]) -> str:
     """One model and dataset: a row per run, speedups in trained tokens/s."""
     from flashtune.bench.report import markdown_table
 
@@ -66,7 +70,7 @@ def pass_table(runs: List[Dict[str, Any]]) -> str:
     return markdown_table(columns, rows)
 
 
-def notes(runs: List[Dict[str, Any]]) -> List[str]:
+def notes(runs: list[dict[str, Any]]) -> list[str]:
     """How the suite's runs are matched and what each column means."""
     lines = [
         "Each run trains one pass (one epoch) over the same training examples, with the same LoRA, AdamW and "
@@ -97,7 +101,7 @@ def notes(runs: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
-def sections(runs: List[Dict[str, Any]], results: Path) -> List[str]:
+def sections(runs: list[dict[str, Any]], results: Path) -> list[str]:
     """The packing part of report.md: notes, goals, then a table and a plot per model and dataset."""
     from flashtune.bench import plots
     from flashtune.bench.goals import packing_goals
@@ -111,15 +115,19 @@ def sections(runs: List[Dict[str, Any]], results: Path) -> List[str]:
     if goals:
         lines += ["### Packing goals", "", "Set for the GPU models (TinyLlama-1.1B, Qwen2.5-1.5B); shown for every model "
                   "measured, from runs of one call.", "", markdown_table(["model", "dataset", "target", "measured", "goal", "met"], goals), ""]  # fmt: skip
-    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for s in measured:
         groups.setdefault((s["model"], s["bench"].get("dataset")), []).append(s)
     for (model, dataset), group in groups.items():
         label, bench = group[0]["label"], group[0]["bench"]
         tag = f"packing-{model.lower().replace('/', '-')}-{dataset}"
-        png = plots.packing_speed(ordered(group), results / f"{tag}.png", f"{label}, {dataset}: trained tokens/s over one pass")
+        png = plots.packing_speed(
+            ordered(group), results / f"{tag}.png", f"{label}, {dataset}: trained tokens/s over one pass"
+        )
         lines += [f"### {label}: {dataset}", "", f"data: {describe(bench.get('data_meta'))}; {bench.get('batch')} rows per step; "
                   f"recipe `{Path(str(bench.get('recipe'))).name}`", "", pass_table(group), "", f"![trained tokens/s]({png.name})", ""]  # fmt: skip
         failed = [s for s in group if s["status"] != "ok"]
-        lines += [f"- {row_name(s)} failed: `{(s.get('error') or '').splitlines()[-1:] or ['?']}`" for s in failed] + ([""] if failed else [])
+        lines += [f"- {row_name(s)} failed: `{(s.get('error') or '').splitlines()[-1:] or ['?']}`" for s in failed] + (
+            [""] if failed else []
+        )
     return lines

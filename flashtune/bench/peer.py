@@ -22,7 +22,7 @@ import json
 import re
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 PREFIX = "flashtune-peer: "
 INFO_PREFIX = "flashtune-peer-info: "
@@ -51,7 +51,7 @@ def _number(text: str) -> float:
     return float(text.replace(",", "").replace("GB", "").strip())
 
 
-def parse_output(text: str) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], Optional[Dict[str, Any]]]:
+def parse_output(text: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
     """Reads mlx_lm lora's stdout.
 
     Args:
@@ -69,9 +69,9 @@ def parse_output(text: str) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]],
     json_train, json_val = [], []
     for line in lines:
         if line.startswith(INFO_PREFIX):
-            info = json.loads(line[len(INFO_PREFIX):])
+            info = json.loads(line[len(INFO_PREFIX) :])
         elif line.startswith(PREFIX):
-            report = json.loads(line[len(PREFIX):])
+            report = json.loads(line[len(PREFIX) :])
             (json_val if report.pop("kind", "train") == "val" else json_train).append(report)
     if json_train or json_val:
         return json_train, json_val, info
@@ -96,14 +96,14 @@ def parse_output(text: str) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]],
     return train, val, info
 
 
-def to_records(train: List[Dict[str, Any]], val: List[Dict[str, Any]], model: str) -> List[Dict[str, Any]]:
+def to_records(train: list[dict[str, Any]], val: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
     """flashtune per-iteration records from mlx_lm reports, one per report window.
 
     A window's ``wall_s`` is mlx-lm's own training time for it (tokens / tokens-per-second: its
     timer covers the step and ``mx.eval``, not validation), ``tokens`` the tokens it trained on.
     ``warmup`` is True when a window compiled a new batch shape (known only from the JSON lines).
     """
-    records: List[Dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     previous_iter, previous_tokens = 0, 0.0
     seen = set()
     for r in sorted(train, key=lambda r: r["iteration"]):
@@ -122,7 +122,7 @@ def to_records(train: List[Dict[str, Any]], val: List[Dict[str, Any]], model: st
         }  # fmt: skip
         if shapes:
             record["shape"] = list(shapes[-1])
-            record["padded_tokens"] = sum(b * l for b, l in shapes)
+            record["padded_tokens"] = sum(rows * length for rows, length in shapes)
             record["warmup"] = any(s not in seen for s in shapes)
             seen.update(shapes)
         if r.get("approx"):
@@ -132,7 +132,9 @@ def to_records(train: List[Dict[str, Any]], val: List[Dict[str, Any]], model: st
         records.append(record)
         previous_iter, previous_tokens = r["iteration"], r["trained_tokens"]
     for v in val:
-        records.append({"eval": True, "iter": v["iteration"], "val_loss": v["val_loss"], "eval_s": v["val_time"], "source": TOOL})
+        records.append(
+            {"eval": True, "iter": v["iteration"], "val_loss": v["val_loss"], "eval_s": v["val_time"], "source": TOOL}
+        )
     return records
 
 
@@ -144,7 +146,7 @@ class _ShapeLog:
 
     def __init__(self, iterate_batches):
         self.iterate_batches = iterate_batches
-        self.pending: List[List[int]] = []
+        self.pending: list[list[int]] = []
 
     def __call__(self, *args, **kwargs):
         training = kwargs.get("loop", False)
@@ -154,7 +156,7 @@ class _ShapeLog:
                 self.pending.append([int(tokens.shape[0]), int(tokens.shape[1]) - 1])  # inputs are one shorter
             yield batch
 
-    def take(self) -> List[List[int]]:
+    def take(self) -> list[list[int]]:
         out, self.pending = self.pending, []
         return out
 
@@ -162,7 +164,7 @@ class _ShapeLog:
 def _json_callback(wrapped, shapes: _ShapeLog, start: float, steps_per_report: int):
     from mlx_lm.tuner.callbacks import TrainingCallback
 
-    def plain(info: Dict[str, Any]) -> Dict[str, Any]:
+    def plain(info: dict[str, Any]) -> dict[str, Any]:
         return {k: (v.item() if hasattr(v, "item") else v) for k, v in info.items()}
 
     class JsonReport(TrainingCallback):
@@ -183,15 +185,15 @@ def _json_callback(wrapped, shapes: _ShapeLog, start: float, steps_per_report: i
     return JsonReport()
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Runs ``mlx_lm lora`` with ``argv`` (default: this process's arguments), observed as above."""
     start = time.perf_counter()
-    import flashtune  # noqa: F401  (OpenBLAS before mlx, as for flashtune's own runs)
     from functools import partial
 
     import mlx_lm.lora as lora
     from mlx_lm.tuner.trainer import iterate_batches
 
+    import flashtune  # noqa: F401  (OpenBLAS before mlx, as for flashtune's own runs)
     from flashtune import env
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -205,7 +207,9 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     shapes = _ShapeLog(iterate_batches)
     original_callbacks = lora.get_reporting_callbacks
-    lora.get_reporting_callbacks = lambda *a, **k: _json_callback(original_callbacks(*a, **k), shapes, start, steps_per_report)
+    lora.get_reporting_callbacks = lambda *a, **k: _json_callback(
+        original_callbacks(*a, **k), shapes, start, steps_per_report
+    )
     lora.train = partial(lora.train, iterate_batches=shapes)
     print(INFO_PREFIX + json.dumps(env.run_info({"argv": argv}, tool=TOOL)), flush=True)
     sys.argv = ["mlx_lm.lora"] + argv

@@ -1,7 +1,7 @@
 """PNG plots of benchmark results (matplotlib, Agg backend), drawn from run summaries alone."""
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 IMPL_STYLE = {  # one colour per implementation in every plot
     "baseline": "#7f7f7f", "practical": "#1f77b4", "demo": "#d62728", "poc": "#2ca02c", "mlx_lm.lora": "#ff7f0e",
@@ -26,7 +26,7 @@ def _color(impl: str) -> str:
     return IMPL_STYLE.get(impl, "#9467bd")
 
 
-def iteration_times(runs: List[Dict[str, Any]], path: Path, title: str) -> Path:
+def iteration_times(runs: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Wall time of every iteration, one line per implementation (a report window is drawn flat).
 
     Iterations that compiled a new batch shape are marked with dots.
@@ -48,7 +48,9 @@ def iteration_times(runs: List[Dict[str, Any]], path: Path, title: str) -> Path:
         ax.plot(wx, wy, "o", color=_color(s["impl"]), ms=4)
     failed = [s["impl"] for s in runs if s["status"] != "ok"]
     if failed:
-        ax.text(0.99, 0.02, "failed: " + ", ".join(failed), transform=ax.transAxes, ha="right", va="bottom", color="#d62728")
+        ax.text(
+            0.99, 0.02, "failed: " + ", ".join(failed), transform=ax.transAxes, ha="right", va="bottom", color="#d62728"
+        )
     ax.set_yscale("log")
     ax.set_xlabel("iteration")
     ax.set_ylabel("wall time per iteration (ms, log)")
@@ -61,13 +63,14 @@ def iteration_times(runs: List[Dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
-def loss_curves(losses: Dict[str, List[float]], reference: str, path: Path, title: str) -> Path:
+def loss_curves(losses: dict[str, list[float]], reference: str, path: Path, title: str) -> Path:
     """Training loss per iteration, one line per implementation, the reference drawn thicker."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for impl, curve in losses.items():
-        ax.plot(range(1, len(curve) + 1), curve, label=impl, color=_color(impl),
-                linewidth=2.2 if impl == reference else 1.2)
+        ax.plot(
+            range(1, len(curve) + 1), curve, label=impl, color=_color(impl), linewidth=2.2 if impl == reference else 1.2
+        )
     ax.set_xlabel("iteration")
     ax.set_ylabel("training loss")
     ax.set_title(f"{title}: training loss per attention implementation")
@@ -78,7 +81,7 @@ def loss_curves(losses: Dict[str, List[float]], reference: str, path: Path, titl
     return path
 
 
-def _draw_sweep(ax, runs: List[Dict[str, Any]], key: str, ylabel: str, title: str, log: bool = False) -> None:
+def _draw_sweep(ax, runs: list[dict[str, Any]], key: str, ylabel: str, title: str, log: bool = False) -> None:
     """One sweep panel: ``key`` against length per implementation, failed runs as crosses on the x axis."""
     impls = sorted({s["impl"] for s in runs}, key=lambda i: list(IMPL_STYLE).index(i) if i in IMPL_STYLE else 99)
     lengths = sorted({s["length"] for s in runs})
@@ -91,10 +94,20 @@ def _draw_sweep(ax, runs: List[Dict[str, Any]], key: str, ylabel: str, title: st
         if bad:
             ax.plot(bad, [0] * len(bad), "x", color=_color(impl), ms=10, mew=2, clip_on=False)
     for L in lengths:  # name the failures: crosses of several implementations overlap
-        failed = [f"{s['impl']}{' (OOM)' if s.get('oom') else ''}" for s in runs if s["length"] == L and s["status"] != "ok"]
+        failed = [
+            f"{s['impl']}{' (OOM)' if s.get('oom') else ''}" for s in runs if s["length"] == L and s["status"] != "ok"
+        ]
         if failed:
-            ax.annotate("failed:\n" + "\n".join(failed), (L, 0), xytext=(0, 14), textcoords="offset points",
-                        ha="center", va="bottom", fontsize=7, color="#d62728")
+            ax.annotate(
+                "failed:\n" + "\n".join(failed),
+                (L, 0),
+                xytext=(0, 14),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                color="#d62728",
+            )
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [str(L) for L in lengths])
     values = [s[key] for s in runs if s["status"] == "ok" and s.get(key) is not None]
@@ -111,7 +124,7 @@ def _draw_sweep(ax, runs: List[Dict[str, Any]], key: str, ylabel: str, title: st
         ax.legend(fontsize=8)
 
 
-def sweep(runs: List[Dict[str, Any]], key: str, ylabel: str, path: Path, title: str, log: bool = False) -> Path:
+def sweep(runs: list[dict[str, Any]], key: str, ylabel: str, path: Path, title: str, log: bool = False) -> Path:
     """``key`` (steady tokens/s or peak memory) against sequence length, one line per implementation.
 
     Failed runs (e.g. out of memory) are drawn as crosses on the x axis.
@@ -125,7 +138,7 @@ def sweep(runs: List[Dict[str, Any]], key: str, ylabel: str, path: Path, title: 
     return path
 
 
-def context(rows: List[Dict[str, Any]], path: Path, title: str) -> Path:
+def context(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     """`flashtune bench context` rows: peak GB and tokens/s against length, side by side."""
     plt = _pyplot()
     runs = [dict(r, batch=1, oom=r["status"] == "oom") for r in rows]
@@ -138,18 +151,21 @@ def context(rows: List[Dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
-def attention_speedup(records: List[Dict[str, Any]], path: Path, title: str) -> Path:
+def attention_speedup(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Forward+backward speedup over ``baseline`` per shape and implementation (grouped bars).
 
     One panel per shape set (the seed grid, the model shapes); crosses mark failed runs.
     """
     plt = _pyplot()
-    shapes: Dict[tuple, Dict[str, Dict]] = {}
+    shapes: dict[tuple, dict[str, dict]] = {}
     for r in records:
         key = (r["tag"], r["batch"], r["n_heads"], r["n_kv_heads"], r["length"], r["head_dim"])
         shapes.setdefault(key, {})[r["impl"]] = r
-    impls = sorted({r["impl"] for r in records if r["impl"] != "baseline"}, key=lambda i: list(IMPL_STYLE).index(i) if i in IMPL_STYLE else 99)
-    panels: Dict[str, List[tuple]] = {}
+    impls = sorted(
+        {r["impl"] for r in records if r["impl"] != "baseline"},
+        key=lambda i: list(IMPL_STYLE).index(i) if i in IMPL_STYLE else 99,
+    )
+    panels: dict[str, list[tuple]] = {}
     for key in shapes:
         panels.setdefault("seed grid" if key[0] == "seed" else "model shapes", []).append(key)
     fig, axes = plt.subplots(len(panels), 1, figsize=(14, 4.2 * len(panels)), squeeze=False)
@@ -172,7 +188,9 @@ def attention_speedup(records: List[Dict[str, Any]], path: Path, title: str) -> 
                 ax.plot(fails, [1] * len(fails), "x", color=_color(impl), ms=8, mew=2)
         ax.axhline(1.0, color="k", lw=0.8)
         labels = [f"{k[0] if name != 'seed grid' else ''} {k[1]}×{k[4]}\n{k[2]}/{k[3]}h d{k[5]}".strip() for k in keys]
-        ax.set_xticks(range(len(keys)), labels, fontsize=6 if len(keys) > 14 else 7, rotation=90 if len(keys) > 14 else 0)
+        ax.set_xticks(
+            range(len(keys)), labels, fontsize=6 if len(keys) > 14 else 7, rotation=90 if len(keys) > 14 else 0
+        )
         ax.set_xlim(-0.6, len(keys) - 0.4)
         ax.set_yscale("log")
         ax.set_ylabel("fwd+bwd speedup vs baseline")
@@ -185,7 +203,7 @@ def attention_speedup(records: List[Dict[str, Any]], path: Path, title: str) -> 
     return path
 
 
-def packing_speed(runs: List[Dict[str, Any]], path: Path, title: str) -> Path:
+def packing_speed(runs: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Trained tokens/s over one pass: per implementation packed and padded side by side, mlx_lm.lora alone.
 
     Packed bars are solid, padded bars hatched; a packed bar is labelled with its speedup over its
@@ -196,7 +214,10 @@ def packing_speed(runs: List[Dict[str, Any]], path: Path, title: str) -> Path:
     plt = _pyplot()
     impls = list(dict.fromkeys(s["impl"] for s in runs))
     fig, ax = plt.subplots(figsize=(1.6 * len(impls) + 3, 4.5))
-    speed = {(s["impl"], s["bench"].get("variant")): (pass_numbers(s)["trained"] if s["status"] == "ok" else None) for s in runs}
+    speed = {
+        (s["impl"], s["bench"].get("variant")): (pass_numbers(s)["trained"] if s["status"] == "ok" else None)
+        for s in runs
+    }
     for x, impl in enumerate(impls):
         variants = [v for v in ("packed", "padded", None) if (impl, v) in speed]
         width = 0.8 / len(variants)
@@ -209,7 +230,9 @@ def packing_speed(runs: List[Dict[str, Any]], path: Path, title: str) -> Path:
                    hatch="//" if variant == "padded" else None, edgecolor="black", linewidth=0.5)  # fmt: skip
             padded = speed.get((impl, "padded"))
             text = f"{value:,.0f}" + (f"\n{value / padded:.2f}×" if variant == "packed" and padded else "")
-            ax.annotate(text, (at, value), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+            ax.annotate(
+                text, (at, value), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7
+            )
     ax.set_xticks(range(len(impls)), impls)
     ax.set_ylabel("trained tokens/s (loss tokens / pass time)")
     ax.set_title(title + "\n(solid: packed, hatched: padded; label: packed vs padded)", fontsize=10)

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
 import mlx.core as mx
 
+import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
 from flashtune.attention import get
 from flashtune.attention.kernels import cuda as cuda_kernels
 
@@ -55,8 +55,10 @@ def environment() -> dict:
     }
     try:
         info["gpu"] = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm",
-             "--format=csv,noheader"], capture_output=True, text=True, timeout=20,
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError) as error:
         info["gpu"] = f"nvidia-smi failed: {error}"
@@ -76,8 +78,10 @@ def correctness(test, log):
                     if causal and shape[3] > shape[4]:
                         continue
                     cases.append((dtype, D, causal, shape))
-    log(f"\n## Correctness: {len(cases)} cases, relative L2 error vs float64 "
-        f"(tolerance bf16 {test.TOLERANCE[mx.bfloat16]}, fp16 {test.TOLERANCE[mx.float16]})")
+    log(
+        f"\n## Correctness: {len(cases)} cases, relative L2 error vs float64 "
+        f"(tolerance bf16 {test.TOLERANCE[mx.bfloat16]}, fp16 {test.TOLERANCE[mx.float16]})"
+    )
     log("| dtype | D | mask | (B, Hq, Hkv, Lq, Lk) | out | dq | dk | dv | ok |")
     log("|---|---|---|---|---|---|---|---|---|")
     for dtype, D, causal, shape in cases:
@@ -86,26 +90,27 @@ def correctness(test, log):
             errors = test.kernel_errors(shape, D, dtype, causal)
             ok = all(e <= test.TOLERANCE[dtype] for e in errors.values())
             cells = " | ".join(f"{errors[n]:.2e}" for n in ("out", "dq", "dk", "dv"))
-        except Exception as error:  # noqa: BLE001 (report and go on)
+        except Exception as error:
             ok, cells = False, f"ERROR {type(error).__name__}: {str(error)[:300]} | | |"
         failures += not ok
         name = "bf16" if dtype == mx.bfloat16 else "fp16"
-        log(f"| {name} | {D} | {'causal' if causal else 'none'} | {shape} | {cells} | "
-            f"{'yes' if ok else 'NO'} | ({time.perf_counter() - start:.1f} s)")
+        log(
+            f"| {name} | {D} | {'causal' if causal else 'none'} | {shape} | {cells} | "
+            f"{'yes' if ok else 'NO'} | ({time.perf_counter() - start:.1f} s)"
+        )
     # What a naive bf16 computation gets wrong, for scale (FlashAttention's rule of thumb).
     baseline = get("baseline")
     for shape in [(2, 8, 2, 1000, 1000), (1, 4, 4, 1000, 1000)]:
         for D in (64, 128):
             q, k, v, cot = test.random_inputs(shape, D, mx.bfloat16, 0)
-            (out,), grads = mx.vjp(
-                lambda *a: baseline(*a, scale=D**-0.5, mask="causal"), [q, k, v], [cot]
-            )
+            (out,), grads = mx.vjp(lambda *a: baseline(*a, scale=D**-0.5, mask="causal"), [q, k, v], [cot])
             want = test.reference(q, k, v, cot, D**-0.5, True)
             errs = [test.ref.relative_error(g, w) for g, w in zip([out, *grads], want)]
             mine = test.kernel_errors(shape, D, mx.bfloat16, True)
-            log(f"naive bf16 baseline {shape} D={D} causal: out {errs[0]:.2e} dq {errs[1]:.2e} "
-                f"dk {errs[2]:.2e} dv {errs[3]:.2e}; poc: "
-                + " ".join(f"{n} {e:.2e}" for n, e in mine.items()))
+            log(
+                f"naive bf16 baseline {shape} D={D} causal: out {errs[0]:.2e} dq {errs[1]:.2e} "
+                f"dk {errs[2]:.2e} dv {errs[3]:.2e}; poc: " + " ".join(f"{n} {e:.2e}" for n, e in mine.items())
+            )
     return failures
 
 
@@ -132,10 +137,14 @@ def causal_flops(B, n_heads, L, D):
 def timing(log, deadline, out_dir):
     """poc vs demo vs baseline; returns rows (dicts)."""
     rows = []
-    log("\n## Timing: bf16, causal, median ms (TFLOP/s), causal FLOPs 4·B·H·L²·D/2, "
-        "fwd+bwd 3.5x; ratio = demo time / poc time")
-    log("| layout | L | mode | poc ms (TF/s) | demo ms (TF/s) | baseline ms (TF/s) | poc/demo speed "
-        "| peak MB poc/demo/baseline | poc vs demo rel err |")
+    log(
+        "\n## Timing: bf16, causal, median ms (TFLOP/s), causal FLOPs 4·B·H·L²·D/2, "
+        "fwd+bwd 3.5x; ratio = demo time / poc time"
+    )
+    log(
+        "| layout | L | mode | poc ms (TF/s) | demo ms (TF/s) | baseline ms (TF/s) | poc/demo speed "
+        "| peak MB poc/demo/baseline | poc vs demo rel err |"
+    )
     log("|---|---|---|---|---|---|---|---|---|")
     for layout, (B, n_heads, n_kv_heads, D) in LAYOUTS.items():
         for L in LENGTHS:
@@ -155,13 +164,14 @@ def timing(log, deadline, out_dir):
                 for name in IMPLS:
                     fn = get(name)
                     if mode == "fwd":
+
                         def run(fn=fn):
                             return fn(q, k, v, scale=scale, mask="causal")
                     else:
+
                         def run(fn=fn):
-                            return mx.vjp(
-                                lambda *a: fn(*a, scale=scale, mask="causal"), [q, k, v], [cot]
-                            )
+                            return mx.vjp(lambda *a: fn(*a, scale=scale, mask="causal"), [q, k, v], [cot])
+
                     try:
                         mx.eval(run())
                         mx.reset_peak_memory()
@@ -173,22 +183,27 @@ def timing(log, deadline, out_dir):
                         seconds = timed(run)
                         flops = causal_flops(B, n_heads, L, D) * (1 if mode == "fwd" else 3.5)
                         result[name] = (seconds, flops / seconds / 1e12, peak)
-                    except Exception as error:  # noqa: BLE001
+                    except Exception as error:
                         log(f"{name} {layout} L={L} {mode}: {type(error).__name__}: {error}")
                         result[name] = (float("nan"), float("nan"), float("nan"))
                 err = float("nan")
                 if "poc" in outs and "demo" in outs:
                     a, b = outs["poc"].astype(mx.float32), outs["demo"].astype(mx.float32)
                     err = (mx.linalg.norm(a - b) / mx.linalg.norm(b)).item()
-                cells = " | ".join(
-                    f"{result[n][0] * 1e3:.2f} ({result[n][1]:.0f})" for n in IMPLS
-                )
+                cells = " | ".join(f"{result[n][0] * 1e3:.2f} ({result[n][1]:.0f})" for n in IMPLS)
                 speed = result["demo"][0] / result["poc"][0]
                 peaks = "/".join(f"{result[n][2]:.0f}" for n in IMPLS)
-                log(f"| {layout} | {L} | {mode} | {cells} | {speed:.2f}x | {peaks} | "
-                    f"{err:.1e} |")
-                row = dict(layout=layout, B=B, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                           head_dim=D, L=L, mode=mode, poc_vs_demo_rel_err=err)
+                log(f"| {layout} | {L} | {mode} | {cells} | {speed:.2f}x | {peaks} | {err:.1e} |")
+                row = dict(
+                    layout=layout,
+                    B=B,
+                    n_heads=n_heads,
+                    n_kv_heads=n_kv_heads,
+                    head_dim=D,
+                    L=L,
+                    mode=mode,
+                    poc_vs_demo_rel_err=err,
+                )
                 for n in IMPLS:
                     row[f"{n}_ms"] = result[n][0] * 1e3
                     row[f"{n}_tflops"] = result[n][1]
@@ -217,29 +232,36 @@ def variants(log, deadline, lengths=(2048,)):
             for kernel, config in launches:
                 if time.time() > deadline:
                     return
-                t = timed(lambda: cuda_kernels.forward(
-                    q, k, v, D**-0.5, True, config=config, kernel=kernel))
+                t = timed(lambda: cuda_kernels.forward(q, k, v, D**-0.5, True, config=config, kernel=kernel))
                 what = "(warps, row tiles)" if kernel == "sm80" else "(keys per tile, warpgroups, stages)"
-                log(f"{layout} L={L} forward {kernel} {what}={config}: {t * 1e3:.3f} ms "
-                    f"({causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
+                log(
+                    f"{layout} L={L} forward {kernel} {what}={config}: {t * 1e3:.3f} ms "
+                    f"({causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)"
+                )
             for nw in (4, 8) if D == 64 else (4,):  # 8 warps at D=128: over 227 KB of smem
                 if time.time() > deadline:
                     return
                 for grouped_min in (10**9, 0):
                     cuda_kernels.GROUPED_MIN_CTAS = grouped_min
-                    t = timed(lambda: cuda_kernels.backward(
-                        q, k, v, out, lse, cot, D**-0.5, True, n_warps=nw, kernel="sm80"))
-                    log(f"{layout} L={L} backward sm80 NW={nw} "
+                    t = timed(
+                        lambda: cuda_kernels.backward(q, k, v, out, lse, cot, D**-0.5, True, n_warps=nw, kernel="sm80")
+                    )
+                    log(
+                        f"{layout} L={L} backward sm80 NW={nw} "
                         f"{'per-q-head' if grouped_min else 'grouped'}: {t * 1e3:.3f} ms "
-                        f"({2.5 * causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
+                        f"({2.5 * causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)"
+                    )
             cuda_kernels.GROUPED_MIN_CTAS = 10**9
             for config in cuda_kernels.bwd_sm90_launches(D) if cuda_kernels.is_sm90() else []:
                 if time.time() > deadline:
                     return
-                t = timed(lambda: cuda_kernels.backward(
-                    q, k, v, out, lse, cot, D**-0.5, True, kernel="sm90", config=config))
-                log(f"{layout} L={L} backward sm90 (warpgroups, query row tiles)={config}: "
-                    f"{t * 1e3:.3f} ms ({2.5 * causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)")
+                t = timed(
+                    lambda: cuda_kernels.backward(q, k, v, out, lse, cot, D**-0.5, True, kernel="sm90", config=config)
+                )
+                log(
+                    f"{layout} L={L} backward sm90 (warpgroups, query row tiles)={config}: "
+                    f"{t * 1e3:.3f} ms ({2.5 * causal_flops(B, n_heads, L, D) / t / 1e12:.0f} TF/s)"
+                )
 
 
 def nvcc_report(log):
@@ -248,12 +270,17 @@ def nvcc_report(log):
     header = cuda_kernels.header()
     work = Path("/tmp/poc_nvcc")
     work.mkdir(exist_ok=True)
-    launches = {"fwd": [(4, 1), (4, 2), (8, 2)], "bwd": [(4, 1), (8, 1)],
-                "fwd_sm90": [(64, 1), (128, 1), (64, 2), (128, 2)]}  # sm90: (BLOCK_N, WARPGROUPS)
-    entry_points = {"fwd": (cuda_kernels._FWD_BODY, cuda_kernels._FWD_IO),
-                    "bwd": (cuda_kernels._BWD_BODY, cuda_kernels._BWD_IO),
-                    "fwd_sm90": (cuda_kernels._FWD_SM90_BODY, cuda_kernels._FWD_IO),
-                    "bwd_sm90": (cuda_kernels._BWD_SM90_BODY, cuda_kernels._BWD_IO)}
+    launches = {
+        "fwd": [(4, 1), (4, 2), (8, 2)],
+        "bwd": [(4, 1), (8, 1)],
+        "fwd_sm90": [(64, 1), (128, 1), (64, 2), (128, 2)],
+    }  # sm90: (BLOCK_N, WARPGROUPS)
+    entry_points = {
+        "fwd": (cuda_kernels._FWD_BODY, cuda_kernels._FWD_IO),
+        "bwd": (cuda_kernels._BWD_BODY, cuda_kernels._BWD_IO),
+        "fwd_sm90": (cuda_kernels._FWD_SM90_BODY, cuda_kernels._FWD_IO),
+        "bwd_sm90": (cuda_kernels._BWD_SM90_BODY, cuda_kernels._BWD_IO),
+    }
     labels = {"fwd_sm90": "BLOCK_N={} WARPGROUPS={}", "bwd_sm90": "WARPGROUPS={} QTILES={}"}
     for kind in ("fwd", "fwd_sm90", "bwd", "bwd_sm90"):
         for D in cuda_kernels.HEAD_DIMS:
@@ -271,26 +298,46 @@ def nvcc_report(log):
                         sig.append(f"const __grid_constant__ Shape {n}_shape")
                 out_types = {"out": "T"}
                 sig += [f"{out_types.get(n, 'float')}* {n}" for n in outs]
-                src = ('#include "mlx/backend/cuda/device/utils.cuh"\n#include <cooperative_groups.h>\n'
-                       + header + "\nnamespace mlx::core::cu {\nusing T = __nv_bfloat16;\n"
-                       + f"__global__ void k_{kind}({', '.join(sig)}) {{\n"
-                       + f"constexpr int HEAD_DIM = {D}; constexpr int NWARPS = {nw}; "
-                       + f"constexpr int MTILES = {mt}; constexpr int BLOCK_N = {nw}; "
-                       + f"constexpr int WARPGROUPS = {nw if kind == 'bwd_sm90' else mt}; "
-                       + f"constexpr int QTILES = {mt}; constexpr int STAGES = 3; "  # the wgmma forward takes 3 buffers
-                       + "constexpr bool CAUSAL = true;\n" + body + "}\n}\n")
+                src = (
+                    '#include "mlx/backend/cuda/device/utils.cuh"\n#include <cooperative_groups.h>\n'
+                    + header
+                    + "\nnamespace mlx::core::cu {\nusing T = __nv_bfloat16;\n"
+                    + f"__global__ void k_{kind}({', '.join(sig)}) {{\n"
+                    + f"constexpr int HEAD_DIM = {D}; constexpr int NWARPS = {nw}; "
+                    + f"constexpr int MTILES = {mt}; constexpr int BLOCK_N = {nw}; "
+                    + f"constexpr int WARPGROUPS = {nw if kind == 'bwd_sm90' else mt}; "
+                    + f"constexpr int QTILES = {mt}; constexpr int STAGES = 3; "  # the wgmma forward takes 3 buffers
+                    + "constexpr bool CAUSAL = true;\n"
+                    + body
+                    + "}\n}\n"
+                )
                 path = work / f"{kind}_{D}_{nw}_{mt}.cu"
                 path.write_text(src)
                 result = subprocess.run(
-                    ["nvcc", "-std=c++17", f"-I{mlx_src}", "-gencode=arch=compute_90a,code=sm_90a",
-                     "-Xptxas", "-v", "-c", str(path), "-o", str(path.with_suffix(".o"))],
-                    capture_output=True, text=True,
+                    [
+                        "nvcc",
+                        "-std=c++17",
+                        f"-I{mlx_src}",
+                        "-gencode=arch=compute_90a,code=sm_90a",
+                        "-Xptxas",
+                        "-v",
+                        "-c",
+                        str(path),
+                        "-o",
+                        str(path.with_suffix(".o")),
+                    ],
+                    capture_output=True,
+                    text=True,
                 )
-                report = [line.split("info    : ")[-1].strip() for line in result.stderr.splitlines()
-                          if "registers" in line or "spill" in line or "error" in line]
+                report = [
+                    line.split("info    : ")[-1].strip()
+                    for line in result.stderr.splitlines()
+                    if "registers" in line or "spill" in line or "error" in line
+                ]
                 if shutil.which("cuobjdump") and result.returncode == 0:  # which tensor-core path
-                    sass = subprocess.run(["cuobjdump", "--dump-sass", str(path.with_suffix(".o"))],
-                                          capture_output=True, text=True).stdout
+                    sass = subprocess.run(
+                        ["cuobjdump", "--dump-sass", str(path.with_suffix(".o"))], capture_output=True, text=True
+                    ).stdout
                     report.append(f"SASS HGMMA {sass.count('HGMMA')}, HMMA {sass.count('HMMA')}")
                 label = labels.get(kind, "warps={} tiles={}").format(nw, mt)
                 log(f"{kind} D={D} {label}: " + "; ".join(report))
@@ -302,8 +349,9 @@ def main():
     parser.add_argument("--budget-s", type=float, default=420, help="stop timing after this")
     parser.add_argument("--nvcc", action="store_true", help="only build with nvcc (no GPU)")
     parser.add_argument("--skip-correctness", action="store_true")
-    parser.add_argument("--variant-lengths", default="2048",
-                        help="comma-separated sequence lengths for the launch-shape timings")
+    parser.add_argument(
+        "--variant-lengths", default="2048", help="comma-separated sequence lengths for the launch-shape timings"
+    )
     args = parser.parse_args()
     start = time.time()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,9 @@ back byte for byte as it was read.
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any
 
 ABS = "<abs>"
 INTERPRETER = re.compile(r"python[0-9.]*")
@@ -51,7 +52,7 @@ def portable_path(path: str, roots: Mapping[str, str]) -> str:
     return "/".join([ABS, *parts[-2:]])
 
 
-def _relative_root_pattern(roots: Mapping[str, str]) -> Optional[re.Pattern]:
+def _relative_root_pattern(roots: Mapping[str, str]) -> re.Pattern | None:
     """Matches a relative root (``.device/bench-cache``) where a path starts and goes on below it.
 
     Only a root followed by ``/`` matches inside a longer string, so a root spelled like a word
@@ -107,7 +108,7 @@ def portable_record(record: Any, roots: Mapping[str, str]) -> Any:
     return record
 
 
-def portable_file(path: Union[str, Path], roots: Mapping[str, str], out: Optional[Union[str, Path]] = None) -> Path:
+def portable_file(path: str | Path, roots: Mapping[str, str], out: str | Path | None = None) -> Path:
     """Rewrites a JSONL file's records with `portable_record`, in place or into ``out``.
 
     Args:
@@ -139,7 +140,7 @@ def portable_file(path: Union[str, Path], roots: Mapping[str, str], out: Optiona
     return target
 
 
-def run_roots(results: Optional[Path] = None, cache: Optional[Path] = None, repo: Optional[Path] = None) -> Dict[str, str]:
+def run_roots(results: Path | None = None, cache: Path | None = None, repo: Path | None = None) -> dict[str, str]:
     """The roots of a benchmark run, each folder as given and resolved.
 
     Args:
@@ -150,7 +151,7 @@ def run_roots(results: Optional[Path] = None, cache: Optional[Path] = None, repo
     Returns:
         A ``roots`` mapping for `portable_record` and `portable_file`.
     """
-    roots: Dict[str, str] = {}
+    roots: dict[str, str] = {}
     for folder, name in ((repo, ""), (results, "<results>"), (cache, "<cache>")):
         if folder is not None:
             for spelling in {str(folder), str(Path(folder).resolve())}:

@@ -18,20 +18,20 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, Dict, Tuple
 
-import flashtune  # noqa: F401
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten
 
+import flashtune  # noqa: F401
 from flashtune import attention, env, models
+from flashtune.patch import patch
 from flashtune.train.dora import MixedPrecisionDoRALinear
 from flashtune.train.fused_projections import fuse_projections
 from flashtune.train.lora import adapter_config, apply_lora, set_lora_precision
-from flashtune.patch import patch
 from flashtune.train.step import loss_sum
 
 
@@ -74,8 +74,12 @@ def dora_norm_parts(model, warmup, repeat):
         return [m.magnitude() for m in layers]
 
     return {
-        f"DoRA row norms of {len(layers)} layers, adapted weight formed (mlx-lm)": timed(mx.compile(adapted_weight_norms), warmup, repeat),
-        f"DoRA row norms of {len(layers)} layers, expanded (flashtune)": timed(mx.compile(expanded_norms), warmup, repeat),
+        f"DoRA row norms of {len(layers)} layers, adapted weight formed (mlx-lm)": timed(
+            mx.compile(adapted_weight_norms), warmup, repeat
+        ),
+        f"DoRA row norms of {len(layers)} layers, expanded (flashtune)": timed(
+            mx.compile(expanded_norms), warmup, repeat
+        ),
     }
 
 
@@ -124,7 +128,9 @@ def _arguments():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--tokenizer")
-    parser.add_argument("--fine-tune-type", choices=["lora", "dora"], default="lora", help="adapters on the last 16 blocks")
+    parser.add_argument(
+        "--fine-tune-type", choices=["lora", "dora"], default="lora", help="adapters on the last 16 blocks"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--out")
@@ -157,7 +163,7 @@ class Setup:
         return cut[:, :-1], cut[:, 1:], mx.ones((self.args.batch, length))
 
 
-def step_parts(s: Setup) -> Tuple[Dict[str, float], Callable]:
+def step_parts(s: Setup) -> tuple[dict[str, float], Callable]:
     """The whole step: compiled, dispatched, pipelined, with mlx-lm's float32 adapters, per-step floor, new shape."""
     args, B, L = s.args, s.args.batch, s.args.length
     set_lora_precision(s.model, "float32")
@@ -169,18 +175,24 @@ def step_parts(s: Setup) -> Tuple[Dict[str, float], Callable]:
     trace_ms, first_run_ms = new_shape_ms(step, s.shorter(L_new), s.state, args.warmup, args.repeat)
     parts = {
         "step": s.timed(lambda: step(*s.batch), s.state),
-        "host time to dispatch the step (async_eval returns)": dispatch_ms(lambda: step(*s.batch), s.state, args.repeat),
-        "step, pipelined (step i+1 dispatched before step i is waited for)": pipelined_ms(lambda: step(*s.batch), s.state, args.warmup, args.repeat),
+        "host time to dispatch the step (async_eval returns)": dispatch_ms(
+            lambda: step(*s.batch), s.state, args.repeat
+        ),
+        "step, pipelined (step i+1 dispatched before step i is waited for)": pipelined_ms(
+            lambda: step(*s.batch), s.state, args.warmup, args.repeat
+        ),
         f"step with mlx-lm's float32 {args.fine_tune_type} layers": float32_ms,
         # 8x fewer tokens: what stays is the per-step floor (kernel dispatch, launches).
-        f"step at B{B}x{L // 8} (1/8 of the tokens: per-step floor)": s.timed(lambda: step(*s.shorter(L // 8)), s.state),
+        f"step at B{B}x{L // 8} (1/8 of the tokens: per-step floor)": s.timed(
+            lambda: step(*s.shorter(L // 8)), s.state
+        ),
         f"new shape (B{B}x{L_new}): trace + graph compile": trace_ms,
         f"new shape (B{B}x{L_new}): first run minus a steady one": first_run_ms,
     }
     return parts, step
 
 
-def component_parts(s: Setup) -> Dict[str, float]:
+def component_parts(s: Setup) -> dict[str, float]:
     """Forward, gradients, optimizer, the head's loss and attention alone, each compiled on its own."""
     model, (inputs, targets, mask) = s.model, s.batch
 
@@ -211,7 +223,9 @@ def component_parts(s: Setup) -> Dict[str, float]:
     fwd_bwd, fwd = (s.timed(fn) for fn in attention_fns(s))
     name = f"attention ({s.n_lora} fwd+bwd, {n_layers - s.n_lora} fwd)"
     parts[name] = s.n_lora * fwd_bwd + (n_layers - s.n_lora) * fwd
-    parts["rest of value_and_grad (linears, LoRA, norms, RoPE)"] = parts["value_and_grad"] - parts["lm head + loss (fwd+bwd)"] - parts[name]
+    parts["rest of value_and_grad (linears, LoRA, norms, RoPE)"] = (
+        parts["value_and_grad"] - parts["lm head + loss (fwd+bwd)"] - parts[name]
+    )
     if s.args.fine_tune_type == "dora":
         parts.update(dora_norm_parts(model, s.args.warmup, s.args.repeat))
     return parts
@@ -231,7 +245,7 @@ def head_loss_fn(s: Setup) -> Callable:
     return head_loss
 
 
-def attention_fns(s: Setup) -> Tuple[Callable, Callable]:
+def attention_fns(s: Setup) -> tuple[Callable, Callable]:
     """One block's attention at the profiled shape: (forward+backward, forward), compiled."""
     B, L = s.args.batch, s.args.length
     a = s.model.layers[-1].self_attn
@@ -243,7 +257,9 @@ def attention_fns(s: Setup) -> Tuple[Callable, Callable]:
 
     @mx.compile
     def fwd_bwd():
-        return mx.grad(lambda q, k, v: fn(q, k, v, scale=D**-0.5, mask="causal").astype(mx.float32).sum(), argnums=(0, 1, 2))(q, kv, kv)
+        return mx.grad(
+            lambda q, k, v: fn(q, k, v, scale=D**-0.5, mask="causal").astype(mx.float32).sum(), argnums=(0, 1, 2)
+        )(q, kv, kv)
 
     @mx.compile
     def fwd():
@@ -252,7 +268,7 @@ def attention_fns(s: Setup) -> Tuple[Callable, Callable]:
     return fwd_bwd, fwd
 
 
-def fused_parts(s: Setup, step) -> Tuple[Dict[str, float], Dict[str, tuple]]:
+def fused_parts(s: Setup, step) -> tuple[dict[str, float], dict[str, tuple]]:
     """The step with q/k/v and gate/up fused, and the graph sizes of both steps."""
     B, L = s.args.batch, s.args.length
     graph = {"step": graph_size(step, s.batch, s.state)}
@@ -260,9 +276,15 @@ def fused_parts(s: Setup, step) -> Tuple[Dict[str, float], Dict[str, tuple]]:
     fused_step, fused_state = fresh_step(s.model)
     graph["step with q/k/v and gate/up fused"] = graph_size(fused_step, s.batch, fused_state)
     parts = {
-        "step with q/k/v and gate/up fused (flashtune.train.fused_projections)": s.timed(lambda: fused_step(*s.batch), fused_state),
-        "  fused: host time to dispatch the step": dispatch_ms(lambda: fused_step(*s.batch), fused_state, s.args.repeat),
-        f"  fused: step at B{B}x{L // 8} (per-step floor)": s.timed(lambda: fused_step(*s.shorter(L // 8)), fused_state),
+        "step with q/k/v and gate/up fused (flashtune.train.fused_projections)": s.timed(
+            lambda: fused_step(*s.batch), fused_state
+        ),
+        "  fused: host time to dispatch the step": dispatch_ms(
+            lambda: fused_step(*s.batch), fused_state, s.args.repeat
+        ),
+        f"  fused: step at B{B}x{L // 8} (per-step floor)": s.timed(
+            lambda: fused_step(*s.shorter(L // 8)), fused_state
+        ),
     }
     return parts, graph
 
@@ -275,7 +297,9 @@ def main():
     fused, graph = fused_parts(s, step)
     parts.update(fused)
     step_ms, B, L = parts["step"], args.batch, args.length
-    print(f"{args.model} ({s.info.label}), {args.fine_tune_type}, attn {args.attn}, B{B}×L{L}, {s.info.dtype}, {env.device_name()}")
+    print(
+        f"{args.model} ({s.info.label}), {args.fine_tune_type}, attn {args.attn}, B{B}×L{L}, {s.info.dtype}, {env.device_name()}"
+    )
     print(f"step {step_ms:.1f} ms = {B * L / step_ms * 1e3:,.0f} tokens/s")
     for name, ms in parts.items():
         print(f"  {name:68s} {ms:8.1f} ms  {100 * ms / step_ms:5.1f}% of the step")
@@ -287,7 +311,17 @@ def main():
 
 
 # Primitives that are (usually) views or metadata: they launch no kernel.
-VIEW_PRIMITIVES = {"Transpose", "Broadcast", "ExpandDims", "Squeeze", "Flatten", "Unflatten", "Reshape", "Slice", "AsStrided"}
+VIEW_PRIMITIVES = {
+    "Transpose",
+    "Broadcast",
+    "ExpandDims",
+    "Squeeze",
+    "Flatten",
+    "Unflatten",
+    "Reshape",
+    "Slice",
+    "AsStrided",
+}
 
 
 def graph_primitives(step, batch, state):

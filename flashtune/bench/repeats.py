@@ -9,8 +9,8 @@ import argparse
 import copy
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def run_repeated(args: argparse.Namespace, run_once: Callable[[argparse.Namespace], int]) -> int:

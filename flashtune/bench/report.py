@@ -2,15 +2,16 @@
 
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from flashtune.bench.goals import targets_table
 from flashtune.bench.hf_peft import HF_IMPLS, HF_TOOL, report_note
 from flashtune.bench.packing_report import sections as packing_sections
 
 
-def read_jsonl(path: Path) -> Tuple[dict, List[dict]]:
+def read_jsonl(path: Path) -> tuple[dict, list[dict]]:
     """Returns (run_info header or {}, records) of one JSONL results file."""
     header, records = {}, []
     with open(path) as handle:
@@ -50,7 +51,7 @@ IMPL_ORDER = ("baseline", "practical", "demo", "poc", "mlx_lm.lora", *HF_IMPLS)
 KIND_WORDS = {"lora": "LoRA", "dora": "DoRA", "full": "full fine-tuning"}  # by fine_tune_type
 
 
-def kinds(runs: List[Dict[str, Any]]) -> List[Tuple[str, str]]:
+def kinds(runs: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """The (model, fine_tune_type) pairs of ``runs`` in order of first appearance."""
     return list(dict.fromkeys((s["model"], s["fine_tune_type"]) for s in runs))
 
@@ -64,9 +65,9 @@ def _order(impl: str) -> int:
     return IMPL_ORDER.index(impl) if impl in IMPL_ORDER else len(IMPL_ORDER)
 
 
-def read_run(path: Path) -> Dict[str, Any]:
+def read_run(path: Path) -> dict[str, Any]:
     """One run's JSONL split into its parts: bench header, run_info, steps, evals, end record."""
-    parts: Dict[str, Any] = {"path": str(path), "bench": {}, "run_info": {}, "steps": {}, "evals": {}, "end": {}}
+    parts: dict[str, Any] = {"path": str(path), "bench": {}, "run_info": {}, "steps": {}, "evals": {}, "end": {}}
     with open(path) as handle:
         for line in handle:
             if not line.strip():
@@ -87,7 +88,7 @@ def read_run(path: Path) -> Dict[str, Any]:
     return parts
 
 
-def summarize_run(path: Path) -> Dict[str, Any]:
+def summarize_run(path: Path) -> dict[str, Any]:
     """Totals of one run from its JSONL alone (tools reporting per window included).
 
     ``total_wall_s`` sums the step times (compile included, evaluation excluded: both trainers
@@ -134,7 +135,7 @@ def summarize_run(path: Path) -> Dict[str, Any]:
     return out
 
 
-def collect(results: Path) -> List[Dict[str, Any]]:
+def collect(results: Path) -> list[dict[str, Any]]:
     """Summaries of every finished fine-tuning run under ``results`` (files with a bench header)."""
     out = []
     for path in sorted(Path(results).rglob("*.jsonl")):
@@ -145,17 +146,17 @@ def collect(results: Path) -> List[Dict[str, Any]]:
     return out
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def _status(s: Dict[str, Any]) -> str:
+def _status(s: dict[str, Any]) -> str:
     if s["status"] == "ok":
         return "ok"
     return "failed: out of memory" if s.get("oom") else "failed"
 
 
-def main_table(runs: List[Dict[str, Any]]) -> str:
+def main_table(runs: list[dict[str, Any]]) -> str:
     """The 100-iteration comparison of one model: one row per implementation, mlx_lm.lora and hf-peft."""
     ok = {s["impl"]: s for s in runs if s["status"] == "ok"}
     base, peer, hf = ok.get("baseline", {}), ok.get("mlx_lm.lora", {}), ok.get(HF_TOOL, {})
@@ -180,16 +181,18 @@ def main_table(runs: List[Dict[str, Any]]) -> str:
     return markdown_table(columns, rows)
 
 
-def cold_table(runs: List[Dict[str, Any]]) -> str:
+def cold_table(runs: list[dict[str, Any]]) -> str:
     """The warm-up runs (first use of each tool in the call): where MLX's kernel JIT cost shows."""
     rows = [[s["impl"], _status(s), s["bench"].get("order_in_call"), s["iters"] or None, s.get("first_step_s"),
              s.get("total_wall_s"), s.get("process_wall_s")] for s in sorted(runs, key=lambda s: _order(s["impl"]))]  # fmt: skip
-    return markdown_table(["impl", "status", "runs before it in the call", "iters", "first step s", "train time s", "process s"], rows)
+    return markdown_table(
+        ["impl", "status", "runs before it in the call", "iters", "first step s", "train time s", "process s"], rows
+    )
 
 
-def sweep_table(runs: List[Dict[str, Any]]) -> str:
+def sweep_table(runs: list[dict[str, Any]]) -> str:
     """Sequence-length sweep of one model: steady tokens/s and peak memory, against baseline."""
-    by_length: Dict[int, Dict[str, Dict]] = {}
+    by_length: dict[int, dict[str, dict]] = {}
     for s in runs:
         by_length.setdefault(s["length"], {})[s["impl"]] = s
     rows = []
@@ -211,7 +214,7 @@ def sweep_table(runs: List[Dict[str, Any]]) -> str:
     return markdown_table(columns, rows)
 
 
-def _data_note(s: Dict[str, Any]) -> str:
+def _data_note(s: dict[str, Any]) -> str:
     b = s["bench"]
     meta = b.get("data_meta") or {}
     recipe = f"recipe `{Path(str(b.get('recipe'))).name}`"
@@ -224,7 +227,7 @@ def _data_note(s: Dict[str, Any]) -> str:
     return f"data: {what}; batch {b.get('batch')}; {recipe}"
 
 
-def _notes(runs: List[Dict[str, Any]], header: dict) -> List[str]:
+def _notes(runs: list[dict[str, Any]], header: dict) -> list[str]:
     notes = [
         "**train time** sums each iteration's wall time (the step and its `mx.eval`; compile steps "
         "included, evaluation and checkpoints excluded), as both flashtune and mlx_lm.lora time it; "
@@ -244,7 +247,9 @@ def _notes(runs: List[Dict[str, Any]], header: dict) -> List[str]:
         notes.append(report_note(next((s["run_info"] for s in hf if s["run_info"].get("tool") == HF_TOOL), {})))
     for label, note in sorted({(s["label"], s.get("tokenizer")) for s in runs if s.get("label")}):
         weights = "random-init" in label
-        line = f"**{label}**: " + ("architecture-exact random weights (timing does not depend on weight values)" if weights else "real weights")
+        line = f"**{label}**: " + (
+            "architecture-exact random weights (timing does not depend on weight values)" if weights else "real weights"
+        )
         notes.append(line + (f"; tokenizer: {note}" if note else ""))
     backend = (header.get("device") or {}).get("backend")
     if backend == "cpu":
@@ -264,7 +269,7 @@ def _notes(runs: List[Dict[str, Any]], header: dict) -> List[str]:
     return notes
 
 
-def _sections(runs: List[Dict[str, Any]], results: Path) -> List[str]:
+def _sections(runs: list[dict[str, Any]], results: Path) -> list[str]:
     """The main comparison, its warm-up runs and the sweep of one model and fine-tuning type."""
     from flashtune.bench import plots
 
@@ -275,21 +280,53 @@ def _sections(runs: List[Dict[str, Any]], results: Path) -> List[str]:
     if mine:
         label = mine[0]["label"]
         iters = max(s["iters"] for s in mine)
-        png = plots.iteration_times(mine, results / f"iterations-{tag}.png", f"{label}: per-iteration wall time ({words})")
-        lines += [f"## {label}: {iters} {words} iterations", "", _data_note(mine[0]), "", main_table(mine), "", f"![per-iteration wall time]({png.name})", ""]
+        png = plots.iteration_times(
+            mine, results / f"iterations-{tag}.png", f"{label}: per-iteration wall time ({words})"
+        )
+        lines += [
+            f"## {label}: {iters} {words} iterations",
+            "",
+            _data_note(mine[0]),
+            "",
+            main_table(mine),
+            "",
+            f"![per-iteration wall time]({png.name})",
+            "",
+        ]
         failed = [s for s in mine if s["status"] != "ok"]
-        lines += [f"- {s['impl']} failed: `{(s.get('error') or '').splitlines()[-1:] or ['?']}`" for s in failed] + ([""] if failed else [])
+        lines += [f"- {s['impl']} failed: `{(s.get('error') or '').splitlines()[-1:] or ['?']}`" for s in failed] + (
+            [""] if failed else []
+        )
     warm = sorted((s for s in runs if s["suite"] == "cold"), key=lambda s: _order(s["impl"]))
     if warm:
-        lines += ["### Warm-up runs", "", "Each measured run above follows a warm-up run of the same tool in the same call (by default "
-                  "as long as the measured one), so MLX's on-disk kernel cache (CUDA kernels are JIT-compiled on first "
-                  "use) holds the kernels of every batch shape the measured run compiles, for every tool alike; the first "
-                  "run of a call on a fresh machine pays the one-time compilation.", "", cold_table(warm), ""]
+        lines += [
+            "### Warm-up runs",
+            "",
+            "Each measured run above follows a warm-up run of the same tool in the same call (by default "
+            "as long as the measured one), so MLX's on-disk kernel cache (CUDA kernels are JIT-compiled on first "
+            "use) holds the kernels of every batch shape the measured run compiles, for every tool alike; the first "
+            "run of a call on a fresh machine pays the one-time compilation.",
+            "",
+            cold_table(warm),
+            "",
+        ]
     swept = [s for s in runs if s["suite"] == "sweep"]
     if swept:
         label = swept[0]["label"]
-        tok = plots.sweep(swept, "steady_tokens_per_s", "steady tokens/s", results / f"sweep-tokens-{tag}.png", f"{label}: tokens/s vs sequence length ({words})")
-        mem = plots.sweep(swept, "peak_mem_gb", "peak memory (GB)", results / f"sweep-memory-{tag}.png", f"{label}: peak memory vs sequence length ({words})")
+        tok = plots.sweep(
+            swept,
+            "steady_tokens_per_s",
+            "steady tokens/s",
+            results / f"sweep-tokens-{tag}.png",
+            f"{label}: tokens/s vs sequence length ({words})",
+        )
+        mem = plots.sweep(
+            swept,
+            "peak_mem_gb",
+            "peak memory (GB)",
+            results / f"sweep-memory-{tag}.png",
+            f"{label}: peak memory vs sequence length ({words})",
+        )
         tokens = {s["batch"] * s["length"] for s in swept}
         lines += [f"## {label}: {words} sequence-length sweep ({'/'.join(map(str, sorted(tokens)))} tokens per step)", "",
                   _data_note(swept[0]), "", sweep_table(swept), "", f"![tokens/s]({tok.name}) ![peak memory]({mem.name})", ""]  # fmt: skip
@@ -318,10 +355,16 @@ def write_report(results: Path) -> Path:
         lines += ["- " + n for n in _notes(runs, header)] + [""]
     targets = targets_table(main, sweep)
     if targets:
-        lines += ["## Performance goals", "", "flashtune's goals, set for TinyLlama-1.1B on an NVIDIA H100 (4×1024 and 1×4096 "
-                  "from the sweep; the time and steady tok/s goals from the main comparison); shown for every model measured. "
-                  "DoRA runs are held to half of mlx_lm.lora's DoRA time; full fine-tuning shows its ratio without a goal.",
-                  "", targets, ""]
+        lines += [
+            "## Performance goals",
+            "",
+            "flashtune's goals, set for TinyLlama-1.1B on an NVIDIA H100 (4×1024 and 1×4096 "
+            "from the sweep; the time and steady tok/s goals from the main comparison); shown for every model measured. "
+            "DoRA runs are held to half of mlx_lm.lora's DoRA time; full fine-tuning shows its ratio without a goal.",
+            "",
+            targets,
+            "",
+        ]
     for model, kind in kinds(runs):
         lines += _sections([s for s in runs if (s["model"], s["fine_tune_type"]) == (model, kind)], results)
     lines += packing_sections(packed_suite, results)
@@ -330,8 +373,17 @@ def write_report(results: Path) -> Path:
         from flashtune.bench.attention_report import attention_table, demo_length_note
 
         att_header, records = read_jsonl(attention)
-        png = plots.attention_speedup(records, results / "attention-speedup.png", "Attention fwd+bwd speedup vs baseline")
-        lines += ["## Attention benchmark (attention.jsonl)", "", describe_header(att_header), "", attention_table(records), ""]
+        png = plots.attention_speedup(
+            records, results / "attention-speedup.png", "Attention fwd+bwd speedup vs baseline"
+        )
+        lines += [
+            "## Attention benchmark (attention.jsonl)",
+            "",
+            describe_header(att_header),
+            "",
+            attention_table(records),
+            "",
+        ]
         note = demo_length_note(records)
         lines += [note, ""] if note else []
         lines += [f"![attention speedup]({png.name})", ""]

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from flashtune.bench import hf_peft
 from flashtune.bench.assets import ModelSetup, export_weights
@@ -34,7 +34,7 @@ from flashtune.errors import is_out_of_memory
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
 
-def _child_env() -> Dict[str, str]:
+def _child_env() -> dict[str, str]:
     env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get("PYTHONPATH")]))
     return env
@@ -43,7 +43,11 @@ def _child_env() -> Dict[str, str]:
 def _error_summary(log_text: str, limit: int = 1500) -> str:
     """The exception lines of a log (``SomeError: ...``), else its last lines."""
     lines = [line.strip() for line in log_text.strip().splitlines() if line.strip()]
-    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|error)\b.*:", line) or "out of memory" in line.lower()]
+    errors = [
+        line
+        for line in lines
+        if re.match(r"^[\w.]*(Error|Exception|error)\b.*:", line) or "out of memory" in line.lower()
+    ]
     return ("\n".join(errors[-3:]) if errors else "\n".join(lines[-5:]))[-limit:] or "no output"
 
 
@@ -58,20 +62,20 @@ class Bench:
     results: Path
     cache: Path
     recipes: Path
-    setups: Dict[str, ModelSetup]
-    data: Dict[tuple, Optional[Path]]
+    setups: dict[str, ModelSetup]
+    data: dict[tuple, Path | None]
     skip_existing: bool = False
     retry_failed: bool = False
-    budget_s: Optional[float] = None
-    train_flags: List[str] = field(default_factory=list)  # added to every `flashtune train` (ablations)
-    hf: Optional[HfOptions] = None  # where the hf-peft runs go (None: none planned)
-    memory_cap_gb: Optional[float] = None  # resident-memory cap of each run's process (flashtune.bench.watch)
+    budget_s: float | None = None
+    train_flags: list[str] = field(default_factory=list)  # added to every `flashtune train` (ablations)
+    hf: HfOptions | None = None  # where the hf-peft runs go (None: none planned)
+    memory_cap_gb: float | None = None  # resident-memory cap of each run's process (flashtune.bench.watch)
     verbose: bool = True  # print a line per finished run (callers with their own progress lines turn it off)
     started: float = field(default_factory=time.perf_counter)
-    durations: Dict[tuple, List[float]] = field(default_factory=dict)
-    counts: Dict[str, int] = field(default_factory=lambda: {"done": 0, "skipped": 0, "left": 0, "failed": 0})
+    durations: dict[tuple, list[float]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=lambda: {"done": 0, "skipped": 0, "left": 0, "failed": 0})
 
-    def existing(self, run: Run) -> Optional[str]:
+    def existing(self, run: Run) -> str | None:
         """'ok' or 'failed' for a finished run file, None when the run is still to do."""
         path = self.results / run.relpath
         if not path.is_file():
@@ -83,7 +87,7 @@ class Bench:
         state = self.existing(run) if self.skip_existing else None
         return state == "ok" or (state == "failed" and not self.retry_failed)
 
-    def remaining(self) -> Optional[float]:
+    def remaining(self) -> float | None:
         return None if self.budget_s is None else self.budget_s - (time.perf_counter() - self.started)
 
     def fits(self, run: Run) -> bool:
@@ -92,11 +96,13 @@ class Bench:
             return True
         # The median of the runs seen (same suite and model, else same suite): a tool's first run in
         # a call can take minutes of one-time kernel compilation that the next runs do not pay.
-        seen = self.durations.get((run.suite, run.model)) or [d for (s, _), ds in self.durations.items() if s == run.suite for d in ds]
+        seen = self.durations.get((run.suite, run.model)) or [
+            d for (s, _), ds in self.durations.items() if s == run.suite for d in ds
+        ]
         guess = statistics.median(seen) if seen else 0.0
         return left > max(guess * 1.1, 10.0)
 
-    def execute(self, run: Run) -> Optional[str]:
+    def execute(self, run: Run) -> str | None:
         """Runs ``run`` unless skipped; returns its status ('ok', 'failed') or None (skipped/left)."""
         if self.should_skip(run):
             self.counts["skipped"] += 1
@@ -145,9 +151,11 @@ class Bench:
         if run.suite == "sweep":
             overrides.update(fixed_length=run.length, batch_size=run.batch, max_seq_length=run.length + 1)
         overrides.update(run.overrides)
-        return config_module.resolve(argparse.Namespace(config=str(recipe_path(run.suite, run.model, self.recipes))), **overrides)
+        return config_module.resolve(
+            argparse.Namespace(config=str(recipe_path(run.suite, run.model, self.recipes))), **overrides
+        )
 
-    def _header(self, run: Run, config, command: List[str]) -> dict:
+    def _header(self, run: Run, config, command: list[str]) -> dict:
         setup = self.setups[run.model]
         data = self.data.get(run.data_key)
         meta = data / "meta.json" if data else None
@@ -188,7 +196,14 @@ class Bench:
         if run.iters:
             command += ["--iters", str(run.iters)]
         if run.suite == "sweep":
-            command += ["--fixed-length", str(run.length), "--batch-size", str(run.batch), "--max-seq-length", str(run.length + 1)]
+            command += [
+                "--fixed-length",
+                str(run.length),
+                "--batch-size",
+                str(run.batch),
+                "--max-seq-length",
+                str(run.length + 1),
+            ]
         command += _flags(run.overrides) + self.train_flags
         _append(partial, self._header(run, config, command))
         log = self._log(run)
@@ -212,7 +227,9 @@ class Bench:
                 export_weights(setup, log.with_suffix(".export.log"), _child_env())
             except subprocess.CalledProcessError as error:  # a result too: recorded, not raised
                 _append(partial, self._header(run, config, [str(a) for a in error.cmd]))
-                return self._finish(partial, error.returncode, 0.0, log.with_suffix(".export.log").read_text(errors="replace"), config)
+                return self._finish(
+                    partial, error.returncode, 0.0, log.with_suffix(".export.log").read_text(errors="replace"), config
+                )
             yaml_path = work / "lora.yaml"
             peer_config = mlx_lm_config(config, run, data)
             yaml_path.write_text(json.dumps(peer_config))  # JSON is YAML
@@ -236,7 +253,9 @@ class Bench:
             shutil.rmtree(work, ignore_errors=True)
         train, val, info = parse_output("".join(out))
         if info:
-            info.update(config=dict(config.to_dict(), mlx_lm=peer_config), tool=TOOL, dtype=config.dtype, seed=config.seed)
+            info.update(
+                config=dict(config.to_dict(), mlx_lm=peer_config), tool=TOOL, dtype=config.dtype, seed=config.seed
+            )
             _append(partial, info)
         for record in to_records(train, val, setup.label):
             _append(partial, record)
@@ -246,7 +265,9 @@ class Bench:
     def _hf_peft(self, run: Run, partial: Path) -> str:
         """transformers + PEFT on the weights and batches flashtune trains on (flashtune.bench.hf_peft)."""
         if self.hf is None:
-            raise ValueError(f"{run.name}: no torch Python set up for {', '.join(HF_IMPLS)} (see flashtune.bench.hf_peft.check)")
+            raise ValueError(
+                f"{run.name}: no torch Python set up for {', '.join(HF_IMPLS)} (see flashtune.bench.hf_peft.check)"
+            )
         setup, config, log = self.setups[run.model], self._config(run), self._log(run)
         data = self.data.get(run.data_key) or _shipped_data()
         work = Path(tempfile.mkdtemp(prefix="hf-peft-run-", dir=self.cache))
@@ -256,7 +277,11 @@ class Bench:
                 command = hf_peft.prepare_run(setup, config, run.impl, data, self.hf, work, partial)
             except (subprocess.CalledProcessError, ValueError, OSError) as error:  # a result too: recorded, not raised
                 exported = log.with_suffix(".export.log")
-                text = exported.read_text(errors="replace") if isinstance(error, subprocess.CalledProcessError) else f"{type(error).__name__}: {error}"
+                text = (
+                    exported.read_text(errors="replace")
+                    if isinstance(error, subprocess.CalledProcessError)
+                    else f"{type(error).__name__}: {error}"
+                )
                 _append(partial, self._tool_header(run, config, [], HF_TOOL))
                 return self._finish(partial, 1, 0.0, text, config)
             _append(partial, self._tool_header(run, config, command, HF_TOOL))
@@ -268,20 +293,34 @@ class Bench:
             shutil.rmtree(work, ignore_errors=True)
         return self._finish(partial, rc, time.perf_counter() - tic, log.read_text(errors="replace"), config)
 
-    def _tool_header(self, run: Run, config, command: List[str], tool: str) -> dict:
+    def _tool_header(self, run: Run, config, command: list[str], tool: str) -> dict:
         header = self._header(run, config, command)
         header["bench"]["tool"] = tool
         return header
 
-    def _finish(self, partial: Path, rc: int, wall: float, log_text: str, config, extra: Optional[dict] = None) -> str:
+    def _finish(self, partial: Path, rc: int, wall: float, log_text: str, config, extra: dict | None = None) -> str:
         lines = [json.loads(line) for line in partial.read_text().splitlines() if line.strip()]
         steps = [r for r in lines if "iter" in r and not r.get("eval")]
         if not any(r.get("run_info") for r in lines):
             from flashtune import env
 
-            _append(partial, env.run_info(config.to_dict(), dtype=config.dtype, seed=config.seed, note="written by the bench: the run ended before its own header"))
+            _append(
+                partial,
+                env.run_info(
+                    config.to_dict(),
+                    dtype=config.dtype,
+                    seed=config.seed,
+                    note="written by the bench: the run ended before its own header",
+                ),
+            )
         ok = rc == 0 and steps and max(r["iter"] for r in steps) >= config.iters
-        end = {"run_end": True, "status": "ok" if ok else "failed", "returncode": rc, "process_wall_s": wall, **(extra or {})}
+        end = {
+            "run_end": True,
+            "status": "ok" if ok else "failed",
+            "returncode": rc,
+            "process_wall_s": wall,
+            **(extra or {}),
+        }
         if not ok:
             end["error"] = _error_summary(log_text)
             end["oom"] = is_out_of_memory(log_text)
@@ -294,7 +333,7 @@ class Bench:
         return path
 
 
-def _is_text_data(folder: Optional[Path]) -> bool:
+def _is_text_data(folder: Path | None) -> bool:
     """Whether a dataset is in the ``text`` format (its first line has a "text" key)."""
     try:
         with open(Path(folder) / "train.jsonl") as handle:
@@ -304,7 +343,7 @@ def _is_text_data(folder: Optional[Path]) -> bool:
         return False
 
 
-def mlx_lm_config(config, run: Run, data: Optional[Path] = None) -> dict:
+def mlx_lm_config(config, run: Run, data: Path | None = None) -> dict:
     """mlx_lm lora's -c config with flashtune's fine-tuning type, LoRA, optimizer, schedule, eval and length settings.
 
     Prompt masking is passed on except for ``text`` data, which has no prompt (flashtune ignores
@@ -325,7 +364,7 @@ def mlx_lm_config(config, run: Run, data: Optional[Path] = None) -> dict:
     }  # fmt: skip
 
 
-def _flags(overrides: Dict[str, Any]) -> List[str]:
+def _flags(overrides: dict[str, Any]) -> list[str]:
     """``flashtune train`` flags setting these config values (``--pack``, ``--learning-rate 0.0004``, ...)."""
     flags = []
     for key, value in overrides.items():
@@ -355,5 +394,7 @@ def _one_line(path: Path) -> str:
     if s["status"] != "ok":
         return f"FAILED ({'out of memory' if s.get('oom') else 'error'}): {str(s.get('error', '')).splitlines()[-1:]}"
     peak = "unknown" if s["peak_mem_gb"] is None else f"{s['peak_mem_gb']:.2f} GB"  # torch on a CPU reports none
-    return (f"{s['iters']} it in {s['total_wall_s']:.1f} s (process {s['process_wall_s']:.0f} s), steady "
-            f"{s['steady_tokens_per_s']:,.0f} tok/s, peak {peak}, loss {s['final_loss']:.3f}")
+    return (
+        f"{s['iters']} it in {s['total_wall_s']:.1f} s (process {s['process_wall_s']:.0f} s), steady "
+        f"{s['steady_tokens_per_s']:,.0f} tok/s, peak {peak}, loss {s['final_loss']:.3f}"
+    )

@@ -2,14 +2,22 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 from flashtune.bench.assets import slug
 
 
 def recipe_path(suite: str, model: str, recipes: Path) -> Path:
     """``recipes/finetune-<model>.yaml`` for the main suite, ``sweep-``, ``packing-`` and ``context-<model>.yaml`` for the others."""
-    kind = "finetune" if suite in ("main", "cold") else "packing" if suite.startswith("packing") else suite if suite == "context" else "sweep"
+    kind = (
+        "finetune"
+        if suite in ("main", "cold")
+        else "packing"
+        if suite.startswith("packing")
+        else suite
+        if suite == "context"
+        else "sweep"
+    )
     return recipes / f"{kind}-{slug(model)}.yaml"
 
 
@@ -20,14 +28,14 @@ class Run:
     suite: str  # "main" | "cold" (the warm-up run before a main run) | "sweep" | "packing" | "packing-cold" | "context"
     model: str
     impl: str  # an attention name, "mlx_lm.lora" or "mlx_lm.lora+grad-checkpoint"
-    length: Optional[int] = None  # sweep: fixed_length; context: tokens per sequence
-    batch: Optional[int] = None  # sweep: batch size
-    iters: Optional[int] = None  # overrides the recipe
+    length: int | None = None  # sweep: fixed_length; context: tokens per sequence
+    batch: int | None = None  # sweep: batch size
+    iters: int | None = None  # overrides the recipe
     fine_tune_type: str = "lora"  # for flashtune and mlx_lm.lora alike
-    dataset: Optional[str] = None  # packing: the dataset's name (flashtune.bench.packing.DATASETS)
-    variant: Optional[str] = None  # packing: "packed" | "padded" (None: mlx_lm.lora, which pads its own way)
-    overrides: Dict[str, Any] = field(default_factory=dict)  # config values passed as `flashtune train` flags
-    extra: Dict[str, Any] = field(default_factory=dict)  # written into the bench header as is
+    dataset: str | None = None  # packing: the dataset's name (flashtune.bench.packing.DATASETS)
+    variant: str | None = None  # packing: "packed" | "padded" (None: mlx_lm.lora, which pads its own way)
+    overrides: dict[str, Any] = field(default_factory=dict)  # config values passed as `flashtune train` flags
+    extra: dict[str, Any] = field(default_factory=dict)  # written into the bench header as is
 
     @property
     def is_warmup(self) -> bool:
@@ -46,7 +54,9 @@ class Run:
         kind = [] if self.fine_tune_type == "lora" else [self.fine_tune_type]
         if self.dataset:
             name = f"{self.impl}-{self.variant}" if self.variant else self.impl
-            return Path(*kind, "packing", self.model, self.dataset, *(["cold"] if self.is_warmup else []), f"{name}.jsonl")
+            return Path(
+                *kind, "packing", self.model, self.dataset, *(["cold"] if self.is_warmup else []), f"{name}.jsonl"
+            )
         if self.suite in ("sweep", "context"):
             return Path(*kind, self.suite, self.model, f"L{self.length}-{self.impl}.jsonl")
         return Path(*kind, "main", self.model, *(["cold"] if self.suite == "cold" else []), f"{self.impl}.jsonl")

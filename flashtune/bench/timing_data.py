@@ -23,8 +23,8 @@ import json
 import math
 import random
 import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
 SPECIALS = ("<unk>", "<s>", "</s>")
 KINDS = ("variable", "fixed", "chat")
@@ -60,7 +60,13 @@ def save_tokenizer_folder(tokenizer, path: Path, **config) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(path / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", **config}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        **config,
+    }
     (path / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
     return path
 
@@ -109,15 +115,15 @@ def make_dataset(
     *,
     kind: str,
     seed: int = 0,
-    lo: Optional[int] = None,
-    hi: Optional[int] = None,
+    lo: int | None = None,
+    hi: int | None = None,
     n_train: int = 400,
     n_valid: int = 32,
-    length: Optional[int] = None,
+    length: int | None = None,
     median: int = 200,
     sigma: float = 1.0,
-    vocab_hi: Optional[int] = None,
-) -> Dict:
+    vocab_hi: int | None = None,
+) -> dict:
     """Writes train.jsonl (and valid.jsonl when ``n_valid``) and meta.json into ``folder``.
 
     Args:
@@ -152,14 +158,22 @@ def make_dataset(
     count = token_counter(tokenizer)
     vocab_hi = vocab_hi or len(tokenizer.get_vocab())
 
-    def targets(n: int) -> List[int]:
+    def targets(n: int) -> list[int]:
         if kind == "fixed":
             return [length + 1] * n
         if kind == "chat":
             return [min(max(round(rng.lognormvariate(math.log(median), sigma)), lo), hi) for _ in range(n)]
         return [rng.randint(lo, hi) for _ in range(n)]
 
-    meta = {"kind": kind, "seed": seed, "lo": lo, "hi": hi, "length": length, "vocab_hi": vocab_hi, "distribution": describe(kind, lo, hi, length, median, sigma)}
+    meta = {
+        "kind": kind,
+        "seed": seed,
+        "lo": lo,
+        "hi": hi,
+        "length": length,
+        "vocab_hi": vocab_hi,
+        "distribution": describe(kind, lo, hi, length, median, sigma),
+    }
     if kind == "chat":
         meta.update(median=median, sigma=sigma)
     for split, n in (("train", n_train), ("valid", n_valid)):
@@ -178,7 +192,7 @@ def make_dataset(
     return meta
 
 
-def describe(kind: str, lo: int, hi: int, length: Optional[int], median: int, sigma: float) -> str:
+def describe(kind: str, lo: int, hi: int, length: int | None, median: int, sigma: float) -> str:
     """The length distribution of a dataset in words (meta.json's ``distribution``)."""
     if kind == "fixed":
         return f"every example {length + 1} tokens"
@@ -187,11 +201,13 @@ def describe(kind: str, lo: int, hi: int, length: Optional[int], median: int, si
     return f"uniform in [{lo}, {hi}] tokens"
 
 
-def ensure_dataset(folder: Path, tokenizer, **kwargs) -> Dict:
+def ensure_dataset(folder: Path, tokenizer, **kwargs) -> dict:
     """`make_dataset` unless ``folder`` already holds the data these arguments make (meta.json)."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
-    wanted = {k: v for k, v in kwargs.items() if k in ("kind", "seed", "lo", "hi", "length", "median", "sigma", "vocab_hi")}
+    wanted = {
+        k: v for k, v in kwargs.items() if k in ("kind", "seed", "lo", "hi", "length", "median", "sigma", "vocab_hi")
+    }
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         same = all(meta.get(k) == v for k, v in wanted.items())

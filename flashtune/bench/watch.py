@@ -10,12 +10,11 @@ length needing more memory than the limit, mlx_lm lora died of a segmentation fa
 import subprocess
 import threading
 from pathlib import Path
-from typing import Optional
 
 POLL_S = 0.2
 
 
-def resident_gb(pid: int) -> Optional[float]:
+def resident_gb(pid: int) -> float | None:
     """Resident memory of process ``pid`` in GB (1e9 bytes), or None where /proc cannot tell."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -30,10 +29,10 @@ class Watch:
     """Watches one process: ``over_budget`` (killed at the time budget) and ``over_memory``
     (the log line to add when it was killed at the memory cap, else None)."""
 
-    def __init__(self, proc: subprocess.Popen, seconds_left: Optional[float], memory_cap_gb: Optional[float]):
+    def __init__(self, proc: subprocess.Popen, seconds_left: float | None, memory_cap_gb: float | None):
         self.proc = proc
         self.over_budget = False
-        self.over_memory: Optional[str] = None
+        self.over_memory: str | None = None
         self._done = threading.Event()
         self._timer = None
         if seconds_left is not None:

@@ -42,10 +42,18 @@ in a permutation drawn from ``(seed, epoch)``. Step k of a run is therefore a pu
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
-from .batches import Batch, batch_examples, batch_indices, epoch_order, iterate_batches, longest_input, make_batch, num_batches
-from .packing import iterate_packed_batches, make_packed_batch
+from .batches import (
+    Batch,
+    batch_examples,
+    batch_indices,
+    epoch_order,
+    iterate_batches,
+    longest_input,
+    make_batch,
+    num_batches,
+)
 from .jsonl import (
     FORMATS,
     SPLITS,
@@ -59,6 +67,7 @@ from .jsonl import (
     read_jsonl,
     tokenize_record,
 )
+from .packing import iterate_packed_batches, make_packed_batch
 
 __all__ = [
     "FORMATS",
@@ -92,10 +101,10 @@ class DatasetSplits:
     """train (required), valid and test (None when the file is absent)."""
 
     train: Dataset
-    valid: Optional[Dataset] = None
-    test: Optional[Dataset] = None
-    path: Optional[Path] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
+    valid: Dataset | None = None
+    test: Dataset | None = None
+    path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def default_dataset_dir() -> Path:
@@ -104,13 +113,13 @@ def default_dataset_dir() -> Path:
 
 
 def load_dataset(
-    path: Union[str, Path, None],
+    path: str | Path | None,
     tokenizer,
     *,
     mask_prompt: bool = False,
-    max_seq_length: Optional[int] = None,
+    max_seq_length: int | None = None,
     truncate: bool = False,
-    model_context: Optional[int] = None,
+    model_context: int | None = None,
 ) -> DatasetSplits:
     """Read, validate and tokenize a dataset.
 

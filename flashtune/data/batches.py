@@ -1,12 +1,13 @@
 """Length-sorted, padded, seeded and resumable batches (layout in flashtune.data's docstring)."""
 
-from typing import Iterator, List, NamedTuple, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import mlx.core as mx
 import numpy as np
 
-from .shapes import padded_length, round_up
 from .jsonl import Dataset, Example
+from .shapes import padded_length, round_up
 
 
 class Batch(NamedTuple):
@@ -15,7 +16,7 @@ class Batch(NamedTuple):
     inputs: mx.array  # int32 (B, L)
     targets: mx.array  # int32 (B, L)
     mask: mx.array  # float32 (B, L)
-    segments: Optional[mx.array] = None  # int32 (B, L) document ids of a packed batch (-1: padding)
+    segments: mx.array | None = None  # int32 (B, L) document ids of a packed batch (-1: padding)
     documents: int = 0  # examples in the batch
     input_tokens: int = 0  # slots holding example tokens (the rest is padding)
 
@@ -37,7 +38,7 @@ class Batch(NamedTuple):
         return int(self.mask.sum().item())
 
 
-def batch_indices(lengths: Sequence[int], batch_size: int) -> List[List[int]]:
+def batch_indices(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Fixed batches of example indices, sorted by length; the last batch overlaps its neighbour.
 
     Args:
@@ -70,7 +71,7 @@ def epoch_order(n_batches: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def make_batch(
-    examples: Sequence[Example], pad_id: int = 0, pad_to_multiple: int = 1, pad_lengths: Optional[Sequence[int]] = None
+    examples: Sequence[Example], pad_id: int = 0, pad_to_multiple: int = 1, pad_lengths: Sequence[int] | None = None
 ) -> Batch:
     """Pad examples into a `Batch`.
 
@@ -110,8 +111,8 @@ def iterate_batches(
     batch_size: int,
     *,
     pad_to_multiple: int = 1,
-    pad_lengths: Optional[Sequence[int]] = None,
-    pad_id: Optional[int] = None,
+    pad_lengths: Sequence[int] | None = None,
+    pad_id: int | None = None,
     **order,
 ) -> Iterator[Batch]:
     """Yield padded batches in a deterministic, resumable order.
@@ -138,9 +139,9 @@ def batch_examples(
     *,
     seed: int = 0,
     start_step: int = 0,
-    num_steps: Optional[int] = None,
+    num_steps: int | None = None,
     loop: bool = True,
-) -> Iterator[List[Example]]:
+) -> Iterator[list[Example]]:
     """The examples of each batch, unpadded, in a deterministic, resumable order.
 
     Args:

@@ -207,9 +207,9 @@ the format carries over to countries never seen in training.
 
 | split | examples |
 |---|---|
-| train | {sizes['train']} |
-| valid | {sizes['valid']} |
-| test | {sizes['test']} |
+| train | {sizes["train"]} |
+| valid | {sizes["valid"]} |
+| test | {sizes["test"]} |
 
 Facts as of 2026; country names and capitals in ASCII spelling. License: same as flashtune.
 """
@@ -232,7 +232,9 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (args.out / _name(name)).write_text(text)
-    print(f"wrote {args.out}: " + ", ".join(f"{n} {t.count(chr(10))} lines" for n, t in files.items() if n != "README.md"))
+    print(
+        f"wrote {args.out}: " + ", ".join(f"{n} {t.count(chr(10))} lines" for n, t in files.items() if n != "README.md")
+    )
     return 0
 
 

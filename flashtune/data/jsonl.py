@@ -5,7 +5,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +25,7 @@ _EXAMPLES = {
 class Example:
     """One tokenized example."""
 
-    tokens: List[int]
+    tokens: list[int]
     offset: int  # tokens[:offset] are prompt: targets at those positions are masked
     source: str  # "file:line"
 
@@ -34,8 +34,8 @@ class Example:
 class Dataset:
     """The tokenized examples of one split."""
 
-    examples: List[Example]
-    path: Optional[Path]
+    examples: list[Example]
+    path: Path | None
     format: str
     pad_id: int
     mask_prompt: bool = False
@@ -53,7 +53,7 @@ class Dataset:
         """Token count of every example."""
         return np.array([len(e.tokens) for e in self.examples], dtype=np.int64)
 
-    def summary(self) -> Dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         """Provenance for run records: path, hash, format, sizes."""
         lengths = self.lengths
         return {
@@ -68,7 +68,7 @@ class Dataset:
         }
 
 
-def read_jsonl(path: Union[str, Path]) -> Tuple[str, List[Tuple[int, Dict[str, Any]]]]:
+def read_jsonl(path: str | Path) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
     """Parse and validate a JSONL file without tokenizing.
 
     Args:
@@ -83,7 +83,7 @@ def read_jsonl(path: Union[str, Path]) -> Tuple[str, List[Tuple[int, Dict[str, A
     """
     path = Path(path)
     records, fmt = [], None
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -109,7 +109,7 @@ def read_jsonl(path: Union[str, Path]) -> Tuple[str, List[Tuple[int, Dict[str, A
     return fmt, records
 
 
-def detect_format(record: Dict[str, Any], where: str = "") -> str:
+def detect_format(record: dict[str, Any], where: str = "") -> str:
     """The format of a record by its keys (mlx-lm's order: completions, chat, text)."""
     if "prompt" in record and "completion" in record:
         return "completions"
@@ -121,7 +121,7 @@ def detect_format(record: Dict[str, Any], where: str = "") -> str:
     raise DataFormatError(f"{where}: unknown format with keys {sorted(record)}; expected one of {choices}")
 
 
-def _validate(record: Dict[str, Any], fmt: str, where: str) -> None:
+def _validate(record: dict[str, Any], fmt: str, where: str) -> None:
     def fail(what):
         raise DataFormatError(f"{where}: {what} (file format '{fmt}', e.g. {_EXAMPLES[fmt]})")
 
@@ -144,11 +144,11 @@ def _validate(record: Dict[str, Any], fmt: str, where: str) -> None:
                 fail(f"messages[{i}]: expected a string 'content', got {_kind(m, 'content')}")
 
 
-def _kind(record: Dict[str, Any], key: str) -> str:
+def _kind(record: dict[str, Any], key: str) -> str:
     return "nothing" if key not in record else f"{type(record[key]).__name__} {record[key]!r:.40}"
 
 
-def load_jsonl(path: Union[str, Path], tokenizer, *, mask_prompt: bool = False) -> Dataset:
+def load_jsonl(path: str | Path, tokenizer, *, mask_prompt: bool = False) -> Dataset:
     """Read and tokenize one JSONL file (no length check; see `check_lengths`).
 
     Args:
@@ -195,14 +195,14 @@ def _has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "has_chat_template", False) or getattr(tokenizer, "chat_template", None))
 
 
-def _chat(tokenizer, messages, tools=None, add_generation_prompt=False) -> List[int]:
+def _chat(tokenizer, messages, tools=None, add_generation_prompt=False) -> list[int]:
     out = tokenizer.apply_chat_template(
         messages, tools=tools, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False
     )
     return list(out["input_ids"] if isinstance(out, dict) else out)
 
 
-def tokenize_record(record, fmt: str, tokenizer, mask_prompt: bool, where: str = "") -> Tuple[List[int], int]:
+def tokenize_record(record, fmt: str, tokenizer, mask_prompt: bool, where: str = "") -> tuple[list[int], int]:
     """Tokenize one validated record.
 
     Args:
@@ -250,10 +250,10 @@ def tokenize_record(record, fmt: str, tokenizer, mask_prompt: bool, where: str =
 
 def check_lengths(
     dataset: Dataset,
-    max_seq_length: Optional[int],
+    max_seq_length: int | None,
     *,
     truncate: bool = False,
-    model_context: Optional[int] = None,
+    model_context: int | None = None,
 ) -> Dataset:
     """Enforce the length limit: raise, or cut with a warning when ``truncate`` is set.
 
@@ -278,9 +278,7 @@ def check_lengths(
     if max_seq_length < 2:
         raise ValueError(f"max_seq_length must be at least 2 tokens, got {max_seq_length}")
     if model_context is not None and max_seq_length > model_context:
-        raise ValueError(
-            f"max_seq_length={max_seq_length} exceeds the model's context of {model_context} tokens"
-        )
+        raise ValueError(f"max_seq_length={max_seq_length} exceeds the model's context of {model_context} tokens")
     too_long = [e for e in dataset.examples if len(e.tokens) > max_seq_length]
     if not too_long:
         return dataset

@@ -18,7 +18,7 @@ resumed run continues exactly.
 """
 
 import bisect
-from typing import Iterator, List, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import mlx.core as mx
 import numpy as np
@@ -48,7 +48,7 @@ def check_fits(dataset: Dataset, pack_length: int) -> None:
         )
 
 
-def pack_rows(lengths: Sequence[int], pack_length: int) -> List[List[int]]:
+def pack_rows(lengths: Sequence[int], pack_length: int) -> list[list[int]]:
     """Best-fit-decreasing: example indices per row, each row's lengths summing to <= pack_length.
 
     Args:
@@ -59,9 +59,9 @@ def pack_rows(lengths: Sequence[int], pack_length: int) -> List[List[int]]:
         Rows of example indices, fullest first; within a row, examples in placement order.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    rows: List[List[int]] = []
+    rows: list[list[int]] = []
     # (space left, row index), sorted: the best fit is the first entry with enough space.
-    free: List[tuple] = []
+    free: list[tuple] = []
     for i in order:
         n = lengths[i]
         slot = bisect.bisect_left(free, (n, -1))
@@ -101,12 +101,16 @@ def make_packed_batch(rows: Sequence[Sequence[Example]], pack_length: int, pad_i
             segments[r, start : start + n] = doc
             start += n
     return Batch(
-        mx.array(inputs), mx.array(targets), mx.array(mask), mx.array(segments),
-        documents=sum(len(row) for row in rows), input_tokens=int((segments >= 0).sum()),
+        mx.array(inputs),
+        mx.array(targets),
+        mx.array(mask),
+        mx.array(segments),
+        documents=sum(len(row) for row in rows),
+        input_tokens=int((segments >= 0).sum()),
     )
 
 
-def packed_batches(dataset: Dataset, batch_size: int, pack_length: int) -> List[List[List[int]]]:
+def packed_batches(dataset: Dataset, batch_size: int, pack_length: int) -> list[list[list[int]]]:
     """Example indices per row per batch for one epoch (the last batch filled with empty rows)."""
     check_fits(dataset, pack_length)
     rows = pack_rows([input_length(e) for e in dataset.examples], pack_length)
@@ -122,8 +126,8 @@ def iterate_packed_batches(
     *,
     seed: int = 0,
     start_step: int = 0,
-    num_steps: Optional[int] = None,
-    pad_id: Optional[int] = None,
+    num_steps: int | None = None,
+    pad_id: int | None = None,
 ) -> Iterator[Batch]:
     """Packed batches in a deterministic, resumable order (see the module docstring).
 

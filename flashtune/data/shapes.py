@@ -24,8 +24,8 @@ floor_tokens = 4096. A new shape's first step cost ~310 ms more than the next (3
 Apple hardware was available to measure Metal: it gets the CPU's model.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class ShapeCosts:
     granularity: int  # padded lengths are multiples of this (CUDA: 128, for cuDNN's backward)
 
 
-COSTS: Dict[str, ShapeCosts] = {
+COSTS: dict[str, ShapeCosts] = {
     "cuda": ShapeCosts(compile_tokens=7 * 4096, floor_tokens=4096, granularity=128),
     "cpu": ShapeCosts(compile_tokens=64, floor_tokens=0, granularity=32),
     "metal": ShapeCosts(compile_tokens=64, floor_tokens=0, granularity=32),
@@ -48,7 +48,7 @@ def round_up(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
 
 
-def plan_lengths(batch_lengths: Sequence[int], costs: ShapeCosts, rows: int = 1) -> List[int]:
+def plan_lengths(batch_lengths: Sequence[int], costs: ShapeCosts, rows: int = 1) -> list[int]:
     """The padded lengths that minimize the cost model for batches of these lengths.
 
     Args:
@@ -62,7 +62,7 @@ def plan_lengths(batch_lengths: Sequence[int], costs: ShapeCosts, rows: int = 1)
     """
     if not batch_lengths:
         raise ValueError("plan_lengths needs at least one batch length")
-    counts: Dict[int, int] = {}
+    counts: dict[int, int] = {}
     for length in batch_lengths:
         rounded = round_up(max(int(length), 1), costs.granularity)
         counts[rounded] = counts.get(rounded, 0) + 1

@@ -22,13 +22,14 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import gguf, hub, random_init
 from flashtune.errors import ModelNotAvailableError, UnknownModelError
+
+from . import gguf, hub, random_init
 from .export import export_hf_folder, quantization_of
 from .listing import format_models_table, list_models
 from .random_init import count_parameters
@@ -66,17 +67,17 @@ class ModelInfo:
     source: str  # "embedded-gguf" | "hub" | "local" | "local-gguf" | "random-init"
     random_init: bool
     model_type: str
-    max_position_embeddings: Optional[int]
+    max_position_embeddings: int | None
     n_params: int
     dtype: str
     quantized: bool
-    repo_id: Optional[str] = None
-    path: Optional[str] = None
+    repo_id: str | None = None
+    path: str | None = None
     tokenizer: str = ""
     note: str = ""
-    config: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict (without the full config)."""
         out = dataclasses.asdict(self)
         out.pop("config")
@@ -88,7 +89,7 @@ class ModelInfo:
         return f"{self.name} (random-init weights)" if self.random_init else self.name
 
 
-def resolve_dtype(dtype: Union[str, mx.Dtype, None]) -> mx.Dtype:
+def resolve_dtype(dtype: str | mx.Dtype | None) -> mx.Dtype:
     """Parse a dtype; None means float32 on CPU (bf16 is emulated there) and bfloat16 on a GPU."""
     if dtype is None:
         return mx.float32 if mx.default_device().type == mx.DeviceType.cpu else mx.bfloat16
@@ -103,13 +104,13 @@ def resolve_dtype(dtype: Union[str, mx.Dtype, None]) -> mx.Dtype:
 
 
 def load_model(
-    spec: Union[str, os.PathLike, ModelSpec, None],
+    spec: str | os.PathLike | ModelSpec | None,
     init: str = "pretrained",
-    dtype: Union[str, mx.Dtype, None] = None,
-    quantized: Optional[bool] = None,
+    dtype: str | mx.Dtype | None = None,
+    quantized: bool | None = None,
     seed: int = 0,
-    tokenizer: Union[str, os.PathLike, None] = None,
-) -> Tuple[nn.Module, Any, ModelInfo]:
+    tokenizer: str | os.PathLike | None = None,
+) -> tuple[nn.Module, Any, ModelInfo]:
     """Load a model and its tokenizer.
 
     Args:
@@ -185,7 +186,7 @@ def _load_random(spec: ModelSpec, dtype, quantized, seed, tokenizer_dir=None):
     model, config = _set_quantization(model, config, quantized, dtype)
     info = _info(
         spec, model, config, dtype, random_init=True, tokenizer=tok_note,
-        note="random-init weights (architecture-exact, seed %d): for timing only; outputs are meaningless" % seed,
+        note=f"random-init weights (architecture-exact, seed {seed}): for timing only; outputs are meaningless",
     )  # fmt: skip
     return model, tokenizer, info
 
@@ -232,9 +233,13 @@ def _random_config_and_tokenizer(spec: ModelSpec, tokenizer_dir=None):
         return config, load_tokenizer(cached), f"from the Hugging Face cache ({cached})"
     vocab = int(config["vocab_size"])
     tokenizer = gguf.tokenizer_from_gguf(_embedded_path(), vocab_size=vocab)
-    return config, tokenizer, (
-        f"stand-in: the embedded SmolLM2 vocabulary cut to {len(tokenizer.get_vocab())} tokens "
-        f"({spec.repo_id}'s own tokenizer is not cached)"
+    return (
+        config,
+        tokenizer,
+        (
+            f"stand-in: the embedded SmolLM2 vocabulary cut to {len(tokenizer.get_vocab())} tokens "
+            f"({spec.repo_id}'s own tokenizer is not cached)"
+        ),
     )
 
 

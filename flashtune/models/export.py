@@ -3,11 +3,12 @@
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any
 
 import mlx.nn as nn
 
-def quantization_of(model: nn.Module) -> Optional[Dict[str, Any]]:
+
+def quantization_of(model: nn.Module) -> dict[str, Any] | None:
     """mlx-lm's config["quantization"] entry describing a model's quantized layers, or None."""
     layers = {
         name: {"group_size": m.group_size, "bits": m.bits, "mode": getattr(m, "mode", "affine")}
@@ -26,8 +27,8 @@ def quantization_of(model: nn.Module) -> Optional[Dict[str, Any]]:
 def export_hf_folder(
     model: nn.Module,
     tokenizer,
-    path: Union[str, os.PathLike],
-    config: Optional[Dict[str, Any]] = None,
+    path: str | os.PathLike,
+    config: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Save a model as an HF-format folder that mlx-lm (and `load_model`) can load.

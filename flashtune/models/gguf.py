@@ -12,7 +12,7 @@ import importlib.metadata
 import importlib.util
 import sysconfig
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -74,7 +74,7 @@ def embedded_gguf_path() -> Path:
     )
 
 
-def read_gguf(path) -> Tuple[Dict[str, mx.array], Dict[str, Any]]:
+def read_gguf(path) -> tuple[dict[str, mx.array], dict[str, Any]]:
     """Read a GGUF file with MLX.
 
     Args:
@@ -96,7 +96,7 @@ def read_gguf(path) -> Tuple[Dict[str, mx.array], Dict[str, Any]]:
     return weights, metadata
 
 
-def _scalar(metadata: Dict[str, Any], key: str, default=None):
+def _scalar(metadata: dict[str, Any], key: str, default=None):
     value = metadata.get(key, default)
     if isinstance(value, mx.array):
         value = value.item()
@@ -105,7 +105,7 @@ def _scalar(metadata: Dict[str, Any], key: str, default=None):
     return value
 
 
-def config_from_gguf(metadata: Dict[str, Any]) -> Dict[str, Any]:
+def config_from_gguf(metadata: dict[str, Any]) -> dict[str, Any]:
     """Build an HF-style llama config.json dict from GGUF metadata.
 
     Args:
@@ -149,7 +149,7 @@ def _unpermute_rows(w: mx.array, n_heads: int) -> mx.array:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_to_mlx_weights(weights: Dict[str, mx.array], config: Dict[str, Any]) -> Dict[str, mx.array]:
+def gguf_to_mlx_weights(weights: dict[str, mx.array], config: dict[str, Any]) -> dict[str, mx.array]:
     """Rename GGUF tensors to mlx-lm llama names and restore HF's q/k row order.
 
     Args:
@@ -177,7 +177,7 @@ def gguf_to_mlx_weights(weights: Dict[str, mx.array], config: Dict[str, Any]) ->
     return out
 
 
-def load_gguf_model(path, dtype: mx.Dtype, quantized: bool) -> Tuple[nn.Module, Dict[str, Any]]:
+def load_gguf_model(path, dtype: mx.Dtype, quantized: bool) -> tuple[nn.Module, dict[str, Any]]:
     """Load a llama-architecture GGUF into `mlx_lm.models.llama.Model`.
 
     Args:
@@ -221,7 +221,7 @@ def load_gguf_model(path, dtype: mx.Dtype, quantized: bool) -> Tuple[nn.Module, 
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer_json(path: str, vocab_size: Optional[int]) -> Tuple[str, str, Dict[str, Any]]:
+def _tokenizer_json(path: str, vocab_size: int | None) -> tuple[str, str, dict[str, Any]]:
     """Serialized `tokenizers` BPE tokenizer built from a GGUF vocabulary (cached: ~0.5 s to build)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
@@ -267,7 +267,7 @@ def _tokenizer_json(path: str, vocab_size: Optional[int]) -> Tuple[str, str, Dic
     return tokenizer.to_str(), metadata.get("tokenizer.chat_template"), special_map
 
 
-def tokenizer_from_gguf(path, vocab_size: Optional[int] = None) -> TokenizerWrapper:
+def tokenizer_from_gguf(path, vocab_size: int | None = None) -> TokenizerWrapper:
     """Build an mlx-lm tokenizer (TokenizerWrapper around PreTrainedTokenizerFast) from a GGUF.
 
     Args:

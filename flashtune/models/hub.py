@@ -8,7 +8,7 @@ error names the model and the ways forward.
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import mlx.nn as nn
 
@@ -47,7 +47,7 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def cached_snapshot(repo_id: str, revision: Optional[str] = None) -> Optional[Path]:
+def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     """The local snapshot folder of a cached repo (with a config.json), or None; never uses the network."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
@@ -67,7 +67,7 @@ def cached_snapshot(repo_id: str, revision: Optional[str] = None) -> Optional[Pa
     return path if (path / "config.json").is_file() else None
 
 
-def download(repo_id: str, name: str, revision: Optional[str] = None) -> Path:
+def download(repo_id: str, name: str, revision: str | None = None) -> Path:
     """Return a local snapshot of ``repo_id``: from the cache if complete, else from the Hub.
 
     Args:
@@ -129,7 +129,7 @@ def _not_available(name: str, repo_id: str, cache: Path, reason: str) -> str:
     )
 
 
-def load_folder(path: Path) -> Tuple[nn.Module, Any, Dict[str, Any]]:
+def load_folder(path: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Load an HF-format folder with mlx-lm, lazily (the caller casts, then evaluates).
 
     Args:

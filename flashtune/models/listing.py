@@ -1,12 +1,12 @@
 """`flashtune models`: the aliases, what is embedded or cached, parameter counts and sizes."""
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from . import gguf, hub, random_init
 from .spec import ALIASES, DEFAULT_MODEL, EMBEDDED, EMBEDDED_REPO_ID, SHIPPED_CONFIGS
 
 
-def _embedded_status() -> Tuple[str, Optional[int]]:
+def _embedded_status() -> tuple[str, int | None]:
     try:
         p = gguf.embedded_gguf_path()
     except FileNotFoundError:
@@ -14,7 +14,7 @@ def _embedded_status() -> Tuple[str, Optional[int]]:
     return f"embedded ({p.name}, in the {gguf.EMBEDDED_DISTRIBUTION} wheel)", p.stat().st_size
 
 
-def list_models() -> List[Dict[str, Any]]:
+def list_models() -> list[dict[str, Any]]:
     """Rows for `flashtune models`: every alias plus other cached Hub models; no network.
 
     Returns:
@@ -44,7 +44,7 @@ def list_models() -> List[Dict[str, Any]]:
     return rows
 
 
-def _row(alias, repo_id, config, status, size, random_ok) -> Dict[str, Any]:
+def _row(alias, repo_id, config, status, size, random_ok) -> dict[str, Any]:
     try:
         params = random_init.count_parameters(random_init.build_model(config))
     except (ValueError, KeyError, TypeError):  # an architecture mlx-lm does not know
@@ -75,19 +75,19 @@ def _other_cached_models():
     return out
 
 
-def _params_text(n: Optional[int]) -> str:
+def _params_text(n: int | None) -> str:
     if n is None:
         return "-"
     return f"{n / 1e9:.2f}B ({n:,})" if n >= 1e9 else f"{n / 1e6:.1f}M ({n:,})"
 
 
-def _bytes_text(n: Optional[int]) -> str:
+def _bytes_text(n: int | None) -> str:
     if n is None:
         return "-"
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def format_models_table(rows: Optional[List[Dict[str, Any]]] = None) -> str:
+def format_models_table(rows: list[dict[str, Any]] | None = None) -> str:
     """A Markdown table of `list_models()` rows.
 
     Args:

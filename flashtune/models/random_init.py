@@ -8,7 +8,7 @@ model allocates nothing until the weights are first evaluated, so parameter coun
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -17,7 +17,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-def shipped_config(config_name: str) -> Dict[str, Any]:
+def shipped_config(config_name: str) -> dict[str, Any]:
     """Read one of the config.json files shipped in flashtune/models/configs.
 
     Args:
@@ -33,20 +33,20 @@ def shipped_config(config_name: str) -> Dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def model_classes(config: Dict[str, Any]):
+def model_classes(config: dict[str, Any]):
     """The mlx-lm (Model, ModelArgs) classes for a config, as mlx-lm's loader picks them."""
     from mlx_lm.utils import _get_classes
 
     return _get_classes(config)
 
 
-def build_model(config: Dict[str, Any]) -> nn.Module:
+def build_model(config: dict[str, Any]) -> nn.Module:
     """Instantiate the mlx-lm model for ``config`` with lazy (unevaluated) default weights."""
     model_class, args_class = model_classes(config)
     return model_class(args_class.from_dict(config))
 
 
-def random_model(config: Dict[str, Any], dtype: mx.Dtype, seed: int = 0) -> nn.Module:
+def random_model(config: dict[str, Any], dtype: mx.Dtype, seed: int = 0) -> nn.Module:
     """Build the mlx-lm model for ``config`` with HF-style random weights, still lazy.
 
     Args:

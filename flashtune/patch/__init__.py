@@ -31,8 +31,8 @@ import functools
 import inspect
 import logging
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -95,12 +95,12 @@ class Arch:
 
 # Keys are mlx-lm architecture names (the model file); config model types that mlx-lm remaps
 # to these files (e.g. "mistral" -> llama) are covered too. Adding a model type is one entry.
-SUPPORTED: Dict[str, Arch] = {
+SUPPORTED: dict[str, Arch] = {
     "llama": Arch("mlx_lm.models.llama"),
     "qwen2": Arch("mlx_lm.models.qwen2"),
 }
 
-_patched_classes: Dict[type, type] = {}  # original attention class -> its flashtune subclass
+_patched_classes: dict[type, type] = {}  # original attention class -> its flashtune subclass
 
 
 def _patched_class(original: type, arch: Arch) -> type:
@@ -144,7 +144,7 @@ def _name_of(fn: AttentionFn) -> str:
     return getattr(fn, "attention_name", None) or getattr(fn, "__qualname__", repr(fn))
 
 
-def _resolve(attn: Union[str, AttentionFn]) -> AttentionFn:
+def _resolve(attn: str | AttentionFn) -> AttentionFn:
     """Turns a registry name or a callable into an attention function, checking it."""
     if isinstance(attn, str):
         return attention.get(attn)  # KeyError listing the valid names
@@ -155,14 +155,11 @@ def _resolve(attn: Union[str, AttentionFn]) -> AttentionFn:
         )
     refusal = _refusal(attn, scale=1.0, mask=None)
     if refusal:
-        raise TypeError(
-            f"attention callable {_name_of(attn)!r} must accept (q, k, v, *, scale, "
-            f"mask=None); {refusal}"
-        )
+        raise TypeError(f"attention callable {_name_of(attn)!r} must accept (q, k, v, *, scale, mask=None); {refusal}")
     return attn
 
 
-def _refusal(fn: AttentionFn, **keywords) -> Optional[str]:
+def _refusal(fn: AttentionFn, **keywords) -> str | None:
     """Why ``fn(q, k, v, **keywords)`` cannot be called, or None (also when it has no
     signature to ask, as some builtins and mx.custom_function)."""
     try:
@@ -176,7 +173,7 @@ def _refusal(fn: AttentionFn, **keywords) -> Optional[str]:
     return None
 
 
-def _attention_classes() -> Dict[type, Arch]:
+def _attention_classes() -> dict[type, Arch]:
     """Supported attention classes of the mlx-lm model files imported so far.
 
     A model file that was never imported cannot have made a model, so nothing is imported
@@ -194,7 +191,7 @@ def _original_class(module: nn.Module) -> type:
     return getattr(type(module), _ORIGINAL_ATTR, type(module))
 
 
-def _attention_modules(model: nn.Module) -> List[Tuple[str, nn.Module, Arch]]:
+def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module, Arch]]:
     """(path, module, arch) of every supported attention block in ``model``."""
     classes = _attention_classes()
     found = []
@@ -220,7 +217,7 @@ def _model_type(model) -> str:
     return type(model).__name__
 
 
-def patch(model: nn.Module, attn: Union[str, AttentionFn]) -> nn.Module:
+def patch(model: nn.Module, attn: str | AttentionFn) -> nn.Module:
     """Makes every supported attention block of ``model`` use ``attn``.
 
     Patching a patched model replaces the attention function (never stacks); the instance
@@ -285,7 +282,7 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def patched(model: nn.Module, attn: Union[str, AttentionFn]) -> Iterator[nn.Module]:
+def patched(model: nn.Module, attn: str | AttentionFn) -> Iterator[nn.Module]:
     """Context-manager form of ``patch``; on exit each block is as it was on entry.
 
     Args:
@@ -345,8 +342,9 @@ def packed(model: nn.Module, segments: mx.array) -> Iterator[nn.Module]:
             f"{sum(_ATTN_ATTR in m.__dict__ for m in blocks)} patched)"
         )
     if not isinstance(segments, mx.array) or segments.ndim != 2 or segments.dtype != mx.int32:
-        described = (f"{segments.dtype} {tuple(segments.shape)}"
-                     if isinstance(segments, mx.array) else type(segments).__name__)
+        described = (
+            f"{segments.dtype} {tuple(segments.shape)}" if isinstance(segments, mx.array) else type(segments).__name__
+        )
         raise ValueError(f"segments must be an int32 (B, L) array; got {described}")
     for fn in {id(m.__dict__[_ATTN_ATTR]): m.__dict__[_ATTN_ATTR] for m in blocks}.values():
         refusal = _refusal(fn, scale=1.0, mask=None, segments=None)
@@ -365,7 +363,7 @@ def packed(model: nn.Module, segments: mx.array) -> Iterator[nn.Module]:
                 object.__setattr__(module, _SEGMENTS_ATTR, previous)
 
 
-def patch_info(model: nn.Module) -> Optional[Dict[str, object]]:
+def patch_info(model: nn.Module) -> dict[str, object] | None:
     """Says what ``model`` is patched with, or None when no block is patched.
 
     Returns:

@@ -45,7 +45,7 @@ import logging
 import os
 import runpy
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 from flashtune import attention
 from flashtune.log import logger, say_once
@@ -54,7 +54,7 @@ from flashtune.patch import SUPPORTED, patch, patch_info
 REPORT_ENV = "FLASHTUNE_PATCH_REPORT"
 USAGE = "python -m flashtune.patch --attn NAME (SCRIPT | -m MODULE) [ARGS...]"
 
-Target = Tuple[str, str]  # ("script", path) or ("module", name)
+Target = tuple[str, str]  # ("script", path) or ("module", name)
 
 
 class CountingAttention:
@@ -75,7 +75,7 @@ class PatchRun:
 
     def __init__(self, attn: CountingAttention):
         self.attn = attn
-        self.models: List[dict] = []
+        self.models: list[dict] = []
 
     def on_model(self, model) -> None:
         patch(model, self.attn)
@@ -134,7 +134,7 @@ def install_hooks(on_model: Callable) -> Callable[[], None]:
     return uninstall
 
 
-def split_argv(argv: Sequence[str]) -> Tuple[List[str], Optional[Target], List[str]]:
+def split_argv(argv: Sequence[str]) -> tuple[list[str], Target | None, list[str]]:
     """Splits ``argv`` into the runner's options, the target and the target's arguments.
 
     Everything after ``SCRIPT`` or ``-m MODULE`` belongs to the target, untouched.
@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "models patched and the attention calls.",
     )
     parser.add_argument(
-        "--attn", required=True, metavar="NAME",
+        "--attn",
+        required=True,
+        metavar="NAME",
         help=f"attention implementation: {', '.join(attention.names())}",
     )
     return parser
@@ -178,7 +180,7 @@ def _exit_code(e: SystemExit) -> int:
     return e.code if isinstance(e.code, int) else 1
 
 
-def run_target(target: Target, args: List[str]) -> None:
+def run_target(target: Target, args: list[str]) -> None:
     """Runs the target as ``python SCRIPT`` / ``python -m MODULE`` would."""
     kind, name = target
     if kind == "script":
@@ -191,7 +193,7 @@ def run_target(target: Target, args: List[str]) -> None:
         runpy.run_module(name, run_name="__main__", alter_sys=True)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m flashtune.patch``; returns or raises the target's exit."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
@@ -225,13 +227,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         uninstall()
         if len(patch_run.models) > 1:
-            logger.info(
-                f"patched {len(patch_run.models)} models with {options.attn!r} in this run"
-            )
+            logger.info(f"patched {len(patch_run.models)} models with {options.attn!r} in this run")
         if not patch_run.models:
             logger.warning(
-                "the target built no mlx-lm model of a supported type "
-                f"({', '.join(SUPPORTED)}); nothing was patched"
+                f"the target built no mlx-lm model of a supported type ({', '.join(SUPPORTED)}); nothing was patched"
             )
         report_path = os.environ.get(REPORT_ENV)
         if report_path:

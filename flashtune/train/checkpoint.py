@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -24,19 +24,19 @@ ADAPTERS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def _write_json(path: Path, data: Dict[str, Any]) -> None:
+def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
 
 
-def _save_safetensors(path: Path, arrays: Dict[str, mx.array]) -> None:
+def _save_safetensors(path: Path, arrays: dict[str, mx.array]) -> None:
     tmp = path.with_name(path.stem + ".tmp.safetensors")
     mx.save_safetensors(str(tmp), arrays)
     os.replace(tmp, path)
 
 
-def adapter_weights(model: nn.Module) -> Dict[str, mx.array]:
+def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
     return dict(tree_flatten(model.trainable_parameters()))
 
 
@@ -45,8 +45,8 @@ def save(
     step: int,
     model: nn.Module,
     optimizer: optim.Optimizer,
-    adapter_config: Dict[str, Any],
-    state: Dict[str, Any],
+    adapter_config: dict[str, Any],
+    state: dict[str, Any],
 ) -> Path:
     """Writes checkpoint ``step`` atomically and refreshes the top-level adapters.
 
@@ -80,7 +80,7 @@ def save(
     return final
 
 
-def latest(run_dir: Path) -> Optional[Tuple[int, Path]]:
+def latest(run_dir: Path) -> tuple[int, Path] | None:
     """(step, folder) of the newest complete checkpoint, or None."""
     pointer = Path(run_dir) / "checkpoints" / "latest.json"
     if not pointer.is_file():
@@ -89,7 +89,7 @@ def latest(run_dir: Path) -> Optional[Tuple[int, Path]]:
     return data["step"], pointer.parent / data["path"]
 
 
-def load(folder: Path, model: nn.Module, optimizer: optim.Optimizer) -> Dict[str, Any]:
+def load(folder: Path, model: nn.Module, optimizer: optim.Optimizer) -> dict[str, Any]:
     """Restores adapters and optimizer state from a checkpoint folder.
 
     (The trainer reseeds the RNG from (seed, iteration) at every step, so no RNG state is saved.)

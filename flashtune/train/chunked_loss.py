@@ -13,8 +13,8 @@ reach its trainable parameters (and the embedding, when tied and trained) as wel
 states. A head must be deterministic: the backward recomputes it.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -65,11 +65,12 @@ class Head:
 
 def _has_active_dropout(module: nn.Module) -> bool:
     return module.training and any(
-        isinstance(m, nn.Dropout) and m._p_1 < 1.0 for _, m in module.named_modules()  # _p_1 = 1 - p
+        isinstance(m, nn.Dropout) and m._p_1 < 1.0
+        for _, m in module.named_modules()  # _p_1 = 1 - p
     )
 
 
-def split_model(model: nn.Module) -> Tuple[Optional[Callable], Optional[Head], str]:
+def split_model(model: nn.Module) -> tuple[Callable | None, Head | None, str]:
     """The model as (body, head): ``body(inputs) -> hidden``, ``head`` as above.
 
     Supported: the mlx-lm model files that flashtune.patch supports (``SUPPORTED``), whose
@@ -81,7 +82,11 @@ def split_model(model: nn.Module) -> Tuple[Optional[Callable], Optional[Head], s
     """
     modules = {arch.module for arch in SUPPORTED.values()}
     if type(model).__module__ not in modules or not isinstance(getattr(model, "model", None), nn.Module):
-        return None, None, f"{type(model).__module__}.{type(model).__name__} is not one of the mlx-lm model files {sorted(modules)}"
+        return (
+            None,
+            None,
+            f"{type(model).__module__}.{type(model).__name__} is not one of the mlx-lm model files {sorted(modules)}",
+        )
     args = getattr(model, "args", None)
     if getattr(args, "tie_word_embeddings", False):
         embed = model.model.embed_tokens
@@ -95,11 +100,11 @@ def split_model(model: nn.Module) -> Tuple[Optional[Callable], Optional[Head], s
     return model.model, head, ""
 
 
-def _blocks(length: int, chunk: int) -> List[Tuple[int, int]]:
+def _blocks(length: int, chunk: int) -> list[tuple[int, int]]:
     return [(start, min(chunk, length - start)) for start in range(0, length, chunk)]
 
 
-def _with_params(head: Head, names: List[str], params: List[mx.array], hidden: mx.array) -> mx.array:
+def _with_params(head: Head, names: list[str], params: list[mx.array], hidden: mx.array) -> mx.array:
     """The head's logits with its trainable parameters set to ``params`` (restored afterwards)."""
     if not names:
         return head.fn(hidden)
@@ -141,8 +146,8 @@ def _d_logits(logits: mx.array, lse: mx.array, targets: mx.array, weight: mx.arr
 
 def _backward(head: Head, names, chunk, hidden, targets, mask, params, lse, d_loss):
     """d hidden (N, D) and d params (list): per chunk, logits recomputed, softmax minus one-hot."""
-    d_hidden: List[mx.array] = []
-    d_params: Optional[List[mx.array]] = None
+    d_hidden: list[mx.array] = []
+    d_params: list[mx.array] | None = None
     for start, n in _blocks(hidden.shape[0], chunk):
         h = hidden[start : start + n]
         if d_hidden:
@@ -186,7 +191,9 @@ def cross_entropy_sum(hidden: mx.array, targets: mx.array, mask: mx.array, head:
     @loss.vjp
     def loss_vjp(primals, cotangents, outputs):
         hidden, targets, mask, params = primals
-        d_hidden, d_params = _backward(head, names, chunk_tokens, hidden, targets, mask, params, outputs[1], cotangents[0])
+        d_hidden, d_params = _backward(
+            head, names, chunk_tokens, hidden, targets, mask, params, outputs[1], cotangents[0]
+        )
         return d_hidden, mx.zeros_like(targets), mx.zeros_like(mask), d_params
 
     D = hidden.shape[-1]
@@ -198,7 +205,7 @@ def say_fallback(reason: str) -> None:
     say_once(f"chunked-loss:{reason}", f"chunked loss: {reason}; using the plain loss (all logits at once)")
 
 
-def chunk_tokens_for(model: nn.Module, enabled: bool, chunk_tokens: Optional[int] = None) -> Optional[int]:
+def chunk_tokens_for(model: nn.Module, enabled: bool, chunk_tokens: int | None = None) -> int | None:
     """The loss chunk length for ``model`` (`flashtune.train.step.loss_sum`'s ``chunk_tokens``).
 
     Args:

@@ -14,7 +14,9 @@ def evaluate(model, dataset: data.Dataset, config: TrainConfig, pad_to: int) -> 
     chunk_tokens = chunk_tokens_for(model, config.chunked_loss, config.loss_chunk_tokens)
     n = data.num_batches(dataset, config.batch_size)
     n = n if config.val_batches < 0 else min(n, config.val_batches)
-    for batch in data.iterate_batches(dataset, config.batch_size, seed=config.seed, num_steps=n, loop=False, pad_to_multiple=pad_to):
+    for batch in data.iterate_batches(
+        dataset, config.batch_size, seed=config.seed, num_steps=n, loop=False, pad_to_multiple=pad_to
+    ):
         s, c = loss_sum(model, *batch.arrays, chunk_tokens=chunk_tokens)
         total, count = total + s, count + c
         mx.eval(total, count)

@@ -30,20 +30,18 @@ independent dropout per projection), one scale per group. Other groups keep thei
 projections.
 """
 
-from typing import Dict, List
-
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.activations import swiglu
 
+from flashtune.patch import FUSED_QKV_ATTR as QKV_ATTR  # on attention modules: FusedProjections of q/k/v
 from flashtune.train.dora import SQUARE_NORMS_ATTR, MixedPrecisionDoRALinear, adapted_row_norms
 from flashtune.train.lora import MixedPrecisionLoRALinear
-from flashtune.patch import FUSED_QKV_ATTR as QKV_ATTR  # on attention modules: FusedProjections of q/k/v
 
 GATE_UP_ATTR = "_flashtune_fused_gate_up"  # on MLP modules: FusedProjections of gate/up
 _ORIGINAL_ATTR = "_flashtune_original_mlp"  # class attribute of a fused-MLP subclass
 _GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj"), QKV_ATTR), ("mlp", ("gate_proj", "up_proj"), GATE_UP_ATTR))
-_fused_mlp_classes: Dict[type, type] = {}
+_fused_mlp_classes: dict[type, type] = {}
 
 
 class FusedProjections:
@@ -53,24 +51,26 @@ class FusedProjections:
     members' LoRA parameters at call time, so it follows training and checkpoint loads.
     """
 
-    def __init__(self, members: List[nn.Module]):
+    def __init__(self, members: list[nn.Module]):
         self.members = members
         self.dora = isinstance(members[0], MixedPrecisionDoRALinear)
         linears = [m.linear for m in members]
-        self.weight = mx.concatenate([l.weight for l in linears], axis=0)
-        self.bias = mx.concatenate([l.bias for l in linears]) if "bias" in linears[0] else None
+        self.weight = mx.concatenate([linear.weight for linear in linears], axis=0)
+        self.bias = mx.concatenate([linear.bias for linear in linears]) if "bias" in linears[0] else None
         mx.eval(self.weight, self.bias)
-        sizes = [l.weight.shape[0] for l in linears]
+        sizes = [linear.weight.shape[0] for linear in linears]
         self.splits = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
         starts = [0] + self.splits
         for linear, start, size in zip(linears, starts, sizes):  # views of the concatenation
             linear.weight = self.weight[start : start + size]
             if self.bias is not None:
                 linear.bias = self.bias[start : start + size]
-        mx.eval([l.parameters() for l in linears])
+        mx.eval([linear.parameters() for linear in linears])
         # mask[i, j] = 1 where output column j belongs to projection i.
         column = mx.arange(sum(sizes))
-        self.mask = mx.stack([(column >= s) & (column < s + n) for s, n in zip(starts, sizes)]).astype(self.weight.dtype)
+        self.mask = mx.stack([(column >= s) & (column < s + n) for s, n in zip(starts, sizes)]).astype(
+            self.weight.dtype
+        )
         mx.eval(self.mask)  # a constant: left lazy, every step would rebuild it (10 kernels)
         self.scale = members[0].scale
         if self.dora:
@@ -83,7 +83,7 @@ class FusedProjections:
         rank = lora_b.shape[0]
         return (lora_b[None] * self.mask[:, None, :]).reshape(n * rank, width)  # (n * r, width)
 
-    def __call__(self, x: mx.array) -> List[mx.array]:
+    def __call__(self, x: mx.array) -> list[mx.array]:
         if self.dora:
             return self._dora(x)
         lora_a = mx.concatenate([m.lora_a for m in self.members], axis=1).astype(x.dtype)
@@ -92,7 +92,7 @@ class FusedProjections:
         y = y + (x @ lora_a) @ self._block_diagonal(lora_b)
         return mx.split(y, self.splits, axis=-1)
 
-    def _dora(self, x: mx.array) -> List[mx.array]:
+    def _dora(self, x: mx.array) -> list[mx.array]:
         """The members' MixedPrecisionDoRALinear outputs: the LoRA sum scaled per row, then the bias."""
         lora_a = mx.concatenate([m.lora_a for m in self.members], axis=1)  # (in, n * r), float32
         # float32 (the mask's 0/1 in the weight dtype promote to it): the norms need it unrounded.
@@ -105,7 +105,7 @@ class FusedProjections:
         return mx.split(y if self.bias is None else y + self.bias, self.splits, axis=-1)
 
 
-def _fusable(members: List[nn.Module]) -> bool:
+def _fusable(members: list[nn.Module]) -> bool:
     return (
         len({type(m) for m in members}) == 1
         and type(members[0]) in (MixedPrecisionLoRALinear, MixedPrecisionDoRALinear)
@@ -126,7 +126,11 @@ def _fused_mlp_class(original: type) -> type:
             gate, up = getattr(self, GATE_UP_ATTR)(x)
             return self.down_proj(swiglu(gate, up))  # mlx-lm's Llama/Qwen2 MLP
 
-        cls = type(f"Fused{original.__name__}", (original,), {"__call__": __call__, "__module__": __name__, _ORIGINAL_ATTR: original})
+        cls = type(
+            f"Fused{original.__name__}",
+            (original,),
+            {"__call__": __call__, "__module__": __name__, _ORIGINAL_ATTR: original},
+        )
         _fused_mlp_classes[original] = cls
     return cls
 

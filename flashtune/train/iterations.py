@@ -8,9 +8,9 @@ iteration when it was dispatched before that ended; their sum is the loop's busy
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Set
 
 import mlx.core as mx
 
@@ -23,12 +23,12 @@ class Iteration:
 
     it: int
     tic: float  # when its host work began
-    shapes: List[tuple]  # (batch, length) of each micro-batch
+    shapes: list[tuple]  # (batch, length) of each micro-batch
     documents: int = 0  # examples in the iteration (all ranks)
     input_tokens: int = 0  # slots holding example tokens, padding excluded (all ranks)
-    loss: Optional[mx.array] = None
-    tokens: Optional[mx.array] = None
-    lr: Optional[mx.array] = None
+    loss: mx.array | None = None
+    tokens: mx.array | None = None
+    lr: mx.array | None = None
 
 
 @contextmanager
@@ -65,7 +65,7 @@ class IterationLog:
     compiled: bool
     completed: int = 0  # the last iteration waited for
     _last_done: float = 0.0
-    _seen_shapes: Set[tuple] = field(default_factory=set)
+    _seen_shapes: set[tuple] = field(default_factory=set)
 
     def complete(self, iteration: Iteration) -> None:
         with out_of_memory_advice(iteration):
@@ -80,10 +80,18 @@ class IterationLog:
         peak_gb = mx.get_peak_memory() / 1e9
         world_size = self.fields.get("world_size", 1)
         record = {
-            "iter": iteration.it, "wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
-            "loss": loss, "lr": float(iteration.lr.item()), "peak_mem_gb": peak_gb, **self.fields,
-            "shape": list(iteration.shapes[0]), "padded_tokens": sum(b * n for b, n in iteration.shapes) * world_size,
-            "documents": iteration.documents, "input_tokens": iteration.input_tokens,
+            "iter": iteration.it,
+            "wall_s": wall,
+            "tokens": tokens,
+            "tokens_per_s": tokens / wall,
+            "loss": loss,
+            "lr": float(iteration.lr.item()),
+            "peak_mem_gb": peak_gb,
+            **self.fields,
+            "shape": list(iteration.shapes[0]),
+            "padded_tokens": sum(b * n for b, n in iteration.shapes) * world_size,
+            "documents": iteration.documents,
+            "input_tokens": iteration.input_tokens,
             "warmup": new_shape and self.compiled,
         }
         self.write(record)

@@ -9,7 +9,7 @@ stay out of it. On GPUs iteration i+1 is dispatched before the host waits for it
 
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import mlx.core as mx
 from tqdm import tqdm
@@ -42,13 +42,15 @@ def _progress_bar(run: Run) -> tqdm:
     return tqdm(total=run.config.iters, initial=run.start, disable=quiet, unit="it", dynamic_ncols=True)
 
 
-def _show(bar: tqdm, record: Dict[str, Any]) -> None:
+def _show(bar: tqdm, record: dict[str, Any]) -> None:
     """Loss, tokens/s the step processed (padding included) and trained (loss tokens), peak memory."""
     wall = record["wall_s"]
     bar.update(1)
     bar.set_postfix(
-        loss=f"{record['loss']:.3f}", tok_s=f"{record['padded_tokens'] / wall:,.0f}",
-        trained_tok_s=f"{record['tokens_per_s']:,.0f}", peak_gb=f"{record['peak_mem_gb']:.2f}",
+        loss=f"{record['loss']:.3f}",
+        tok_s=f"{record['padded_tokens'] / wall:,.0f}",
+        trained_tok_s=f"{record['tokens_per_s']:,.0f}",
+        peak_gb=f"{record['peak_mem_gb']:.2f}",
     )
 
 
@@ -57,8 +59,17 @@ def _train_batches(run: Run):
     config = run.config
     start = run.start * config.grad_accumulation
     if config.pack:
-        return data.iterate_packed_batches(run.splits.train, config.batch_size, run.pad_lengths[0], seed=config.seed, start_step=start)
-    return data.iterate_batches(run.splits.train, config.batch_size, seed=config.seed, start_step=start, pad_to_multiple=run.pad_to, pad_lengths=run.pad_lengths)
+        return data.iterate_packed_batches(
+            run.splits.train, config.batch_size, run.pad_lengths[0], seed=config.seed, start_step=start
+        )
+    return data.iterate_batches(
+        run.splits.train,
+        config.batch_size,
+        seed=config.seed,
+        start_step=start,
+        pad_to_multiple=run.pad_to,
+        pad_lengths=run.pad_lengths,
+    )
 
 
 class Trainer:
@@ -67,13 +78,18 @@ class Trainer:
     def __init__(self, run: Run):
         self.run, config = run, run.config
         chunk_tokens = chunk_tokens_for(run.model, config.chunked_loss, config.loss_chunk_tokens)
-        self.steps: StepFunctions = make_steps(run.model, run.optimizer, run.world, run.world_size, config.compile, chunk_tokens)
+        self.steps: StepFunctions = make_steps(
+            run.model, run.optimizer, run.world, run.world_size, config.compile, chunk_tokens
+        )
         self.bar = _progress_bar(run)
         self.last_saved = run.start
         self.log = iterations.IterationLog(
-            write=run.writer.write, show=lambda record: _show(self.bar, record), nan_stop=self._stop_on_nan,
+            write=run.writer.write,
+            show=lambda record: _show(self.bar, record),
+            nan_stop=self._stop_on_nan,
             fields={"attn": config.attn, "model": run.info.label, "world_size": run.world_size},
-            compiled=config.compile, completed=run.start,
+            compiled=config.compile,
+            completed=run.start,
         )
         self.pipelined = pipelines(config, env.backend())
         self.batches = _train_batches(run)
@@ -86,7 +102,9 @@ class Trainer:
 
     def evaluates_at(self, it: int) -> bool:
         config = self.run.config
-        return self.run.splits.valid is not None and ((config.steps_per_eval and it % config.steps_per_eval == 0) or it == config.iters)
+        return self.run.splits.valid is not None and (
+            (config.steps_per_eval and it % config.steps_per_eval == 0) or it == config.iters
+        )
 
     def saves_at(self, it: int) -> bool:
         config = self.run.config
@@ -103,10 +121,17 @@ class Trainer:
     def save(self, it: int) -> None:
         run = self.run
         if run.is_main:
-            checkpoint.save(run.run_dir, it, run.model, run.optimizer, run.adapter_config, {"config": run.config.to_dict(), "model": run.info.to_dict()})
+            checkpoint.save(
+                run.run_dir,
+                it,
+                run.model,
+                run.optimizer,
+                run.adapter_config,
+                {"config": run.config.to_dict(), "model": run.info.to_dict()},
+            )
         self.last_saved = it
 
-    def _next_parts(self) -> List[data.Batch]:
+    def _next_parts(self) -> list[data.Batch]:
         run, parts = self.run, []
         for _ in range(run.config.grad_accumulation):
             parts.append(next(self.batches))
@@ -121,7 +146,9 @@ class Trainer:
         documents, input_tokens = sum(p.documents for p in parts), sum(p.input_tokens for p in parts)
         if self.run.world_size > 1:
             parts = [p.rows(slice(self.run.rank, None, self.run.world_size)) for p in parts]
-        current = iterations.Iteration(it, tic, [tuple(p.inputs.shape) for p in parts], documents=documents, input_tokens=input_tokens)
+        current = iterations.Iteration(
+            it, tic, [tuple(p.inputs.shape) for p in parts], documents=documents, input_tokens=input_tokens
+        )
         with iterations.out_of_memory_advice(current):
             current.loss, current.tokens = self.steps.run(parts)
             current.lr = self.run.optimizer.learning_rate
@@ -129,7 +156,7 @@ class Trainer:
             mx.async_eval(self.steps.state, current.loss, current.tokens)
         return current
 
-    def settle(self, current: iterations.Iteration, stop: StopRequest) -> Optional[iterations.Iteration]:
+    def settle(self, current: iterations.Iteration, stop: StopRequest) -> iterations.Iteration | None:
         """Waits for ``current`` unless it may stay in flight; evaluates and saves where due.
 
         Returns ``current`` when it stays in flight (pipelined), else None.
@@ -147,7 +174,7 @@ class Trainer:
         self.log.pause()
         return None
 
-    def interrupted(self, pending: Optional[iterations.Iteration]) -> None:
+    def interrupted(self, pending: iterations.Iteration | None) -> None:
         """After Ctrl-C: keeps the update already made and saves a checkpoint to resume from."""
         if pending is not None:
             self.log.complete(pending)
@@ -155,7 +182,9 @@ class Trainer:
             self.save(self.log.completed)
         self.close()
         run_dir = self.run.run_dir
-        logger.warning(f"stopped; checkpoint at iteration {self.last_saved} in {run_dir}; continue with --resume --out {run_dir}")
+        logger.warning(
+            f"stopped; checkpoint at iteration {self.last_saved} in {run_dir}; continue with --resume --out {run_dir}"
+        )
 
     def close(self) -> None:
         self.bar.close()
@@ -179,14 +208,18 @@ def _run_iterations(trainer: Trainer) -> None:
         raise
 
 
-def _samples(run: Run, prompts: List, before: List[str]) -> List[Dict[str, str]]:
+def _samples(run: Run, prompts: list, before: list[str]) -> list[dict[str, str]]:
     return [
-        {"prompt": p[-1]["content"], "before": b, "after": answer(run.model, run.tokenizer, p, run.config.sample_tokens)}
+        {
+            "prompt": p[-1]["content"],
+            "before": b,
+            "after": answer(run.model, run.tokenizer, p, run.config.sample_tokens),
+        }
         for p, b in zip(prompts, before)
     ]
 
 
-def train(config: TrainConfig) -> Dict[str, Any]:
+def train(config: TrainConfig) -> dict[str, Any]:
     """Fine-tunes as ``config`` says; returns the run summary (see records.summarize).
 
     Raises:
@@ -206,7 +239,9 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     _run_iterations(trainer)
     trainer.close()
     summary = records.summarize(records.read(run.writer.path)) if run.is_main and run.writer.path else {}
-    summary.update(run_dir=str(run.run_dir), model=run.info.label, attn=config.attn, trainable_params=run.trainable_params)
+    summary.update(
+        run_dir=str(run.run_dir), model=run.info.label, attn=config.attn, trainable_params=run.trainable_params
+    )
     if prompts:
         summary["samples"] = _samples(run, prompts, before)
     return summary

@@ -2,7 +2,7 @@
 weight of the last blocks (full fine-tuning); the adapters' compute precision; per-instance
 gradient checkpointing."""
 
-from typing import Any, Dict
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -32,7 +32,9 @@ def _count_trainable(model: nn.Module) -> int:
     return sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
 
 
-def adapter_config(num_layers: int, rank: int, scale: float, dropout: float, fine_tune_type: str = "lora") -> Dict[str, Any]:
+def adapter_config(
+    num_layers: int, rank: int, scale: float, dropout: float, fine_tune_type: str = "lora"
+) -> dict[str, Any]:
     """The adapter_config.json mlx-lm reads (mlx_lm.generate --adapter-path, mlx_lm.fuse).
 
     Full fine-tuning has no LoRA parameters; mlx-lm writes them as null then, and so does this.
@@ -41,7 +43,7 @@ def adapter_config(num_layers: int, rank: int, scale: float, dropout: float, fin
     return {"fine_tune_type": fine_tune_type, "num_layers": num_layers, "lora_parameters": lora}
 
 
-def apply_lora(model: nn.Module, config: Dict[str, Any], precision: str = "mixed") -> int:
+def apply_lora(model: nn.Module, config: dict[str, Any], precision: str = "mixed") -> int:
     """Freezes the model and adds LoRA (or DoRA) to every linear layer of the last ``num_layers`` blocks.
 
     Args:
@@ -74,7 +76,14 @@ def train_last_blocks(model: nn.Module, num_layers: int) -> int:
     """
     _check_num_layers(model, num_layers)
     blocks = model.layers[-num_layers:]
-    quantized = sorted({type(m).__name__ for b in blocks for _, m in b.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))})
+    quantized = sorted(
+        {
+            type(m).__name__
+            for b in blocks
+            for _, m in b.named_modules()
+            if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+        }
+    )
     if quantized:
         raise ValueError(
             f"full fine-tuning trains every weight of the last {num_layers} blocks, but they hold quantized "

@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -39,10 +39,10 @@ class Run:
     info: models.ModelInfo
     splits: data.DatasetSplits
     optimizer: optim.Optimizer
-    adapter_config: Dict[str, Any]
+    adapter_config: dict[str, Any]
     run_dir: Path
     writer: records.RecordWriter
-    pad_lengths: Optional[List[int]]
+    pad_lengths: list[int] | None
     pad_to: int
     trainable_params: int
     start: int  # iterations already done (resume)
@@ -79,7 +79,7 @@ def launched_distributed() -> bool:
     return "MLX_RANK" in os.environ
 
 
-def check_data_files(path: Optional[str]) -> str:
+def check_data_files(path: str | None) -> str:
     """Parses the data files (no tokenizer needed) so a malformed line fails before model load.
 
     Returns:
@@ -95,7 +95,7 @@ def check_data_files(path: Optional[str]) -> str:
     return formats[0]
 
 
-def plan_pad_lengths(config: TrainConfig, dataset, backend: str, world_size: int = 1) -> Tuple[Optional[List[int]], int]:
+def plan_pad_lengths(config: TrainConfig, dataset, backend: str, world_size: int = 1) -> tuple[list[int] | None, int]:
     """How the run pads its batches: (planned lengths or None, length multiple).
 
     ``--fixed-length`` gives one length; ``--pad-to-multiple`` a plain multiple (no plan);
@@ -110,7 +110,9 @@ def plan_pad_lengths(config: TrainConfig, dataset, backend: str, world_size: int
     if config.pad_to_multiple:
         return None, config.pad_to_multiple
     n = config.iters * config.grad_accumulation
-    lengths = [data.longest_input(b) for b in data.batch_examples(dataset, config.batch_size, seed=config.seed, num_steps=n)]
+    lengths = [
+        data.longest_input(b) for b in data.batch_examples(dataset, config.batch_size, seed=config.seed, num_steps=n)
+    ]
     return shapes.plan_lengths(lengths, costs, rows=config.batch_size // world_size), costs.granularity
 
 
@@ -136,11 +138,13 @@ def _join_world(config: TrainConfig):
     world = mx.distributed.init() if config.distributed or launched_distributed() else None
     rank, world_size = (world.rank(), world.size()) if world else (0, 1)
     if config.batch_size % world_size:
-        raise ValueError(f"batch_size={config.batch_size} (the global batch) must be a multiple of the {world_size} ranks")
+        raise ValueError(
+            f"batch_size={config.batch_size} (the global batch) must be a multiple of the {world_size} ranks"
+        )
     return world, rank, world_size
 
 
-def load_splits(config: TrainConfig, tokenizer, data_format: str, model_context: Optional[int]) -> data.DatasetSplits:
+def load_splits(config: TrainConfig, tokenizer, data_format: str, model_context: int | None) -> data.DatasetSplits:
     """The tokenized splits of ``config.data`` as training sees them (prompt masking, length limits).
 
     Args:
@@ -148,7 +152,14 @@ def load_splits(config: TrainConfig, tokenizer, data_format: str, model_context:
         model_context: the model's max_position_embeddings.
     """
     mask_prompt = config.mask_prompt and data_format != "text"
-    splits = data.load_dataset(config.data, tokenizer, mask_prompt=mask_prompt, max_seq_length=config.max_seq_length, truncate=config.truncate, model_context=model_context)
+    splits = data.load_dataset(
+        config.data,
+        tokenizer,
+        mask_prompt=mask_prompt,
+        max_seq_length=config.max_seq_length,
+        truncate=config.truncate,
+        model_context=model_context,
+    )
     if config.pack and config.pack_length and config.truncate:
         splits.train = data.check_lengths(splits.train, config.pack_length + 1, truncate=True)
     return splits
@@ -157,7 +168,14 @@ def load_splits(config: TrainConfig, tokenizer, data_format: str, model_context:
 def _load(config: TrainConfig, spec, data_format: str):
     """Model, tokenizer, info and tokenized splits, checked against --fixed-length."""
     mx.random.seed(config.seed)
-    model, tokenizer, info = models.load_model(spec, init=config.init, dtype=config.dtype, quantized=config.qlora or None, seed=config.seed, tokenizer=config.tokenizer)
+    model, tokenizer, info = models.load_model(
+        spec,
+        init=config.init,
+        dtype=config.dtype,
+        quantized=config.qlora or None,
+        seed=config.seed,
+        tokenizer=config.tokenizer,
+    )
     splits = load_splits(config, tokenizer, data_format, info.max_position_embeddings)
     longest = max(splits.train.lengths) - 1
     if config.fixed_length and longest > config.fixed_length:
@@ -165,9 +183,11 @@ def _load(config: TrainConfig, spec, data_format: str):
     return model, tokenizer, info, splits
 
 
-def _make_trainable(model: nn.Module, config: TrainConfig) -> Tuple[Dict[str, Any], int]:
+def _make_trainable(model: nn.Module, config: TrainConfig) -> tuple[dict[str, Any], int]:
     """LoRA, DoRA or the last blocks' weights, as --fine-tune-type says: (adapter config, trainable)."""
-    adapters = adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout, config.fine_tune_type)
+    adapters = adapter_config(
+        config.lora_layers, config.lora_rank, config.lora_scale, config.lora_dropout, config.fine_tune_type
+    )
     if config.fine_tune_type != "full":
         return adapters, apply_lora(model, adapters, config.lora_precision)
     say_once(
@@ -179,7 +199,7 @@ def _make_trainable(model: nn.Module, config: TrainConfig) -> Tuple[Dict[str, An
     return adapters, train_last_blocks(model, config.lora_layers)
 
 
-def _adapt(model: nn.Module, config: TrainConfig) -> Tuple[Dict[str, Any], int, int]:
+def _adapt(model: nn.Module, config: TrainConfig) -> tuple[dict[str, Any], int, int]:
     """What trains, the attention swap, fused projections and checkpointing: (adapter config, trainable, fused groups)."""
     adapters, n_trainable = _make_trainable(model, config)
     patch(model, config.attn)
@@ -217,10 +237,12 @@ def _restore_or_clear(config: TrainConfig, run_dir: Path, model, optimizer, is_m
     return 0
 
 
-def _log_plan(pad_lengths: Optional[List[int]]) -> None:
+def _log_plan(pad_lengths: list[int] | None) -> None:
     if pad_lengths:
         word = "shape" if len(pad_lengths) == 1 else "shapes"
-        logger.info(f"batches padded to lengths {pad_lengths}: {len(pad_lengths)} compiled {word} (flashtune.data.shapes)")
+        logger.info(
+            f"batches padded to lengths {pad_lengths}: {len(pad_lengths)} compiled {word} (flashtune.data.shapes)"
+        )
 
 
 def prepare(config: TrainConfig) -> Run:
@@ -247,6 +269,38 @@ def prepare(config: TrainConfig) -> Run:
     start = _restore_or_clear(config, run_dir, model, optimizer, rank == 0)
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    writer = records.RecordWriter(Path(config.records) if config.records else run_dir / "records.jsonl", enabled=rank == 0)
-    writer.write(env.run_info(config.to_dict(), model=info.to_dict(), dtype=info.dtype, seed=config.seed, world_size=world_size, trainable_params=n_trainable, fused_projection_groups=fused_groups, resumed_from=start or None, pad_lengths=pad_lengths, pad_to_multiple=None if pad_lengths else pad_to))
-    return Run(config, model, tokenizer, info, splits, optimizer, lora, run_dir, writer, pad_lengths, pad_to, n_trainable, start, world, rank, world_size)
+    writer = records.RecordWriter(
+        Path(config.records) if config.records else run_dir / "records.jsonl", enabled=rank == 0
+    )
+    writer.write(
+        env.run_info(
+            config.to_dict(),
+            model=info.to_dict(),
+            dtype=info.dtype,
+            seed=config.seed,
+            world_size=world_size,
+            trainable_params=n_trainable,
+            fused_projection_groups=fused_groups,
+            resumed_from=start or None,
+            pad_lengths=pad_lengths,
+            pad_to_multiple=None if pad_lengths else pad_to,
+        )
+    )
+    return Run(
+        config,
+        model,
+        tokenizer,
+        info,
+        splits,
+        optimizer,
+        lora,
+        run_dir,
+        writer,
+        pad_lengths,
+        pad_to,
+        n_trainable,
+        start,
+        world,
+        rank,
+        world_size,
+    )

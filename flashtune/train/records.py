@@ -10,20 +10,20 @@ records for validation (their time is not in any ``wall_s``).
 import json
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 
 class RecordWriter:
     """Appends JSON records to a file, one per line, flushed as they come."""
 
-    def __init__(self, path: Optional[Path], enabled: bool = True):
+    def __init__(self, path: Path | None, enabled: bool = True):
         self.path = Path(path) if path else None
         self._file = None
         if self.path and enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a")
 
-    def write(self, record: Dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         if self._file:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
@@ -34,24 +34,24 @@ class RecordWriter:
             self._file = None
 
 
-def read(path: Path) -> List[Dict[str, Any]]:
+def read(path: Path) -> list[dict[str, Any]]:
     with open(path) as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _last_per_iteration(records: List[Dict[str, Any]], evaluations: bool) -> List[Dict[str, Any]]:
+def _last_per_iteration(records: list[dict[str, Any]], evaluations: bool) -> list[dict[str, Any]]:
     """Training-step (or evaluation) records in iteration order. A resumed run appends to the
     same file: the last record of each iteration wins."""
     by_iter = {r["iter"]: r for r in records if "iter" in r and bool(r.get("eval")) == evaluations}
     return [by_iter[i] for i in sorted(by_iter)]
 
 
-def training_steps(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def training_steps(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The training-step records in iteration order (no evaluations), last record per iteration."""
     return _last_per_iteration(records, evaluations=False)
 
 
-def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals of one run: wall time (compile included), median step, tokens/s, memory, losses."""
     steps = training_steps(records)
     evals = _last_per_iteration(records, evaluations=True)
@@ -83,13 +83,17 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     }
 
 
-def format_summary(summary: Dict[str, Any]) -> str:
+def format_summary(summary: dict[str, Any]) -> str:
     if not summary.get("iters"):
         return "no iterations recorded"
     val = ""
     if summary["final_val_loss"] is not None:
         val = f", validation loss {summary['first_val_loss']:.3f} -> {summary['final_val_loss']:.3f}"
-    packing = f"{summary['documents']:,} examples, {100 * summary['slot_fill']:.0f}% of slots filled; " if summary.get("slot_fill") else ""
+    packing = (
+        f"{summary['documents']:,} examples, {100 * summary['slot_fill']:.0f}% of slots filled; "
+        if summary.get("slot_fill")
+        else ""
+    )
     return (
         f"{summary['iters']} iterations in {summary['total_wall_s']:.1f} s "
         f"({summary['warmup_steps']} compile/warm-up steps, {summary['warmup_wall_s']:.1f} s); "

@@ -4,10 +4,10 @@ The step is compiled once per distinct batch shape (as mlx-lm does), with the mo
 optimizer's and the random generator's state as its implicit inputs and outputs.
 """
 
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from contextlib import nullcontext
-from typing import Callable, List, Optional
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -18,7 +18,7 @@ from flashtune.patch import packed
 from flashtune.train import chunked_loss
 
 
-def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, chunk_tokens: Optional[int] = None):
+def loss_sum(model: nn.Module, inputs: mx.array, targets: mx.array, mask: mx.array, chunk_tokens: int | None = None):
     """Summed token cross-entropy and token count; dividing by the global count after summing
     over micro-batches and ranks gives exactly the loss of the combined batch.
 
@@ -51,7 +51,7 @@ class StepFunctions:
     update: Callable
     state: list  # what an evaluation of the step must force: model, optimizer, RNG state
 
-    def run(self, parts: List[data.Batch]):
+    def run(self, parts: list[data.Batch]):
         """Dispatches one iteration over its micro-batches; returns lazy (loss, tokens)."""
         if len(parts) == 1:
             return self.full(*parts[0].arrays)
@@ -63,7 +63,9 @@ class StepFunctions:
         return self.update(grads, total, count)
 
 
-def make_steps(model: nn.Module, optimizer, world, world_size: int, compile: bool, loss_chunk_tokens: Optional[int] = None) -> StepFunctions:
+def make_steps(
+    model: nn.Module, optimizer, world, world_size: int, compile: bool, loss_chunk_tokens: int | None = None
+) -> StepFunctions:
     """Builds the step functions for ``model`` (compiled unless ``compile`` is False).
 
     ``loss_chunk_tokens``: as `loss_sum`'s ``chunk_tokens``.

@@ -1,9 +1,9 @@
 """float64 NumPy reference for the attention contract: forward and the exact gradients."""
 
+import mlx.core as mx
 import numpy as np
 
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
-import mlx.core as mx
 
 
 def to64(x: mx.array) -> np.ndarray:

@@ -2,13 +2,12 @@
 
 import zlib
 from dataclasses import dataclass
-from typing import Optional
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
 import flashtune  # noqa: F401
-import mlx.core as mx
 from flashtune import attention
 from tests.attention import reference
 
@@ -35,14 +34,11 @@ class Case:
     n_heads: int
     n_kv_heads: int
     head_dim: int
-    mask: Optional[str]  # None, "causal", "bool", "additive"
+    mask: str | None  # None, "causal", "bool", "additive"
     batch: int = 1
 
     def __str__(self):
-        return (
-            f"B{self.batch}-Lq{self.L_q}-Lk{self.L_k}-H{self.n_heads}/{self.n_kv_heads}"
-            f"-D{self.head_dim}-{self.mask}"
-        )
+        return f"B{self.batch}-Lq{self.L_q}-Lk{self.L_k}-H{self.n_heads}/{self.n_kv_heads}-D{self.head_dim}-{self.mask}"
 
 
 CASES = [
@@ -77,8 +73,7 @@ def make_inputs(case: Case, dtype, seed: int):
     shape_q = (case.batch, case.n_heads, case.L_q, case.head_dim)
     shape_kv = (case.batch, case.n_kv_heads, case.L_k, case.head_dim)
     q, k, v, d_out = (
-        mx.array(rng.normal(size=s).astype(np.float32)).astype(dtype)
-        for s in (shape_q, shape_kv, shape_kv, shape_q)
+        mx.array(rng.normal(size=s).astype(np.float32)).astype(dtype) for s in (shape_q, shape_kv, shape_kv, shape_q)
     )
     return q, k, v, d_out, make_mask(case, rng)
 
@@ -87,8 +82,18 @@ def check(name, actual, expected, bound):
     if not np.any(expected):
         # An exactly-zero reference (e.g. dq with a single key) has no scale to be relative to:
         # allow a few units of the dtype's rounding instead.
-        bound = 4 * float(np.finfo(np.float16).eps if actual.dtype == mx.float16 else 2**-8 if actual.dtype == mx.bfloat16 else np.finfo(np.float32).eps)
-        error = float(np.nanmax(np.abs(reference.to64(actual)))) if np.all(np.isfinite(reference.to64(actual))) else float("inf")
+        bound = 4 * float(
+            np.finfo(np.float16).eps
+            if actual.dtype == mx.float16
+            else 2**-8
+            if actual.dtype == mx.bfloat16
+            else np.finfo(np.float32).eps
+        )
+        error = (
+            float(np.nanmax(np.abs(reference.to64(actual))))
+            if np.all(np.isfinite(reference.to64(actual)))
+            else float("inf")
+        )
     else:
         error = reference.relative_error(actual, expected)
     assert error <= bound, f"{name}: {reference.describe_error(actual, expected)} > {bound}"

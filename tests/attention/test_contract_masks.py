@@ -1,11 +1,11 @@
 """Every mask form that mx.fast.scaled_dot_product_attention accepts works in every implementation;
 the forms it refuses raise the contract's ValueError."""
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
 import flashtune  # noqa: F401
-import mlx.core as mx
 from flashtune import attention
 from tests.attention import reference
 from tests.attention.test_contract import TOLERANCE, check
@@ -14,8 +14,20 @@ B, N_HEADS, N_KV_HEADS, L_Q, L_K, D = 2, 4, 2, 5, 6, 8
 
 # Shapes of rank 0 to 4 that broadcast to (B, Hq, Lq, Lk) = (2, 4, 5, 6), a 1 in every place
 # that may hold one.
-SHAPES = [(), (1,), (6,), (5, 1), (5, 6), (1, 6), (4, 5, 6), (1, 1, 6), (2, 1, 5, 6),
-          (1, 4, 1, 6), (2, 4, 5, 1), (2, 4, 5, 6)]
+SHAPES = [
+    (),
+    (1,),
+    (6,),
+    (5, 1),
+    (5, 6),
+    (1, 6),
+    (4, 5, 6),
+    (1, 1, 6),
+    (2, 1, 5, 6),
+    (1, 4, 1, 6),
+    (2, 4, 5, 1),
+    (2, 4, 5, 6),
+]
 # bool, and additive masks of every dtype MLX adds (floats no wider than float32, integers).
 DTYPES = ["bool", "float32", "float16", "bfloat16", "int32", "int8", "uint8"]
 
@@ -33,8 +45,7 @@ def make_mask(shape, dtype: str, rng) -> mx.array:
 
 def inputs(rng, dtype=mx.float32):
     q = mx.array(rng.normal(size=(B, N_HEADS, L_Q, D)).astype(np.float32)).astype(dtype)
-    k, v = (mx.array(rng.normal(size=(B, N_KV_HEADS, L_K, D)).astype(np.float32)).astype(dtype)
-            for _ in range(2))
+    k, v = (mx.array(rng.normal(size=(B, N_KV_HEADS, L_K, D)).astype(np.float32)).astype(dtype) for _ in range(2))
     return q, k, v
 
 
@@ -44,8 +55,7 @@ def test_mlx_accepts_these_forms():
     q, k, v = inputs(rng)
     for shape in SHAPES:
         for dtype in DTYPES:
-            mx.eval(mx.fast.scaled_dot_product_attention(
-                q, k, v, scale=0.3, mask=make_mask(shape, dtype, rng)))
+            mx.eval(mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=make_mask(shape, dtype, rng)))
     for bad in REFUSED.values():
         with pytest.raises(ValueError):
             mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=bad)
@@ -61,6 +71,7 @@ def test_every_mlx_mask_form_matches_float64(name, dtype):
     for shape in SHAPES:
         mask = make_mask(shape, dtype, rng)
         expected = reference.attention(q, k, v, 0.3, mask, d_out)
+
         def loss(q, k, v, mask=mask):
             return mx.sum(fn(q, k, v, scale=0.3, mask=mask) * d_out)
 
@@ -80,8 +91,7 @@ def test_demo_cuda_padding_path_takes_broadcast_masks(shape, monkeypatch):
     for dtype in ("bool", "float16"):
         mask = make_mask(shape, dtype, rng)
         want = reference.attention(q, k, v, 0.25, mask)
-        check(f"out, {dtype} mask", module.demo(q, k, v, scale=0.25, mask=mask), want,
-              TOLERANCE["float16"][0])
+        check(f"out, {dtype} mask", module.demo(q, k, v, scale=0.25, mask=mask), want, TOLERANCE["float16"][0])
 
 
 REFUSED = {

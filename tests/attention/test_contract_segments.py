@@ -2,18 +2,17 @@
 
 import zlib
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
 import flashtune  # noqa: F401
-import mlx.core as mx
 from flashtune import attention
 from tests.attention import reference
 from tests.attention.test_contract import DTYPES, TOLERANCE, check
 
-Row = Tuple[Tuple[int, ...], int]  # (document lengths, trailing padding slots)
+Row = tuple[tuple[int, ...], int]  # (document lengths, trailing padding slots)
 
 
 @dataclass(frozen=True)
@@ -22,11 +21,11 @@ class PackedCase:
     documents that cross practical's CPU tiles (256 and 512), rows ending in padding, a row
     that is all padding, GQA ratios 1, 3, 8, and causal, no, bool and additive masks."""
 
-    rows: Tuple[Row, ...]
+    rows: tuple[Row, ...]
     n_heads: int
     n_kv_heads: int
     head_dim: int
-    mask: Optional[str]  # None, "causal", "bool", "additive"
+    mask: str | None  # None, "causal", "bool", "additive"
 
     @property
     def L(self) -> int:
@@ -63,8 +62,10 @@ def make_inputs(case: PackedCase, dtype, seed: int):
     mask = case.mask
     if mask in ("bool", "additive"):
         keep = rng.random((B, 1, L, L)) < 0.7
-        mask = mx.array(keep) if mask == "bool" else mx.array(
-            np.where(keep, rng.normal(size=keep.shape), -np.inf).astype(np.float32)
+        mask = (
+            mx.array(keep)
+            if mask == "bool"
+            else mx.array(np.where(keep, rng.normal(size=keep.shape), -np.inf).astype(np.float32))
         )
     return q, k, v, d_out, mask, segment_ids(case.rows)
 

@@ -4,12 +4,13 @@ import logging
 import re
 import types
 
-import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
 import mlx.core as mx
 import pytest
 
+import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
 from flashtune import log
-from flashtune.attention import get, poc as poc_module
+from flashtune.attention import get
+from flashtune.attention import poc as poc_module
 from flashtune.attention.kernels import cuda as cuda_kernels
 from flashtune.attention.kernels import metal as metal_kernels
 from flashtune.attention.practical import _backward, _forward
@@ -49,16 +50,16 @@ def fake_kernels(mode="right", calls=None, segments=True):
         if mode == "raise":
             raise RuntimeError("simulated compile failure: no such intrinsic")
         used = None if mode == "ignore-segments" else segments
-        out, lse = _forward(q, k, v, None, scale=scale, causal=causal, block_q=32, block_k=32,
-                            segments=used)
+        out, lse = _forward(q, k, v, None, scale=scale, causal=causal, block_q=32, block_k=32, segments=used)
         if mode == "padding-leak" and segments is not None:
             out = out + 1e-6 * (segments < 0)[:, None, :, None].astype(out.dtype)
         return (out * 1.1 if mode == "wrong" else out), lse
 
     def backward(q, k, v, out, lse, d_out, scale, causal, segments=None):
         used = None if mode == "ignore-segments" else segments
-        return _backward(q, k, v, None, out, lse, d_out, scale=scale, causal=causal,
-                         block_q=32, block_k=32, segments=used)
+        return _backward(
+            q, k, v, None, out, lse, d_out, scale=scale, causal=causal, block_q=32, block_k=32, segments=used
+        )
 
     module = types.SimpleNamespace(
         forward=forward,
@@ -252,8 +253,7 @@ def test_wgmma_backward_refuses_launches_it_has_no_kernel_for(D, config):
 
 def packed_ids(L=13):
     """Two rows: documents of 4, 1 and 5 slots then padding; one document then padding."""
-    return mx.array([[0] * 4 + [1] + [2] * 5 + [-1] * (L - 10), [7] * (L - 2) + [-1] * 2],
-                    dtype=mx.int32)
+    return mx.array([[0] * 4 + [1] + [2] * 5 + [-1] * (L - 10), [7] * (L - 2) + [-1] * 2], dtype=mx.int32)
 
 
 def packed_inputs(dtype=mx.bfloat16, L=13):
@@ -284,12 +284,10 @@ def test_packed_rows_run_verified_kernels_and_train(monkeypatch, said):
 
     got = step(q, k, v, ids)
     assert poc.last_path == "metal"
-    want = mx.grad(lambda q: practical(q, k, v, scale=0.2, mask="causal", segments=ids)
-                   .astype(mx.float32).sum())(q)
+    want = mx.grad(lambda q: practical(q, k, v, scale=0.2, mask="causal", segments=ids).astype(mx.float32).sum())(q)
     assert max_diff(got, want) < 0.05
     other = packed_ids()[::-1]  # new ids, same compiled step: they are an input, not a constant
-    want = mx.grad(lambda q: practical(q, k, v, scale=0.2, mask="causal", segments=other)
-                   .astype(mx.float32).sum())(q)
+    want = mx.grad(lambda q: practical(q, k, v, scale=0.2, mask="causal", segments=other).astype(mx.float32).sum())(q)
     assert max_diff(step(q, k, v, other), want) < 0.05
     assert ("metal", mx.bfloat16, 32, True, "segments") in poc_module._verdicts
     assert not [m for level, m in said.messages if level >= logging.WARNING]
@@ -309,8 +307,9 @@ def test_kernels_without_segments_send_packed_rows_to_practical(monkeypatch, sai
     assert poc.last_path == "metal"
 
 
-@pytest.mark.parametrize("mode, reason", [("ignore-segments", "relative error"),
-                                          ("padding-leak", "not zero on padding slots")])
+@pytest.mark.parametrize(
+    "mode, reason", [("ignore-segments", "relative error"), ("padding-leak", "not zero on padding slots")]
+)
 def test_packed_kernels_that_fail_their_check_are_never_used(monkeypatch, said, mode, reason):
     as_metal(monkeypatch, fake_kernels(mode))
     q, k, v, ids = packed_inputs()

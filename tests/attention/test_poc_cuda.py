@@ -5,11 +5,11 @@ directly (not through the self-check, so that a wrong kernel fails loudly here),
 through ``poc`` to see that the routing picks them.
 """
 
-import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
 import mlx.core as mx
 import numpy as np
 import pytest
 
+import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
 from flashtune.attention import get
 from flashtune.attention import poc as poc_module
 from flashtune.attention.kernels import cuda as cuda_kernels
@@ -64,17 +64,20 @@ def kernel_errors(shape, D, dtype, causal, seed=0, scale=None):
     (out,), grads = mx.vjp(attention, [q, k, v], [cot])
     mx.eval(out, grads)
     errors = {}
-    for name, got, want in zip(
-        ("out", "dq", "dk", "dv"), [out, *grads], reference(q, k, v, cot, scale, causal)
-    ):
+    for name, got, want in zip(("out", "dq", "dk", "dv"), [out, *grads], reference(q, k, v, cot, scale, causal)):
         assert got.dtype == dtype and got.shape == want.shape, name
         errors[name] = ref.relative_error(got, want)  # inf where anything is NaN
     return errors
 
 
 # (shape, causal) on which each launch shape is checked: Lq != Lk both ways, one row, GQA.
-LAUNCH_CASES = [((1, 8, 2, 1000, 1000), True), ((2, 4, 2, 127, 300), False),
-                ((1, 4, 1, 65, 200), True), ((2, 2, 2, 1, 1), True), ((1, 4, 4, 129, 129), False)]
+LAUNCH_CASES = [
+    ((1, 8, 2, 1000, 1000), True),
+    ((2, 4, 2, 127, 300), False),
+    ((1, 4, 1, 65, 200), True),
+    ((2, 2, 2, 1, 1), True),
+    ((1, 4, 4, 129, 129), False),
+]
 
 
 def check(errors, dtype, label):
@@ -187,8 +190,7 @@ def check_backward(D, dtype=mx.bfloat16, **launch):
         q, k, v, cot = random_inputs(shape, D, dtype, 8)
         out, lse = cuda_kernels.forward(q, k, v, D**-0.5, causal)
         grads = cuda_kernels.backward(q, k, v, out, lse, cot, D**-0.5, causal, **launch)
-        for name, got, want in zip(("dq", "dk", "dv"), grads,
-                                   reference(q, k, v, cot, D**-0.5, causal)[1:]):
+        for name, got, want in zip(("dq", "dk", "dv"), grads, reference(q, k, v, cot, D**-0.5, causal)[1:]):
             assert got.dtype == dtype, name
             error = ref.relative_error(got, want)
             assert error < TOLERANCE[dtype], (name, shape, causal, error)

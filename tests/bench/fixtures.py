@@ -2,7 +2,6 @@
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 RUN_INFO = {
     "run_info": True, "time": "2026-11-24T10:00:00+00:00", "flashtune": "0.1.0", "mlx": "0.32.4",
@@ -13,12 +12,12 @@ LABEL = "TinyLlama-1.1B (random-init weights)"
 
 
 def write_run(results: Path, relpath: str, *, suite: str, impl: str, step_s: float = 0.1, iters: int = 100,
-              tokens: int = 2600, peak: float = 16.0, length: Optional[int] = None, batch: int = 4,
-              failed: Optional[str] = None, window: int = 1, warmup_first: float = 2.0,
-              fine_tune_type: Optional[str] = None) -> Path:  # fmt: skip
+              tokens: int = 2600, peak: float = 16.0, length: int | None = None, batch: int = 4,
+              failed: str | None = None, window: int = 1, warmup_first: float = 2.0,
+              fine_tune_type: str | None = None) -> Path:  # fmt: skip
     """One run file: bench header (without a fine_tune_type unless given, as older files), run_info,
     per-iteration (or per-window) records, end record."""
-    lines: List[dict] = [{"bench": {
+    lines: list[dict] = [{"bench": {
         "suite": suite, "model": "TinyLlama-1.1B", "label": LABEL, "weights": "random-init", "tokenizer": "stand-in",
         "impl": impl, "tool": "mlx_lm.lora" if impl == "mlx_lm.lora" else "flashtune", "length": length, "batch": batch,
         "iters": iters, "recipe": "recipes/x.yaml", "data": "d",
@@ -40,7 +39,12 @@ def write_run(results: Path, relpath: str, *, suite: str, impl: str, step_s: flo
         lines.append(record)
     if done:
         lines.append({"eval": True, "iter": done, "val_loss": 2.5, "eval_s": 1.0})
-    end = {"run_end": True, "status": "failed" if failed else "ok", "returncode": 1 if failed else 0, "process_wall_s": 30.0}
+    end = {
+        "run_end": True,
+        "status": "failed" if failed else "ok",
+        "returncode": 1 if failed else 0,
+        "process_wall_s": 30.0,
+    }
     if failed:
         end.update(error=failed, oom="memory" in failed)
     lines.append(end)
@@ -54,8 +58,18 @@ def write_results(results: Path) -> Path:
     """A results folder with every kind of run the report draws, a failed one in each suite."""
     write_run(results, "main/TinyLlama-1.1B/baseline.jsonl", suite="main", impl="baseline", step_s=0.12)
     write_run(results, "main/TinyLlama-1.1B/demo.jsonl", suite="main", impl="demo", step_s=0.08, peak=12.0)
-    write_run(results, "main/TinyLlama-1.1B/poc.jsonl", suite="main", impl="poc", failed="RuntimeError: kernel launch failed")
-    write_run(results, "main/TinyLlama-1.1B/mlx_lm.lora.jsonl", suite="main", impl="mlx_lm.lora", step_s=0.3, window=10, warmup_first=1.0)
+    write_run(
+        results, "main/TinyLlama-1.1B/poc.jsonl", suite="main", impl="poc", failed="RuntimeError: kernel launch failed"
+    )
+    write_run(
+        results,
+        "main/TinyLlama-1.1B/mlx_lm.lora.jsonl",
+        suite="main",
+        impl="mlx_lm.lora",
+        step_s=0.3,
+        window=10,
+        warmup_first=1.0,
+    )
     write_run(results, "main/TinyLlama-1.1B/cold/demo.jsonl", suite="cold", impl="demo", iters=10, warmup_first=60.0)
     for length, batch in ((1024, 4), (4096, 1)):
         write_run(results, f"sweep/TinyLlama-1.1B/L{length}-demo.jsonl", suite="sweep", impl="demo", iters=20,
@@ -66,7 +80,16 @@ def write_results(results: Path) -> Path:
               length=4096, batch=1, failed="RuntimeError: [malloc] out of memory")  # fmt: skip
     attention = [dict(RUN_INFO, kind="attention-bench")]
     for impl, ms in (("baseline", 5.0), ("practical", 2.0), ("demo", 0.6), ("poc", None)):
-        r = {"impl": impl, "tag": "tinyllama", "batch": 4, "n_heads": 32, "n_kv_heads": 4, "length": 1024, "head_dim": 64, "causal": True}
+        r = {
+            "impl": impl,
+            "tag": "tinyllama",
+            "batch": 4,
+            "n_heads": 32,
+            "n_kv_heads": 4,
+            "length": 1024,
+            "head_dim": 64,
+            "causal": True,
+        }
         r.update({"status": "ok", "fwd_ms": ms / 3, "fwdbwd_ms": ms, "fwd_tflops": 1.0, "fwdbwd_tflops": 2.0, "extra_mb": 10.0, "rel_err": 1e-3}
                  if ms else {"status": "oom", "error": "out of memory"})  # fmt: skip
         attention.append(r)

@@ -2,10 +2,10 @@
 
 import json
 
-import flashtune  # noqa: F401
 import mlx.core as mx
 import pytest
 
+import flashtune  # noqa: F401
 from flashtune.bench import attention as bench
 from flashtune.bench.attention_report import attention_table, demo_length_note
 from flashtune.bench.report import read_jsonl

@@ -13,7 +13,16 @@ def write_bench(folder: Path, rows):
     folder.mkdir(parents=True)
     lines = [{"run_info": True, "kind": "attention-bench"}]
     for tag, length, impl, fwd, fwdbwd, *status in rows:
-        lines.append({"impl": impl, "tag": tag, "length": length, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd, "status": (status or ["ok"])[0]})
+        lines.append(
+            {
+                "impl": impl,
+                "tag": tag,
+                "length": length,
+                "fwd_ms": fwd,
+                "fwdbwd_ms": fwdbwd,
+                "status": (status or ["ok"])[0],
+            }
+        )
     (folder / "attention.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return folder
 

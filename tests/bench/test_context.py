@@ -54,18 +54,36 @@ def test_runs_share_one_shape_and_only_the_peer_run_named_so_checkpoints():
     config = resolve(None, **{**context.recipe(SMOL, 2), **run.overrides})
     assert config.lora_layers == 30 and config.lora_rank == 8 and config.batch_size == 1 and config.iters == 2
     assert mlx_lm_config(config, run)["grad_checkpoint"] and mlx_lm_config(config, run)["max_seq_length"] == 4096
-    plain = Run("context", "SmolLM2-135M", "mlx_lm.lora", 4096, 1, 2, overrides=context.run_settings("mlx_lm.lora", 4096))
+    plain = Run(
+        "context", "SmolLM2-135M", "mlx_lm.lora", 4096, 1, 2, overrides=context.run_settings("mlx_lm.lora", 4096)
+    )
     assert not mlx_lm_config(resolve(None, **{**context.recipe(SMOL, 2), **plain.overrides}), plain)["grad_checkpoint"]
 
 
 def summary(impl, status="ok", oom=False, peak=1.5):
     if status != "ok":
-        return {"impl": impl, "status": "failed", "oom": oom, "error": "Traceback\nRuntimeError: [malloc] Unable to allocate", "peak_mem_gb": None}
-    return {"impl": impl, "status": "ok", "peak_mem_gb": peak, "median_step_s": 2.0, "losses": [(1, 3.0), (2, 2.5)], "path": "p"}
+        return {
+            "impl": impl,
+            "status": "failed",
+            "oom": oom,
+            "error": "Traceback\nRuntimeError: [malloc] Unable to allocate",
+            "peak_mem_gb": None,
+        }
+    return {
+        "impl": impl,
+        "status": "ok",
+        "peak_mem_gb": peak,
+        "median_step_s": 2.0,
+        "losses": [(1, 3.0), (2, 2.5)],
+        "path": "p",
+    }
 
 
 def test_out_of_memory_is_a_row_and_stops_longer_lengths_of_that_implementation():
-    outcomes = {(4096, "mlx_lm.lora"): summary("mlx_lm.lora", "failed", oom=True), (4096, "demo"): summary("demo", "failed")}
+    outcomes = {
+        (4096, "mlx_lm.lora"): summary("mlx_lm.lora", "failed", oom=True),
+        (4096, "demo"): summary("demo", "failed"),
+    }
     executed, emitted, said = [], [], []
 
     def execute(length, impl):
@@ -86,7 +104,9 @@ def test_out_of_memory_is_a_row_and_stops_longer_lengths_of_that_implementation(
 
 
 def test_table_compares_each_peak_with_mlx_lms_lowest(tmp_path):
-    rows = [context.row_of(summary(i, peak=p), 4096) for i, p in (("practical", 1.0), ("mlx_lm.lora", 8.0), (PEER_GC, 4.0))]
+    rows = [
+        context.row_of(summary(i, peak=p), 4096) for i, p in (("practical", 1.0), ("mlx_lm.lora", 8.0), (PEER_GC, 4.0))
+    ]
     rows.append(context.row_of(summary("baseline", "failed", oom=True), 4096))
     md = context.table(rows)
     assert "| 4096 | practical | ok | 1 | 0.25 | 2 | 2,048 | 2.5 |" in md, md
@@ -119,7 +139,12 @@ def test_tiny_model_end_to_end(tmp_path, capsys):
         assert 1.0 < row["loss"] < 10.0
     ours = [json.loads(line) for line in (out / "tiny" / "L64-practical.jsonl").read_text().splitlines()]
     config = next(r for r in ours if r.get("run_info"))["config"]
-    assert config["chunked_loss"] and config["grad_checkpoint"] and config["fixed_length"] == 64 and config["lora_layers"] == 2
+    assert (
+        config["chunked_loss"]
+        and config["grad_checkpoint"]
+        and config["fixed_length"] == 64
+        and config["lora_layers"] == 2
+    )
     assert (out / "tiny.md").is_file() and (out / "tiny.png").is_file()
     assert "L=64 practical: peak" in capsys.readouterr().out
 
@@ -142,8 +167,13 @@ def test_cpu_target_flashtune_peak_is_at_most_half_of_mlx_lm_loras_best(tmp_path
     args = ["bench", "context", "--model", "SmolLM2-135M", "--impls", f"practical,mlx_lm.lora,{PEER_GC}", "--lengths", "4096",
             "--steps", "2", "--results", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"), "--memory-cap-gb", str(cap)]  # fmt: skip
     assert cli.main(args) == 0
-    rows = [json.loads(line) for line in (tmp_path / "results" / "context" / "smollm2-135m.jsonl").read_text().splitlines()[1:]]
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "results" / "context" / "smollm2-135m.jsonl").read_text().splitlines()[1:]
+    ]
     ours = next(r for r in rows if r["impl"] == "practical")
     peers = [r["peak_gb"] for r in rows if r["impl"] in ("mlx_lm.lora", PEER_GC) and r["status"] == "ok"]
     assert ours["status"] == "ok" and peers, rows
-    assert ours["peak_gb"] <= 0.5 * min(peers), f"flashtune {ours['peak_gb']:.2f} GB, mlx_lm lora's best {min(peers):.2f} GB: {rows}"
+    assert ours["peak_gb"] <= 0.5 * min(peers), (
+        f"flashtune {ours['peak_gb']:.2f} GB, mlx_lm lora's best {min(peers):.2f} GB: {rows}"
+    )

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from flashtune.bench import finetune, timing_data
-from flashtune.bench.finetune import IMPLS, TOOL, Bench, Run, check_train_flags, plan  # noqa: F401
+from flashtune.bench.finetune import IMPLS, TOOL, Bench, Run, check_train_flags, plan
 from flashtune.config import TrainConfig
 
 from .fixtures import write_run
@@ -39,7 +39,11 @@ def test_other_fine_tune_types_plan_into_their_own_folder():
 
 def test_skip_existing_and_retry_failed(tmp_path):
     bench = Bench(tmp_path, tmp_path, tmp_path, {}, {}, skip_existing=True)
-    ok, bad, todo = Run("main", "TinyLlama-1.1B", "demo"), Run("main", "TinyLlama-1.1B", "poc"), Run("main", "TinyLlama-1.1B", "baseline")
+    ok, bad, todo = (
+        Run("main", "TinyLlama-1.1B", "demo"),
+        Run("main", "TinyLlama-1.1B", "poc"),
+        Run("main", "TinyLlama-1.1B", "baseline"),
+    )
     write_run(tmp_path, str(ok.relpath), suite="main", impl="demo")
     write_run(tmp_path, str(bad.relpath), suite="main", impl="poc", failed="boom")
     (tmp_path / todo.relpath).with_suffix(".jsonl.partial").write_text("{}\n")  # an interrupted run: not finished
@@ -60,7 +64,16 @@ def test_budget_leaves_runs_that_would_not_fit(tmp_path):
 
 
 def test_mlx_lm_config_mirrors_the_recipe():
-    config = TrainConfig(iters=100, batch_size=4, max_seq_length=1024, lora_rank=8, lora_scale=20.0, warmup=10, val_batches=4, steps_per_eval=50)
+    config = TrainConfig(
+        iters=100,
+        batch_size=4,
+        max_seq_length=1024,
+        lora_rank=8,
+        lora_scale=20.0,
+        warmup=10,
+        val_batches=4,
+        steps_per_eval=50,
+    )
     c = finetune.mlx_lm_config(config, Run("main", "M", TOOL))
     assert c["lora_parameters"] == {"rank": 8, "scale": 20.0, "dropout": 0.0}
     assert c["optimizer"] == "adamw" and c["optimizer_config"]["adamw"]["weight_decay"] == config.weight_decay
@@ -68,14 +81,18 @@ def test_mlx_lm_config_mirrors_the_recipe():
     assert (c["max_seq_length"], c["val_batches"], c["steps_per_eval"], c["steps_per_report"]) == (1024, 4, 50, 1)
     assert finetune.mlx_lm_config(config, Run("sweep", "M", TOOL, 2048, 2))["max_seq_length"] == 2049
     assert c["fine_tune_type"] == "lora"
-    assert finetune.mlx_lm_config(TrainConfig(fine_tune_type="full"), Run("main", "M", TOOL))["fine_tune_type"] == "full"
+    assert (
+        finetune.mlx_lm_config(TrainConfig(fine_tune_type="full"), Run("main", "M", TOOL))["fine_tune_type"] == "full"
+    )
 
 
 def test_word_tokenizer_data_hits_exact_token_counts(tmp_path):
     from mlx_lm.utils import load_tokenizer
 
     tokenizer = load_tokenizer(timing_data.write_word_tokenizer(tmp_path / "tok", 1000))
-    meta = timing_data.make_dataset(tmp_path / "var", tokenizer, kind="variable", lo=30, hi=60, n_train=20, n_valid=4, seed=1)
+    meta = timing_data.make_dataset(
+        tmp_path / "var", tokenizer, kind="variable", lo=30, hi=60, n_train=20, n_valid=4, seed=1
+    )
     assert meta["train"]["min_tokens"] >= 30 and meta["train"]["max_tokens"] <= 60 and meta["valid"]["examples"] == 4
     count = timing_data.token_counter(tokenizer)
     lines = [json.loads(line)["text"] for line in (tmp_path / "var" / "train.jsonl").read_text().splitlines()]
@@ -83,7 +100,9 @@ def test_word_tokenizer_data_hits_exact_token_counts(tmp_path):
     fixed = timing_data.make_dataset(tmp_path / "fixed", tokenizer, kind="fixed", length=64, n_train=8, n_valid=0)
     assert fixed["train"]["min_tokens"] == fixed["train"]["max_tokens"] == 65
     assert not (tmp_path / "fixed" / "valid.jsonl").exists()
-    again = timing_data.make_dataset(tmp_path / "var2", tokenizer, kind="variable", lo=30, hi=60, n_train=20, n_valid=4, seed=1)
+    again = timing_data.make_dataset(
+        tmp_path / "var2", tokenizer, kind="variable", lo=30, hi=60, n_train=20, n_valid=4, seed=1
+    )
     assert again["train"]["sha256"] == meta["train"]["sha256"]  # deterministic
 
 

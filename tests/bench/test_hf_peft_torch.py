@@ -8,11 +8,10 @@ skipped where there is none (CI). For example:
 import json
 import subprocess
 
+import mlx.core as mx
 import pytest
 
 import flashtune  # noqa: F401  (BLAS before mlx)
-import mlx.core as mx
-
 from flashtune import models
 from flashtune.bench import hf_peft
 from flashtune.bench.assets import ModelSetup
@@ -49,10 +48,14 @@ def flashtune_trainable(model, config) -> int:
     """How many parameters flashtune trains on ``model`` for ``config``'s fine-tuning type."""
     if config.fine_tune_type == "full":
         return train_last_blocks(model, config.lora_layers)
-    return apply_lora(model, adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, 0.0, config.fine_tune_type))
+    return apply_lora(
+        model, adapter_config(config.lora_layers, config.lora_rank, config.lora_scale, 0.0, config.fine_tune_type)
+    )
 
 
-@pytest.mark.parametrize("model_type, fine_tune_type", [("llama", "lora"), ("qwen2", "lora"), ("llama", "dora"), ("qwen2", "full")])
+@pytest.mark.parametrize(
+    "model_type, fine_tune_type", [("llama", "lora"), ("qwen2", "lora"), ("llama", "dora"), ("qwen2", "full")]
+)
 def test_first_loss_and_trainable_match_flashtune_and_loss_falls(tmp_path, model_type, fine_tune_type):
     folder = write_tiny_hf_model(tmp_path / "model", model_type, **ARCHITECTURES[model_type])
     data = write_text_dataset(tmp_path / "data")
@@ -83,7 +86,9 @@ def test_first_loss_and_trainable_match_flashtune_and_loss_falls(tmp_path, model
 @pytest.fixture
 def bench(tmp_path):
     """A Bench with the tiny model, 4 iterations per run, hf-peft on the CPU."""
-    recipe = "model: tiny\niters: 4\nbatch_size: 2\nlora_layers: 2\nsteps_per_eval: 0\nsteps_per_save: 0\nsample: false\n"
+    recipe = (
+        "model: tiny\niters: 4\nbatch_size: 2\nlora_layers: 2\nsteps_per_eval: 0\nsteps_per_save: 0\nsample: false\n"
+    )
     return tiny_bench(tmp_path, recipe, hf=OPTIONS)
 
 
@@ -100,9 +105,13 @@ def test_bench_runs_and_reports_hf_peft(bench):
 def test_compiled_variant_trains_alike_or_fails_as_a_result(bench):
     assert bench.execute(Run("main", "tiny", "hf-peft")) == "ok"
     compiled = bench.execute(Run("main", "tiny", "hf-peft+compile"))
-    eager, again = (summarize_run(bench.results / "main" / "tiny" / f"{impl}.jsonl") for impl in ("hf-peft", "hf-peft+compile"))
+    eager, again = (
+        summarize_run(bench.results / "main" / "tiny" / f"{impl}.jsonl") for impl in ("hf-peft", "hf-peft+compile")
+    )
     if compiled == "ok":  # a failure is a result too, with its error
-        assert again["run_info"]["config"]["compile"] and [r[1] for r in again["losses"]] == pytest.approx([r[1] for r in eager["losses"]], rel=1e-4)
+        assert again["run_info"]["config"]["compile"] and [r[1] for r in again["losses"]] == pytest.approx(
+            [r[1] for r in eager["losses"]], rel=1e-4
+        )
     else:
         assert again["status"] == "failed" and again["error"]
     assert "| hf-peft+compile |" in write_report(bench.results).read_text()

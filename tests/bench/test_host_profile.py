@@ -6,9 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.tiny_models import write_tiny_hf_model
-
 from flashtune.bench import host_profile
+from tests.tiny_models import write_tiny_hf_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,8 +16,22 @@ def run_on_tiny_model(tmp_path, mode, length):
     """The script's stdout for ``mode`` on a tiny random Llama, batch 2 x ``length``."""
     model = write_tiny_hf_model(tmp_path / "llama", model_type="llama")
     done = subprocess.run(
-        [sys.executable, "-m", "flashtune.bench.host_profile", mode, "--model", str(model), "--batch", "2", "--length", str(length)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "flashtune.bench.host_profile",
+            mode,
+            "--model",
+            str(model),
+            "--batch",
+            "2",
+            "--length",
+            str(length),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -29,7 +42,9 @@ def test_first_step_reports_every_lap(tmp_path):
     for step in ("step 1", "step 2", "steady step", "new shape 2x56"):
         for part in ("trace", "dispatch", "wait"):
             assert laps[f"{step}: {part}"] >= 0
-    assert any(name.startswith("cuDNN SDPA") for name in laps) and "1 GB allocation (cache cleared): second call" in laps
+    assert (
+        any(name.startswith("cuDNN SDPA") for name in laps) and "1 GB allocation (cache cleared): second call" in laps
+    )
 
 
 def test_graph_counts_the_fused_steps_primitives(tmp_path):

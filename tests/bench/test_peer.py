@@ -27,14 +27,22 @@ def test_plain_table_output_of_mlx_lm_0_32():
     assert info is None
     assert [r["iteration"] for r in train] == [5, 10, 12]
     assert [r["iteration"] for r in val] == [1, 10, 12]
-    assert train[0] == {"iteration": 5, "train_loss": 5.130, "tokens_per_second": 1245.0, "trained_tokens": 100.0, "approx": True}
+    assert train[0] == {
+        "iteration": 5,
+        "train_loss": 5.130,
+        "tokens_per_second": 1245.0,
+        "trained_tokens": 100.0,
+        "approx": True,
+    }
     assert val[1]["val_loss"] == pytest.approx(4.919) and val[1]["val_time"] == pytest.approx(0.02)
 
 
 def test_older_iter_lines():
     train, val, _ = parse_output(OLD)
     assert [r["iteration"] for r in train] == [10, 20] and [r["iteration"] for r in val] == [1, 20]
-    assert train[0]["peak_memory"] == pytest.approx(16.812) and train[0]["iterations_per_second"] == pytest.approx(0.512)
+    assert train[0]["peak_memory"] == pytest.approx(16.812) and train[0]["iterations_per_second"] == pytest.approx(
+        0.512
+    )
     assert train[1]["trained_tokens"] == 57000 and train[1]["learning_rate"] == pytest.approx(1e-5)
     records = to_records(train, val, "m")
     assert records[1]["tokens"] == 57000 - 29300

@@ -27,7 +27,10 @@ ROOTS = {
         ("/opt/torch/.venv/bin/python3", "python"),
         ("/usr/bin/python3.12", "python"),
         ("/usr/bin/python", "python"),
-        ("/tmp/ft-exports/tinyllama-1.1b-random-seed0-bfloat16", "<abs>/ft-exports/tinyllama-1.1b-random-seed0-bfloat16"),
+        (
+            "/tmp/ft-exports/tinyllama-1.1b-random-seed0-bfloat16",
+            "<abs>/ft-exports/tinyllama-1.1b-random-seed0-bfloat16",
+        ),
         ("/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0", "<abs>/openblas-pthread/libopenblas.so.0"),
         ("/work/repository/x/y", "<abs>/x/y"),  # shares a prefix with a root, is not under it
         ("/data", "<abs>/data"),
@@ -39,10 +42,19 @@ def test_each_kind_of_path(path, expected):
 
 def test_paths_inside_longer_strings_and_prose_untouched():
     assert portable_text("from /work/repo/.device/bench-cache/models/m", ROOTS) == "from <cache>/models/m"
-    assert portable_text(".device/bench-cache/models/m (random-init weights)", ROOTS) == "<cache>/models/m (random-init weights)"
+    assert (
+        portable_text(".device/bench-cache/models/m (random-init weights)", ROOTS)
+        == "<cache>/models/m (random-init weights)"
+    )
     assert portable_text(".device/bench-cache", ROOTS) == "<cache>"
     assert portable_text("wrote /tmp/r/full/attention.jsonl.", ROOTS) == "wrote <results>/attention.jsonl."
-    for prose in ("32/4 heads, 4096 tokens/s", "cudnn/this 0.83", "see https://example.com/a/b", "fwd+bwd 1.2 ms", "1/8 of the tokens"):
+    for prose in (
+        "32/4 heads, 4096 tokens/s",
+        "cudnn/this 0.83",
+        "see https://example.com/a/b",
+        "fwd+bwd 1.2 ms",
+        "1/8 of the tokens",
+    ):
         assert portable_text(prose, ROOTS) == prose
 
 
@@ -70,10 +82,16 @@ def test_record_rewritten_recursively_keys_and_numbers_kept():
 
 
 def test_file_keeps_every_number_and_the_report(tmp_path):
-    path = write_run(tmp_path / "results", "main/TinyLlama-1.1B/demo.jsonl", suite="main", impl="demo", step_s=0.1, iters=100)
+    path = write_run(
+        tmp_path / "results", "main/TinyLlama-1.1B/demo.jsonl", suite="main", impl="demo", step_s=0.1, iters=100
+    )
     lines = path.read_text().splitlines()
     header = json.loads(lines[0])
-    header["bench"]["command"] = ["/opt/venv/bin/python3", "--config", "/work/repo/recipes/finetune-tinyllama-1.1b.yaml"]
+    header["bench"]["command"] = [
+        "/opt/venv/bin/python3",
+        "--config",
+        "/work/repo/recipes/finetune-tinyllama-1.1b.yaml",
+    ]
     path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n\n")
     before = report.summarize_run(path)
 
@@ -82,7 +100,15 @@ def test_file_keeps_every_number_and_the_report(tmp_path):
     assert json.loads(new[0])["bench"]["command"] == ["python", "--config", "recipes/finetune-tinyllama-1.1b.yaml"]
     assert new[1:] == [line for line in lines[1:] if line.strip()]  # records without paths: byte for byte
     after = report.summarize_run(out)
-    for key in ("total_wall_s", "steady_tokens_per_s", "peak_mem_gb", "final_loss", "final_val_loss", "iters", "status"):
+    for key in (
+        "total_wall_s",
+        "steady_tokens_per_s",
+        "peak_mem_gb",
+        "final_loss",
+        "final_val_loss",
+        "iters",
+        "status",
+    ):
         assert after[key] == before[key], key
 
 
@@ -100,5 +126,12 @@ def test_run_roots_name_each_folder_as_given_and_resolved(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".cache").mkdir()
     roots = run_roots(results=tmp_path / "out", cache=".cache", repo=tmp_path)
-    assert roots == {str(tmp_path): "", str(tmp_path / "out"): "<results>", ".cache": "<cache>", str(tmp_path / ".cache"): "<cache>"}
-    assert portable_text(f"{tmp_path}/.cache/models/m and .cache/data/d", roots) == "<cache>/models/m and <cache>/data/d"
+    assert roots == {
+        str(tmp_path): "",
+        str(tmp_path / "out"): "<results>",
+        ".cache": "<cache>",
+        str(tmp_path / ".cache"): "<cache>",
+    }
+    assert (
+        portable_text(f"{tmp_path}/.cache/models/m and .cache/data/d", roots) == "<cache>/models/m and <cache>/data/d"
+    )

@@ -1,12 +1,13 @@
 """flashtune.bench.profile_step's graph count sees what fusing the projections saves."""
 
-import flashtune  # noqa: F401  (BLAS before mlx)
 import mlx.core as mx
+
+import flashtune  # noqa: F401  (BLAS before mlx)
 from flashtune import models
+from flashtune.bench import profile_step
+from flashtune.patch import patch
 from flashtune.train.fused_projections import fuse_projections
 from flashtune.train.lora import adapter_config, apply_lora
-from flashtune.patch import patch
-from flashtune.bench import profile_step
 from tests.tiny_models import write_tiny_hf_model
 
 

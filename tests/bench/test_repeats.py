@@ -19,7 +19,9 @@ def test_each_repeat_gets_its_own_folder_and_the_worst_status_wins(tmp_path, cap
         (tmp_path / args.results / "report.md").write_text("a report")
         return 3 if len(seen) == 2 else 0  # the second repeat left a run for another call
 
-    args = argparse.Namespace(results=str(tmp_path / "r"), repeats=3, archive=str(tmp_path / "all.tgz"), dry_run=False, budget_s=None)
+    args = argparse.Namespace(
+        results=str(tmp_path / "r"), repeats=3, archive=str(tmp_path / "all.tgz"), dry_run=False, budget_s=None
+    )
     assert run_repeated(args, once) == 3
     assert seen == [(str(tmp_path / "r" / f"rep{i}"), 1, None) for i in (1, 2, 3)]
     with tarfile.open(tmp_path / "all.tgz") as tar:
@@ -28,7 +30,19 @@ def test_each_repeat_gets_its_own_folder_and_the_worst_status_wins(tmp_path, cap
 
 
 def test_the_cli_plans_every_repeat(tmp_path, capsys):
-    argv = ["--dry-run", "--device", "cpu", "--suites", "main", "--impls", "demo", "--repeats", "2", "--results", str(tmp_path)]
+    argv = [
+        "--dry-run",
+        "--device",
+        "cpu",
+        "--suites",
+        "main",
+        "--impls",
+        "demo",
+        "--repeats",
+        "2",
+        "--results",
+        str(tmp_path),
+    ]
     assert finetune.main(argv) == 0
     out = capsys.readouterr().out
     assert f"1 lora runs into {tmp_path / 'rep1'}" in out and f"1 lora runs into {tmp_path / 'rep2'}" in out
@@ -45,5 +59,7 @@ def test_one_budget_for_every_repeat(tmp_path):
         time.sleep(0.05)
         return 0
 
-    run_repeated(argparse.Namespace(results=str(tmp_path), repeats=3, archive=None, dry_run=False, budget_s=100.0), once)
+    run_repeated(
+        argparse.Namespace(results=str(tmp_path), repeats=3, archive=None, dry_run=False, budget_s=100.0), once
+    )
     assert budgets[0] <= 100.0 and budgets[0] - budgets[1] >= 0.05 and budgets[1] - budgets[2] >= 0.05

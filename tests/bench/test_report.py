@@ -9,7 +9,9 @@ from .fixtures import LABEL, write_results, write_run
 
 
 def test_summary_of_a_flashtune_run(tmp_path):
-    path = write_run(tmp_path, "a.jsonl", suite="main", impl="demo", step_s=0.1, iters=100, tokens=1000, warmup_first=2.0)
+    path = write_run(
+        tmp_path, "a.jsonl", suite="main", impl="demo", step_s=0.1, iters=100, tokens=1000, warmup_first=2.0
+    )
     s = report.summarize_run(path)
     assert s["status"] == "ok" and s["iters"] == 100 and s["label"] == LABEL
     assert s["total_wall_s"] == pytest.approx(2.0 + 99 * 0.1)
@@ -20,7 +22,9 @@ def test_summary_of_a_flashtune_run(tmp_path):
 
 
 def test_summary_of_windowed_reports(tmp_path):
-    path = write_run(tmp_path, "p.jsonl", suite="main", impl="mlx_lm.lora", step_s=0.3, iters=100, window=10, warmup_first=1.0)
+    path = write_run(
+        tmp_path, "p.jsonl", suite="main", impl="mlx_lm.lora", step_s=0.3, iters=100, window=10, warmup_first=1.0
+    )
     s = report.summarize_run(path)
     assert s["iters"] == 100 and s["total_wall_s"] == pytest.approx(10 * 1.0 + 90 * 0.3)
     assert s["median_step_s"] == pytest.approx(0.3)
@@ -28,7 +32,9 @@ def test_summary_of_windowed_reports(tmp_path):
 
 
 def test_failed_run_is_summarized_not_dropped(tmp_path):
-    path = write_run(tmp_path, "f.jsonl", suite="sweep", impl="baseline", length=4096, batch=1, failed="RuntimeError: out of memory")
+    path = write_run(
+        tmp_path, "f.jsonl", suite="sweep", impl="baseline", length=4096, batch=1, failed="RuntimeError: out of memory"
+    )
     s = report.summarize_run(path)
     assert s["status"] == "failed" and s["oom"] and s["iters"] == 0 and "total_wall_s" not in s
 
@@ -56,10 +62,21 @@ def test_performance_goals(tmp_path):
 def test_write_report_tables_and_plots(tmp_path):
     results = write_results(tmp_path)
     md = report.write_report(results).read_text()
-    for heading in ("## Performance goals", f"## {LABEL}: 100 LoRA iterations", "### Warm-up runs", "sequence-length sweep", "## Attention benchmark"):
+    for heading in (
+        "## Performance goals",
+        f"## {LABEL}: 100 LoRA iterations",
+        "### Warm-up runs",
+        "sequence-length sweep",
+        "## Attention benchmark",
+    ):
         assert heading in md
     assert "failed: out of memory" in md and "NVIDIA H100" in md and "random weights" in md
-    for png in ("iterations-tinyllama-1.1b.png", "sweep-tokens-tinyllama-1.1b.png", "sweep-memory-tinyllama-1.1b.png", "attention-speedup.png"):
+    for png in (
+        "iterations-tinyllama-1.1b.png",
+        "sweep-tokens-tinyllama-1.1b.png",
+        "sweep-memory-tinyllama-1.1b.png",
+        "attention-speedup.png",
+    ):
         assert (results / png).stat().st_size > 5000, png
         assert f"]({png})" in md
 
@@ -77,7 +94,14 @@ def test_empty_folder(tmp_path):
 def test_dora_runs_get_their_own_tables_and_goal(tmp_path):
     results = write_results(tmp_path)
     for impl, step_s in (("demo", 0.1), ("mlx_lm.lora", 0.25)):
-        write_run(results, f"dora/main/TinyLlama-1.1B/{impl}.jsonl", suite="main", impl=impl, step_s=step_s, fine_tune_type="dora")
+        write_run(
+            results,
+            f"dora/main/TinyLlama-1.1B/{impl}.jsonl",
+            suite="main",
+            impl=impl,
+            step_s=step_s,
+            fine_tune_type="dora",
+        )
     runs = report.collect(results)
     assert {s["fine_tune_type"] for s in runs} == {"lora", "dora"}  # files without the key are LoRA runs
     md = report.write_report(results).read_text()
@@ -86,5 +110,10 @@ def test_dora_runs_get_their_own_tables_and_goal(tmp_path):
     dora_table = md.split("100 DoRA iterations")[1].split("## ")[0]
     assert lora_table.count("| demo |") == 1 and dora_table.count("| demo |") == 1 and "| baseline |" not in dora_table
     # (2 + 99 * 0.1) / (2 + 99 * 0.25): the DoRA goal is half of mlx_lm.lora's DoRA time
-    assert "TinyLlama-1.1B (DoRA) | time for 100 iterations, best flashtune (demo) / mlx_lm.lora | 0.44 | ≤ 0.5 | yes" in md
-    assert (results / "iterations-tinyllama-1.1b-dora.png").is_file() and (results / "iterations-tinyllama-1.1b.png").is_file()
+    assert (
+        "TinyLlama-1.1B (DoRA) | time for 100 iterations, best flashtune (demo) / mlx_lm.lora | 0.44 | ≤ 0.5 | yes"
+        in md
+    )
+    assert (results / "iterations-tinyllama-1.1b-dora.png").is_file() and (
+        results / "iterations-tinyllama-1.1b.png"
+    ).is_file()

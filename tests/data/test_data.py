@@ -3,15 +3,15 @@
 import json
 from pathlib import Path
 
+import mlx.core as mx
+import numpy as np
 import pytest
 
-from flashtune import models  # first: flashtune sets up the CPU BLAS before mlx loads
-from flashtune import data
-
-import mlx.core as mx  # noqa: E402
-import numpy as np  # noqa: E402
-
-from flashtune.data import capitals  # noqa: E402
+from flashtune import (
+    data,
+    models,  # first: flashtune sets up the CPU BLAS before mlx loads
+)
+from flashtune.data import capitals
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,10 @@ def _toy(tokenizer, n=10, mask_prompt=False):
     """A dataset of n completions of different lengths."""
     rows = [{"prompt": f"Count to {i}.", "completion": " ".join(str(j) for j in range(i + 1))} for i in range(n)]
     return data.Dataset(
-        examples=[data.Example(*data.tokenize_record(r, "completions", tokenizer, mask_prompt), f"toy:{i}")
-                  for i, r in enumerate(rows)],  # fmt: skip
+        examples=[
+            data.Example(*data.tokenize_record(r, "completions", tokenizer, mask_prompt), f"toy:{i}")
+            for i, r in enumerate(rows)
+        ],  # fmt: skip
         path=None,
         format="completions",
         pad_id=2,

@@ -75,5 +75,7 @@ def test_efficiency_counts_example_tokens_over_slots(shipped):
 
 
 def test_an_example_longer_than_a_row_is_named(shipped):
-    with pytest.raises(SequenceTooLongError, match=r"do not fit a packed row of 16 tokens; the longest, .*train.jsonl:\d+"):
+    with pytest.raises(
+        SequenceTooLongError, match=r"do not fit a packed row of 16 tokens; the longest, .*train.jsonl:\d+"
+    ):
         packing.packed_batches(shipped, 4, 16)

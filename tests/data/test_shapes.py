@@ -34,7 +34,9 @@ def test_free_compiles_keep_every_length_and_costly_ones_keep_one():
 @pytest.mark.parametrize("seed", range(20))
 def test_plan_is_the_cheapest_of_all_bucket_sets(seed):
     rng = random.Random(seed)
-    costs = ShapeCosts(compile_tokens=rng.choice([50, 300, 2000]), floor_tokens=rng.choice([0, 200, 600]), granularity=32)
+    costs = ShapeCosts(
+        compile_tokens=rng.choice([50, 300, 2000]), floor_tokens=rng.choice([0, 200, 600]), granularity=32
+    )
     rows = rng.choice([1, 2, 4])
     lengths = [rng.randint(1, 300) for _ in range(rng.randint(1, 40))]
     distinct = sorted({shapes.round_up(n, 32) for n in lengths})

@@ -2,14 +2,13 @@
 
 import json
 
+import mlx.core as mx
 import pytest
+from mlx.utils import tree_flatten
+from mlx_lm import generate
+from mlx_lm.utils import load as mlx_lm_load
 
 from flashtune import models  # first: flashtune sets up the CPU BLAS before mlx loads
-
-import mlx.core as mx  # noqa: E402
-from mlx.utils import tree_flatten  # noqa: E402
-from mlx_lm import generate  # noqa: E402
-from mlx_lm.utils import load as mlx_lm_load  # noqa: E402
 
 TINY_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -196,7 +195,9 @@ def test_embedded_tokenizer(embedded):
     assert tokenizer.encode("The capital of France is") == PROMPT_IDS
     assert tokenizer.encode("x 2024") == tokenizer.encode("x 2024", add_special_tokens=False)
     assert [tokenizer.decode([i]) for i in tokenizer.encode("2024")] == ["2", "0", "2", "4"]
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
     assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     assert tokenizer.eos_token_ids == {2}
 

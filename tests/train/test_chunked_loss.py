@@ -3,16 +3,15 @@ under mx.compile and grad checkpointing, and its memory bound against the plain 
 
 from functools import partial
 
-import numpy as np
-import pytest
-
-import flashtune  # noqa: F401
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
+import numpy as np
+import pytest
 from mlx.utils import tree_flatten, tree_map
 from mlx_lm.tuner.lora import LoRALinear
 
+import flashtune  # noqa: F401
 from flashtune.train import chunked_loss
 from flashtune.train.lora import adapter_config, apply_lora, enable_grad_checkpoint
 from flashtune.train.step import loss_sum, make_steps
@@ -97,9 +96,17 @@ def test_loss_and_gradients_match_float64(model_type, tied, trainable):
     inputs, targets, mask = batch()
     with mx.stream(mx.cpu):
         hidden = model.model(inputs)
-        got = loss_and_grads(model, hidden, targets, mask, lambda h, head: chunked_loss.cross_entropy_sum(h, targets, mask, head, 10))
+        got = loss_and_grads(
+            model, hidden, targets, mask, lambda h, head: chunked_loss.cross_entropy_sum(h, targets, mask, head, 10)
+        )
         low = loss_and_grads(model, hidden, targets, mask, lambda h, head: plain(h, head, targets, mask))
-        exact = loss_and_grads(as_float64(model), hidden.astype(mx.float64), targets, mask, lambda h, head: reference(h, head, targets, mask))
+        exact = loss_and_grads(
+            as_float64(model),
+            hidden.astype(mx.float64),
+            targets,
+            mask,
+            lambda h, head: reference(h, head, targets, mask),
+        )
     assert set(got[2]) == set(exact[2]) and (trainable == "none") == (not exact[2])
     pairs = [("loss", got[0], low[0], exact[0]), ("d hidden", got[1], low[1], exact[1])]
     pairs += [(f"d {name}", got[2][name], low[2][name], exact[2][name]) for name in exact[2]]
@@ -124,7 +131,13 @@ def test_whole_model_loss_and_lora_gradients_match_the_plain_loss():
     np.testing.assert_allclose(loss.item(), plain_loss.item(), rtol=1e-6)
     expected = dict(tree_flatten(plain_grads))
     for name, g in tree_flatten(grads):
-        np.testing.assert_allclose(np.array(g), np.array(expected[name]), rtol=1e-4, atol=1e-6 * np.abs(np.array(expected[name])).max(), err_msg=name)
+        np.testing.assert_allclose(
+            np.array(g),
+            np.array(expected[name]),
+            rtol=1e-4,
+            atol=1e-6 * np.abs(np.array(expected[name])).max(),
+            err_msg=name,
+        )
 
 
 def test_compiled_steps_with_grad_checkpoint_train_like_the_plain_loss():
@@ -173,7 +186,9 @@ def test_peak_memory_stays_flat_as_tokens_grow(compiled):
             mask = mx.ones((1, N))
             losses = {
                 "plain": partial(plain, head=head, targets=targets, mask=mask),
-                "chunked": partial(chunked_loss.cross_entropy_sum, targets=targets, mask=mask, head=head, chunk_tokens=chunk),
+                "chunked": partial(
+                    chunked_loss.cross_entropy_sum, targets=targets, mask=mask, head=head, chunk_tokens=chunk
+                ),
             }
             for name, loss in losses.items():
                 step = mx.value_and_grad(loss)
@@ -208,13 +223,21 @@ def test_unsupported_models_fall_back_to_the_plain_loss_once(caplog):
     (loss, _), (expected, _) = loss_sum(model, inputs, targets, mask, 4), loss_sum(model, inputs, targets, mask)
     assert loss.item() == expected.item()
     said = "\n".join(caplog.messages)
-    assert said.count("chunked loss: tests.train.test_chunked_loss.Bigram is not one of the mlx-lm model files") == 1, said
+    assert said.count("chunked loss: tests.train.test_chunked_loss.Bigram is not one of the mlx-lm model files") == 1, (
+        said
+    )
     assert "using the plain loss" in said
     assert chunked_loss.chunk_tokens_for(tiny_model("llama"), enabled=False) is None
     assert chunked_loss.chunk_tokens_for(tiny_model("llama"), enabled=True) == chunked_loss.default_chunk_tokens(128)
     assert chunked_loss.chunk_tokens_for(tiny_model("llama"), enabled=True, chunk_tokens=7) == 7
     with pytest.raises(ValueError, match="chunk_tokens"):
-        chunked_loss.cross_entropy_sum(mx.zeros((1, 4, 64)), mx.zeros((1, 4), mx.int32), mx.ones((1, 4)), chunked_loss.split_model(tiny_model())[1], 0)
+        chunked_loss.cross_entropy_sum(
+            mx.zeros((1, 4, 64)),
+            mx.zeros((1, 4), mx.int32),
+            mx.ones((1, 4)),
+            chunked_loss.split_model(tiny_model())[1],
+            0,
+        )
 
 
 def test_trainer_default_and_no_chunked_loss_train_alike(tmp_path):
@@ -237,4 +260,6 @@ def test_trainer_default_and_no_chunked_loss_train_alike(tmp_path):
         rows = records.read(out / "records.jsonl")
         losses[chunked] = [r["loss"] for r in rows if "wall_s" in r] + [r["val_loss"] for r in rows if r.get("eval")]
     assert len(losses[True]) == 6 + 3
-    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5, err_msg=f"chunked {losses[True]} plain {losses[False]}")
+    np.testing.assert_allclose(
+        losses[True], losses[False], rtol=1e-5, err_msg=f"chunked {losses[True]} plain {losses[False]}"
+    )

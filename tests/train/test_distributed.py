@@ -7,18 +7,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
-import flashtune  # noqa: F401
-import mlx.core as mx
-
+import flashtune
 from flashtune import config as config_module
 from flashtune.train import loop, records
 from tests.tiny_models import write_text_dataset, write_tiny_hf_model
 
-SETTINGS = dict(iters=10, batch_size=4, lora_layers=2, learning_rate=1e-3, warmup=2,
-                steps_per_eval=0, val_batches=1, steps_per_save=5, sample=False, attn="practical")
+SETTINGS = dict(
+    iters=10,
+    batch_size=4,
+    lora_layers=2,
+    learning_rate=1e-3,
+    warmup=2,
+    steps_per_eval=0,
+    val_batches=1,
+    steps_per_save=5,
+    sample=False,
+    attn="practical",
+)
 
 
 def flags(settings):
@@ -38,9 +47,19 @@ MLX_LAUNCH = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) o
 
 def launch_two_ranks(model, data, out, port, **extra):
     command = [
-        MLX_LAUNCH, "--backend", "ring", "--hosts", "127.0.0.1",
-        "-n", "2", "--starting-port", str(port), "--python", sys.executable,
-        str(Path(flashtune.__file__).parent / "__main__.py"), "train",
+        MLX_LAUNCH,
+        "--backend",
+        "ring",
+        "--hosts",
+        "127.0.0.1",
+        "-n",
+        "2",
+        "--starting-port",
+        str(port),
+        "--python",
+        sys.executable,
+        str(Path(flashtune.__file__).parent / "__main__.py"),
+        "train",
         *flags({**SETTINGS, **extra, "model": model, "data": data, "out": out}),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -38,7 +38,9 @@ def assert_close(got, expected, rtol, atol_fraction, name):
     got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     error = np.abs(got - expected)
     limit = rtol * np.abs(expected) + atol_fraction * np.abs(expected).max()
-    assert (error <= limit).all(), f"{name}: max error {error.max():.3g}, mean {error.mean():.3g} (largest entry {np.abs(expected).max():.3g})"
+    assert (error <= limit).all(), (
+        f"{name}: max error {error.max():.3g}, mean {error.mean():.3g} (largest entry {np.abs(expected).max():.3g})"
+    )
 
 
 def output_and_grads(layer: nn.Module, x: mx.array):
@@ -56,7 +58,9 @@ def output_and_grads(layer: nn.Module, x: mx.array):
     return layer(x), {**dict(tree_flatten(grads["layers"][0])), "x": x_grad}
 
 
-@pytest.mark.parametrize("bias, quantized", [(False, False), (True, False), (False, True)], ids=["plain", "bias", "qlora"])
+@pytest.mark.parametrize(
+    "bias, quantized", [(False, False), (True, False), (False, True)], ids=["plain", "bias", "qlora"]
+)
 def test_mixed_dora_equals_mlx_lm_dora_in_float32(bias, quantized):
     x = mx.random.normal((2, 7, IN), key=mx.random.key(1))
     expected_out, expected = output_and_grads(dora_layer(3, bias, quantized), x)

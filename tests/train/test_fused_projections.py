@@ -1,16 +1,15 @@
 """Fused q/k/v and gate/up projections (LoRA and DoRA): the same loss, gradients and parameters as separate ones."""
 
-import numpy as np
-import pytest
-
-import flashtune  # noqa: F401
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
+import pytest
 from mlx.utils import tree_flatten
 
+import flashtune  # noqa: F401
+from flashtune.patch import patch
 from flashtune.train.fused_projections import FusedProjections, fuse_projections, unfuse_projections
 from flashtune.train.lora import adapter_config, apply_lora, enable_grad_checkpoint
-from flashtune.patch import patch
 from flashtune.train.step import loss_sum
 from tests.tiny_models import tiny_model
 

@@ -2,11 +2,11 @@
 
 import math
 
+import mlx.core as mx
 import pytest
 
-import mlx.core as mx
-from flashtune.train import iterations
 from flashtune.errors import TrainingError
+from flashtune.train import iterations
 
 
 def make_log(records, compiled=True):
@@ -14,8 +14,11 @@ def make_log(records, compiled=True):
         raise TrainingError(f"loss {loss} at {it}")
 
     return iterations.IterationLog(
-        write=records.append, show=lambda record: None, nan_stop=nan_stop,
-        fields={"attn": "demo", "model": "m", "world_size": 1}, compiled=compiled,
+        write=records.append,
+        show=lambda record: None,
+        nan_stop=nan_stop,
+        fields={"attn": "demo", "model": "m", "world_size": 1},
+        compiled=compiled,
     )
 
 

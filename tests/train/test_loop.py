@@ -7,13 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
-
-import flashtune  # noqa: F401
-import mlx.core as mx
 from mlx.utils import tree_flatten, tree_map
 
+import flashtune  # noqa: F401
 from flashtune import config as config_module
 from flashtune import data, models
 from flashtune.train import checkpoint, loop, prepare, records, step
@@ -29,9 +28,19 @@ def tiny(tmp_path_factory):
 def make_config(tiny, out, **overrides):
     model_dir, data_dir = tiny
     settings = dict(
-        model=str(model_dir), data=str(data_dir), out=str(out), iters=30, batch_size=2,
-        lora_layers=2, learning_rate=1e-3, warmup=3, steps_per_eval=10, val_batches=2,
-        steps_per_save=10, sample=False, attn="practical",
+        model=str(model_dir),
+        data=str(data_dir),
+        out=str(out),
+        iters=30,
+        batch_size=2,
+        lora_layers=2,
+        learning_rate=1e-3,
+        warmup=3,
+        steps_per_eval=10,
+        val_batches=2,
+        steps_per_save=10,
+        sample=False,
+        attn="practical",
     )
     settings.update(overrides)
     return config_module.resolve(None, **settings)
@@ -109,7 +118,18 @@ def test_pipelined_steps_train_and_record_exactly_as_waiting_ones(tiny, tmp_path
     runs = {}
     for pipeline in (True, False):
         out = tmp_path / f"pipeline-{pipeline}"
-        loop.train(make_config(tiny, out, iters=14, warmup=5, steps_per_eval=6, steps_per_save=4, pipeline=pipeline, grad_accumulation=grad_accumulation))
+        loop.train(
+            make_config(
+                tiny,
+                out,
+                iters=14,
+                warmup=5,
+                steps_per_eval=6,
+                steps_per_save=4,
+                pipeline=pipeline,
+                grad_accumulation=grad_accumulation,
+            )
+        )
         steps = [r for r in records.read(out / "records.jsonl") if "wall_s" in r]
         runs[pipeline] = (adapters(out), steps)
     (params, steps), (params_sync, steps_sync) = runs[True], runs[False]
@@ -133,7 +153,9 @@ def test_fused_projections_train_like_separate_ones(tiny, tmp_path):
     assert set(fused) == set(separate)
     for name in separate:
         expected = np.array(separate[name])
-        np.testing.assert_allclose(np.array(fused[name]), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max(), err_msg=name)
+        np.testing.assert_allclose(
+            np.array(fused[name]), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max(), err_msg=name
+        )
 
 
 def test_each_batch_shape_is_traced_once(tiny, tmp_path, monkeypatch):
@@ -213,15 +235,21 @@ def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path, monkeypatch, fine_tune_
     from mlx_lm.utils import load
 
     run = tmp_path / "run"
-    trained = train_keeping_model(make_config(tiny, run, iters=5, attn="demo", lora_layers=1, fine_tune_type=fine_tune_type), monkeypatch)
+    trained = train_keeping_model(
+        make_config(tiny, run, iters=5, attn="demo", lora_layers=1, fine_tune_type=fine_tune_type), monkeypatch
+    )
     config = json.loads((run / "adapter_config.json").read_text())
     assert config["fine_tune_type"] == fine_tune_type and config["num_layers"] == 1
     saved = set(adapters(run))
     assert all(name.startswith("model.layers.1.") for name in saved)
     if fine_tune_type == "full":
-        assert {f"model.layers.1.{name}.weight" for name in ("self_attn.q_proj", "mlp.down_proj", "input_layernorm")} <= saved
+        assert {
+            f"model.layers.1.{name}.weight" for name in ("self_attn.q_proj", "mlp.down_proj", "input_layernorm")
+        } <= saved
     else:
-        assert {name.rsplit(".", 1)[1] for name in saved} == ({"lora_a", "lora_b", "m"} if fine_tune_type == "dora" else {"lora_a", "lora_b"})
+        assert {name.rsplit(".", 1)[1] for name in saved} == (
+            {"lora_a", "lora_b", "m"} if fine_tune_type == "dora" else {"lora_a", "lora_b"}
+        )
     plain, _ = load(str(tiny[0]))
     with_adapters, _ = load(str(tiny[0]), adapter_path=str(run))
     tokens = mx.array([[5, 9, 11, 17, 23, 4]])
@@ -231,8 +259,21 @@ def test_adapters_load_into_plain_mlx_lm(tiny, tmp_path, monkeypatch, fine_tune_
     # mlx_lm.fuse folds them into the weights: a plain model with the same logits.
     fused_dir = tmp_path / "fused"
     subprocess.run(
-        [sys.executable, "-m", "mlx_lm", "fuse", "--model", str(tiny[0]), "--adapter-path", str(run), "--save-path", str(fused_dir)],
-        check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "fuse",
+            "--model",
+            str(tiny[0]),
+            "--adapter-path",
+            str(run),
+            "--save-path",
+            str(fused_dir),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     fused, _ = load(str(fused_dir))
     np.testing.assert_allclose(np.array(fused(tokens)), np.array(with_adapters(tokens)), rtol=1e-4, atol=1e-4)
@@ -262,12 +303,23 @@ def test_full_fine_tune_matches_mlx_lm(tiny, tmp_path, monkeypatch):
     from mlx_lm.utils import load
 
     iters = 4
-    config = make_config(tiny, tmp_path / "ours", iters=iters, fine_tune_type="full", lora_layers=1, warmup=0, min_lr_ratio=1.0, steps_per_eval=0)
+    config = make_config(
+        tiny,
+        tmp_path / "ours",
+        iters=iters,
+        fine_tune_type="full",
+        lora_layers=1,
+        warmup=0,
+        min_lr_ratio=1.0,
+        steps_per_eval=0,
+    )
     loop.train(config)
 
     model, tokenizer = load(str(tiny[0]))
     dataset = data.load_dataset(config.data, models.load_model(config.model)[1]).train
-    batches = [mlx_lm_batch(b) for b in data.iterate_batches(dataset, config.batch_size, seed=config.seed, num_steps=iters)]
+    batches = [
+        mlx_lm_batch(b) for b in data.iterate_batches(dataset, config.batch_size, seed=config.seed, num_steps=iters)
+    ]
     losses = []
 
     class Losses(TrainingCallback):
@@ -360,7 +412,9 @@ def test_yaml_recipe_precedence_and_unknown_keys(tmp_path):
 @pytest.mark.parametrize("fine_tune_type", ["lora", "dora"])
 def test_qlora_trains(tiny, tmp_path, fine_tune_type):
     """QLoRA (4-bit base weights) learns, with LoRA and with DoRA."""
-    summary = loop.train(make_config(tiny, tmp_path / "qlora", qlora=True, iters=20, steps_per_eval=0, fine_tune_type=fine_tune_type))
+    summary = loop.train(
+        make_config(tiny, tmp_path / "qlora", qlora=True, iters=20, steps_per_eval=0, fine_tune_type=fine_tune_type)
+    )
     assert summary["final_loss"] < 0.9 * summary["first_loss"]
     header = records.read(tmp_path / "qlora" / "records.jsonl")[0]
     assert header["model"]["quantized"] is True
@@ -369,7 +423,16 @@ def test_qlora_trains(tiny, tmp_path, fine_tune_type):
 @pytest.mark.parametrize("fine_tune_type", config_module.FINE_TUNE_TYPES)
 def test_gradient_checkpointing_gives_the_same_losses(tiny, tmp_path, fine_tune_type):
     for name, checkpointed in (("plain", False), ("ckpt", True)):
-        loop.train(make_config(tiny, tmp_path / name, iters=4, steps_per_eval=0, grad_checkpoint=checkpointed, fine_tune_type=fine_tune_type))
+        loop.train(
+            make_config(
+                tiny,
+                tmp_path / name,
+                iters=4,
+                steps_per_eval=0,
+                grad_checkpoint=checkpointed,
+                fine_tune_type=fine_tune_type,
+            )
+        )
     np.testing.assert_allclose(step_losses(tmp_path / "plain"), step_losses(tmp_path / "ckpt"), rtol=1e-5)
 
 
@@ -377,11 +440,47 @@ def test_cli_train_and_generate(tiny, tmp_path, capsys):
     from flashtune.cli import main
 
     run = tmp_path / "run"
-    assert main(["train", "--model", str(tiny[0]), "--data", str(tiny[1]), "--out", str(run), "--iters", "3",
-                 "--batch-size", "2", "--lora-layers", "2", "--no-sample", "--attn", "baseline"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                str(tiny[0]),
+                "--data",
+                str(tiny[1]),
+                "--out",
+                str(run),
+                "--iters",
+                "3",
+                "--batch-size",
+                "2",
+                "--lora-layers",
+                "2",
+                "--no-sample",
+                "--attn",
+                "baseline",
+            ]
+        )
+        == 0
+    )
     assert "3 iterations in" in capsys.readouterr().out
     assert json.loads((run / "summary.json").read_text())["iters"] == 3
-    assert main(["generate", "--model", str(tiny[0]), "--adapter-path", str(run), "--prompt", "the quick", "--max-tokens", "4"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny[0]),
+                "--adapter-path",
+                str(run),
+                "--prompt",
+                "the quick",
+                "--max-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip()
 
 

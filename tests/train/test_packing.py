@@ -1,15 +1,15 @@
 """Packed training: a packed batch's loss and LoRA gradients are those of its documents run one by
 one; `flashtune train --pack` learns, records its documents and resumes exactly."""
 
-import numpy as np
-import pytest
-
-import flashtune  # noqa: F401
 import mlx.core as mx
 import mlx.optimizers as optim
+import numpy as np
+import pytest
 from mlx.utils import tree_flatten
 
-from flashtune import attention, config as config_module, data
+import flashtune  # noqa: F401
+from flashtune import attention, data
+from flashtune import config as config_module
 from flashtune.data import packing
 from flashtune.patch import patch
 from flashtune.train import loop, records
@@ -23,7 +23,10 @@ LENGTHS = (9, 1, 23, 14)  # tokens per document; a one-token document has nothin
 
 def documents(seed=0):
     rng = np.random.default_rng(seed)
-    return [data.Example(rng.integers(4, 128, size=n + 1).tolist(), offset=min(2, n), source=f"doc{i}") for i, n in enumerate(LENGTHS)]
+    return [
+        data.Example(rng.integers(4, 128, size=n + 1).tolist(), offset=min(2, n), source=f"doc{i}")
+        for i, n in enumerate(LENGTHS)
+    ]
 
 
 def lora_model(model_type, attn, checkpointed):
@@ -31,7 +34,11 @@ def lora_model(model_type, attn, checkpointed):
     mx.random.seed(2)
     apply_lora(model, adapter_config(2, 4, 20.0, 0.0))
     # LoRA B starts at zero; give it values so that every LoRA gradient is non-trivial.
-    lora_b = [(k, mx.random.normal(v.shape) * 0.05) for k, v in tree_flatten(model.trainable_parameters()) if k.endswith("lora_b")]
+    lora_b = [
+        (k, mx.random.normal(v.shape) * 0.05)
+        for k, v in tree_flatten(model.trainable_parameters())
+        if k.endswith("lora_b")
+    ]
     model.load_weights(lora_b, strict=False)
     patch(model, attn)
     fuse_projections(model)  # the trainer's default
@@ -57,8 +64,8 @@ def test_packed_batch_equals_its_documents_run_one_by_one(model_type, attn, chec
     loss, tokens, grads = loss_and_grads(model, packed)
     want_loss, want_tokens, want_grads = 0.0, 0.0, None
     for doc in docs:
-        l, t, g = loss_and_grads(model, data.make_batch([doc]))
-        want_loss, want_tokens = want_loss + l, want_tokens + t
+        doc_loss, doc_tokens, g = loss_and_grads(model, data.make_batch([doc]))
+        want_loss, want_tokens = want_loss + doc_loss, want_tokens + doc_tokens
         want_grads = g if want_grads is None else {k: want_grads[k] + g[k] for k in g}
     assert tokens == want_tokens
     assert loss == pytest.approx(want_loss, rel=1e-5)
@@ -76,9 +83,23 @@ def tiny(tmp_path_factory):
 
 def make_config(tiny, out, **overrides):
     model_dir, data_dir = tiny
-    settings = dict(model=str(model_dir), data=str(data_dir), out=str(out), iters=12, batch_size=2, lora_layers=2,
-                    learning_rate=1e-3, warmup=2, steps_per_eval=6, val_batches=2, steps_per_save=100, sample=False,
-                    attn="practical", pack=True, pack_length=64)
+    settings = dict(
+        model=str(model_dir),
+        data=str(data_dir),
+        out=str(out),
+        iters=12,
+        batch_size=2,
+        lora_layers=2,
+        learning_rate=1e-3,
+        warmup=2,
+        steps_per_eval=6,
+        val_batches=2,
+        steps_per_save=100,
+        sample=False,
+        attn="practical",
+        pack=True,
+        pack_length=64,
+    )
     settings.update(overrides)
     return config_module.resolve(None, **settings)
 

@@ -13,7 +13,6 @@ import functools
 import logging
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
 
 import mlx.core as mx
 
@@ -79,8 +78,8 @@ _BWD_BODY = """
 """
 
 
-@functools.lru_cache(maxsize=None)
-def header(files: Tuple[str, ...] = ALL_SOURCES) -> str:
+@functools.cache
+def header(files: tuple[str, ...] = ALL_SOURCES) -> str:
     """The device code of ``files`` without comments (line count kept, so compiler messages
     point at the files' lines). MLX hashes a kernel's whole source on every launch: the
     hash of all four files with comments (56 KB) cost ~0.014 ms per call on the H100's host
@@ -89,7 +88,7 @@ def header(files: Tuple[str, ...] = ALL_SOURCES) -> str:
     return re.sub(r"[ \t]*//[^\n]*", "", text)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def is_sm90() -> bool:
     """True on a compute capability 9.x GPU, where MLX compiles for sm_90a (wgmma)."""
     info = mx.device_info() if mx.cuda.is_available() else {}
@@ -101,9 +100,10 @@ _BWD_IO = (("q", "k", "v", "dout", "lse", "delta", "params"), ("dq", "dk", "dv")
 _DELTA_IO = (("dout", "o"), ("delta",))
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel(name: str, body: str, io: Tuple[Tuple[str, ...], Tuple[str, ...]], shared_memory: int,
-            files: Tuple[str, ...]):
+@functools.cache
+def _kernel(
+    name: str, body: str, io: tuple[tuple[str, ...], tuple[str, ...]], shared_memory: int, files: tuple[str, ...]
+):
     """Kernel object per entry point and shared-memory size, compiled with the device code
     of ``files`` only; MLX compiles each template instance on first use."""
     return mx.fast.cuda_kernel(
@@ -131,8 +131,8 @@ def fwd_sm90_smem_bytes(D: int, block_n: int, warpgroups: int, stages: int) -> i
     return 1024 + 2 * stages * block_n * D * 2 + 64 * warpgroups * (D + 8) * 2
 
 
-@functools.lru_cache(maxsize=None)
-def sm_count() -> Optional[int]:
+@functools.cache
+def sm_count() -> int | None:
     """Streaming multiprocessors of CUDA device 0 (MLX's GPU), from the driver; None when it
     cannot be asked (the forward then runs one CTA per tile)."""
     try:
@@ -140,12 +140,15 @@ def sm_count() -> Optional[int]:
     except OSError:
         return None
     device, count = ctypes.c_int(), ctypes.c_int()
-    ok = (driver.cuInit(0) == 0 and driver.cuDeviceGet(ctypes.byref(device), 0) == 0
-          and driver.cuDeviceGetAttribute(ctypes.byref(count), 16, device) == 0)  # 16: SMs
+    ok = (
+        driver.cuInit(0) == 0
+        and driver.cuDeviceGet(ctypes.byref(device), 0) == 0
+        and driver.cuDeviceGetAttribute(ctypes.byref(count), 16, device) == 0
+    )  # 16: SMs
     return count.value if ok and count.value > 0 else None
 
 
-def resident_sm90_ctas(D: int, block_n: int, warpgroups: int, stages: int) -> Optional[int]:
+def resident_sm90_ctas(D: int, block_n: int, warpgroups: int, stages: int) -> int | None:
     """CTAs of the wgmma forward that run at once on this GPU. Every launch uses more than
     128 registers per thread (ptxas), so registers allow one CTA of two warpgroups or two of
     one per SM; shared memory may allow fewer."""
@@ -159,13 +162,15 @@ def resident_sm90_ctas(D: int, block_n: int, warpgroups: int, stages: int) -> Op
 
 def _choose(direction: str, D: int, sm90_head_dims) -> str:
     kernel = "sm90" if D in sm90_head_dims and is_sm90() else "sm80"
-    say_once(f"poc-cuda-{direction}-{kernel}-{D}",
-             f"poc: CUDA {direction} '{kernel}' ({'wgmma' if kernel == 'sm90' else 'mma.sync'}) "
-             f"for head dim {D}", logging.INFO)
+    say_once(
+        f"poc-cuda-{direction}-{kernel}-{D}",
+        f"poc: CUDA {direction} '{kernel}' ({'wgmma' if kernel == 'sm90' else 'mma.sync'}) for head dim {D}",
+        logging.INFO,
+    )
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def forward_kernel(D: int) -> str:
     """Which forward runs for head dim D on this GPU: "sm90" (wgmma) or "sm80" (mma.sync).
 
@@ -173,17 +178,21 @@ def forward_kernel(D: int) -> str:
     return _choose("forward", D, FWD_SM90_CONFIG)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def backward_kernel(D: int) -> str:
     """Which backward runs for head dim D on this GPU: "sm90" (wgmma) or "sm80" (mma.sync)."""
     return _choose("backward", D, BWD_SM90_CONFIG)
 
 
-def sm90_launches(D: int) -> List[Tuple[int, int, int]]:
+def sm90_launches(D: int) -> list[tuple[int, int, int]]:
     """Every allowed (keys per tile, warpgroups, stages) of the wgmma forward at head dim D
     whose shared memory fits one CTA."""
-    return [(n, wg, 3) for n in FWD_SM90_BLOCK_N for wg in (1, 2)
-            if D in FWD_SM90_CONFIG and fwd_sm90_smem_bytes(D, n, wg, 3) <= MAX_SMEM_BYTES]
+    return [
+        (n, wg, 3)
+        for n in FWD_SM90_BLOCK_N
+        for wg in (1, 2)
+        if D in FWD_SM90_CONFIG and fwd_sm90_smem_bytes(D, n, wg, 3) <= MAX_SMEM_BYTES
+    ]
 
 
 def bwd_smem_bytes(D: int, n_warps: int) -> int:
@@ -200,21 +209,24 @@ def bwd_sm90_smem_bytes(D: int, warpgroups: int, q_tiles: int) -> int:
     return 1024 + 2 * tiles + 4 * block_m * 4
 
 
-@functools.lru_cache(maxsize=None)
-def bwd_sm90_launches(D: int) -> List[Tuple[int, int]]:
+@functools.cache
+def bwd_sm90_launches(D: int) -> list[tuple[int, int]]:
     """Every (warpgroups, query row tiles) of the wgmma backward at head dim D that fits one
     CTA's shared memory and splits dQ's 64 x 64 tiles evenly over the warpgroups (cached:
     ``backward`` checks its launch against it on every call)."""
-    return [(wg, qm) for wg in (1, 2) for qm in (1, 2)
-            if D in BWD_SM90_CONFIG and qm * (D // 64) % wg == 0
-            and bwd_sm90_smem_bytes(D, wg, qm) <= MAX_SMEM_BYTES]
+    return [
+        (wg, qm)
+        for wg in (1, 2)
+        for qm in (1, 2)
+        if D in BWD_SM90_CONFIG and qm * (D // 64) % wg == 0 and bwd_sm90_smem_bytes(D, wg, qm) <= MAX_SMEM_BYTES
+    ]
 
 
 def _params(scale: float) -> mx.array:
     return mx.array([scale], dtype=mx.float32)
 
 
-def _refuse_segments(segments: Optional[mx.array]) -> None:
+def _refuse_segments(segments: mx.array | None) -> None:
     if segments is not None:
         raise ValueError(
             f"the CUDA flash-attention kernels take no segments (SEGMENTS = False); got "
@@ -228,12 +240,12 @@ def forward(
     v: mx.array,
     scale: float,
     causal: bool,
-    config: Optional[Tuple[int, ...]] = None,
-    poison: Optional[float] = None,
-    kernel: Optional[str] = None,
-    ctas: Optional[int] = None,
-    segments: Optional[mx.array] = None,
-) -> Tuple[mx.array, mx.array]:
+    config: tuple[int, ...] | None = None,
+    poison: float | None = None,
+    kernel: str | None = None,
+    ctas: int | None = None,
+    segments: mx.array | None = None,
+) -> tuple[mx.array, mx.array]:
     """Returns out (B, Hq, Lq, D) in q's dtype and lse (B, Hq, Lq) float32, log2 units.
 
     ``kernel`` is "sm90" or "sm80", default ``forward_kernel(D)``; ``config`` is, for sm80,
@@ -249,15 +261,18 @@ def forward(
     B, n_heads, L_q, D = q.shape
     if (kernel or forward_kernel(D)) == "sm90":
         if D not in FWD_SM90_CONFIG:
-            raise ValueError(f"sm90 forward: no kernel for head dim {D}; valid: "
-                             f"{tuple(FWD_SM90_CONFIG)}")
+            raise ValueError(f"sm90 forward: no kernel for head dim {D}; valid: {tuple(FWD_SM90_CONFIG)}")
         block_n, warpgroups, stages = config = tuple(config or FWD_SM90_CONFIG[D])
         if block_n not in FWD_SM90_BLOCK_N:
-            raise ValueError(f"sm90 forward: {block_n} keys per tile at head dim {D} is not "
-                             f"one of the checked tile sizes {FWD_SM90_BLOCK_N}")
+            raise ValueError(
+                f"sm90 forward: {block_n} keys per tile at head dim {D} is not "
+                f"one of the checked tile sizes {FWD_SM90_BLOCK_N}"
+            )
         if stages != 3:
-            raise ValueError(f"sm90 forward: {stages} K/V buffers; the pipeline has 3 "
-                             f"(blocks j - 1 and j are read while j + 1 loads)")
+            raise ValueError(
+                f"sm90 forward: {stages} K/V buffers; the pipeline has 3 "
+                f"(blocks j - 1 and j are read while j + 1 loads)"
+            )
         smem = fwd_sm90_smem_bytes(D, *config)
         tiles = -(-L_q // (64 * warpgroups)) * n_heads * B
         if ctas is None:
@@ -265,8 +280,14 @@ def forward(
         ctas = min(tiles, ctas or tiles)
         return _kernel("ftpoc_flash_fwd_sm90", _FWD_SM90_BODY, _FWD_IO, smem, _FWD_SM90)(
             inputs=[q, k, v, _params(scale)],
-            template=[("T", q.dtype), ("HEAD_DIM", D), ("BLOCK_N", block_n),
-                      ("WARPGROUPS", warpgroups), ("STAGES", stages), ("CAUSAL", causal)],
+            template=[
+                ("T", q.dtype),
+                ("HEAD_DIM", D),
+                ("BLOCK_N", block_n),
+                ("WARPGROUPS", warpgroups),
+                ("STAGES", stages),
+                ("CAUSAL", causal),
+            ],
             grid=(max(ctas, 1) * 128 * warpgroups, 1, 1),
             threadgroup=(128 * warpgroups, 1, 1),
             output_shapes=[q.shape, (B, n_heads, L_q)],
@@ -320,10 +341,10 @@ def backward(
     scale: float,
     causal: bool,
     n_warps: int = 0,
-    kernel: Optional[str] = None,
-    config: Optional[Tuple[int, int]] = None,
-    segments: Optional[mx.array] = None,
-) -> Tuple[mx.array, mx.array, mx.array]:
+    kernel: str | None = None,
+    config: tuple[int, int] | None = None,
+    segments: mx.array | None = None,
+) -> tuple[mx.array, mx.array, mx.array]:
     """dq, dk, dv in the inputs' dtype; dQ accumulates with float32 atomics.
 
     ``kernel`` is "sm90" or "sm80", default ``backward_kernel(D)``; sm90 takes ``config``
@@ -337,8 +358,10 @@ def backward(
     wgmma = (kernel or backward_kernel(D)) == "sm90"
     sm90_config = tuple(config) if config else BWD_SM90_CONFIG.get(D)
     if wgmma and sm90_config not in bwd_sm90_launches(D):
-        raise ValueError(f"sm90 backward: (warpgroups, query row tiles) {sm90_config} does not "
-                         f"fit head dim {D}; valid: {bwd_sm90_launches(D)}")
+        raise ValueError(
+            f"sm90 backward: (warpgroups, query row tiles) {sm90_config} does not "
+            f"fit head dim {D}; valid: {bwd_sm90_launches(D)}"
+        )
     d_out = d_out.astype(q.dtype)
     inputs = [q, k, v, d_out, lse, softmax_delta(d_out, out), _params(scale)]
     if wgmma:
@@ -346,13 +369,19 @@ def backward(
         n_kv_blocks = -(-L_k // (64 * warpgroups))
         out_heads = n_kv_heads  # the kernel sums dK, dV over the GQA group
         launch = dict(
-            template=[("T", q.dtype), ("HEAD_DIM", D), ("WARPGROUPS", warpgroups),
-                      ("QTILES", q_tiles), ("CAUSAL", causal)],
+            template=[
+                ("T", q.dtype),
+                ("HEAD_DIM", D),
+                ("WARPGROUPS", warpgroups),
+                ("QTILES", q_tiles),
+                ("CAUSAL", causal),
+            ],
             grid=(n_kv_blocks * 128 * warpgroups, n_heads, B),
             threadgroup=(128 * warpgroups, 1, 1),
         )
-        function = _kernel("ftpoc_flash_bwd_sm90", _BWD_SM90_BODY, _BWD_IO,
-                           bwd_sm90_smem_bytes(D, warpgroups, q_tiles), _BWD_SM90)
+        function = _kernel(
+            "ftpoc_flash_bwd_sm90", _BWD_SM90_BODY, _BWD_IO, bwd_sm90_smem_bytes(D, warpgroups, q_tiles), _BWD_SM90
+        )
     else:
         n_warps = n_warps or BWD_WARPS[D]
         n_kv_blocks = -(-L_k // (16 * n_warps))
@@ -363,8 +392,7 @@ def backward(
             grid=(n_kv_blocks * 32 * n_warps, out_heads, B),
             threadgroup=(32 * n_warps, 1, 1),
         )
-        function = _kernel("ftpoc_flash_bwd", _BWD_BODY, _BWD_IO, bwd_smem_bytes(D, n_warps),
-                           _SM80)
+        function = _kernel("ftpoc_flash_bwd", _BWD_BODY, _BWD_IO, bwd_smem_bytes(D, n_warps), _SM80)
     dq, dk, dv = function(
         inputs=inputs,
         output_shapes=[q.shape, (B, out_heads, L_k, D), (B, out_heads, L_k, D)],

@@ -26,8 +26,9 @@ pipeline's thread limit and the speed; ``poc`` therefore still checks every vari
 """
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any
 
 import mlx.core as mx
 
@@ -47,8 +48,8 @@ class Kernel:
     """What mx.fast.metal_kernel compiles: a name, the buffer names and the body."""
 
     name: str
-    input_names: Tuple[str, ...]
-    output_names: Tuple[str, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
     source: str
 
 
@@ -57,32 +58,30 @@ class Launch:
     """One call of a Kernel: everything the kernel object is called with."""
 
     kernel: Kernel
-    inputs: Tuple[mx.array, ...]
-    template: Tuple[Tuple[str, Any], ...]
-    grid: Tuple[int, int, int]
-    threadgroup: Tuple[int, int, int]
-    output_shapes: Tuple[Tuple[int, ...], ...]
-    output_dtypes: Tuple[mx.Dtype, ...]
+    inputs: tuple[mx.array, ...]
+    template: tuple[tuple[str, Any], ...]
+    grid: tuple[int, int, int]
+    threadgroup: tuple[int, int, int]
+    output_shapes: tuple[tuple[int, ...], ...]
+    output_dtypes: tuple[mx.Dtype, ...]
 
 
 Runner = Callable[[Launch], Sequence[mx.array]]
 
 _BACKWARD_INPUTS = ("q", "k", "v", "dout", "lse", "delta", "params")
 _BACKWARD_SEGMENT_INPUTS = ("q", "k", "v", "segments", "dout", "lse", "delta", "params")
-FORWARD = Kernel("ftpoc_flash_fwd", ("q", "k", "v", "params"), ("out", "lse"),
-                 metal_source.FORWARD)
+FORWARD = Kernel("ftpoc_flash_fwd", ("q", "k", "v", "params"), ("out", "lse"), metal_source.FORWARD)
 DQ = Kernel("ftpoc_flash_dq", _BACKWARD_INPUTS, ("dq",), metal_source.DQ)
 DKDV = Kernel("ftpoc_flash_dkdv", _BACKWARD_INPUTS, ("dk", "dv"), metal_source.DKDV)
 # The same kernels with per-document masking and tile skipping (metal_source's markers).
-FORWARD_SEGMENTS = Kernel("ftpoc_flash_fwd_seg", ("q", "k", "v", "segments", "params"),
-                          ("out", "lse"), metal_source.FORWARD_SEGMENTS)
-DQ_SEGMENTS = Kernel("ftpoc_flash_dq_seg", _BACKWARD_SEGMENT_INPUTS, ("dq",),
-                     metal_source.DQ_SEGMENTS)
-DKDV_SEGMENTS = Kernel("ftpoc_flash_dkdv_seg", _BACKWARD_SEGMENT_INPUTS, ("dk", "dv"),
-                       metal_source.DKDV_SEGMENTS)
+FORWARD_SEGMENTS = Kernel(
+    "ftpoc_flash_fwd_seg", ("q", "k", "v", "segments", "params"), ("out", "lse"), metal_source.FORWARD_SEGMENTS
+)
+DQ_SEGMENTS = Kernel("ftpoc_flash_dq_seg", _BACKWARD_SEGMENT_INPUTS, ("dq",), metal_source.DQ_SEGMENTS)
+DKDV_SEGMENTS = Kernel("ftpoc_flash_dkdv_seg", _BACKWARD_SEGMENT_INPUTS, ("dk", "dv"), metal_source.DKDV_SEGMENTS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _metal_kernel(kernel: Kernel):
     """The kernel object; MLX compiles each template instance on first use."""
     return mx.fast.metal_kernel(
@@ -93,7 +92,7 @@ def _metal_kernel(kernel: Kernel):
     )
 
 
-def run_on_gpu(launch: Launch) -> List[mx.array]:
+def run_on_gpu(launch: Launch) -> list[mx.array]:
     """Runs a launch through mx.fast.metal_kernel (needs MLX's Metal backend).
 
     Returns:
@@ -114,7 +113,7 @@ def supports(q: mx.array, k: mx.array) -> bool:
     return q.dtype in DTYPES and q.shape[-1] in HEAD_DIMS
 
 
-def _template(q: mx.array, causal: bool) -> Tuple[Tuple[str, Any], ...]:
+def _template(q: mx.array, causal: bool) -> tuple[tuple[str, Any], ...]:
     return (
         ("T", q.dtype),
         ("HEAD_DIM", q.shape[-1]),
@@ -124,7 +123,7 @@ def _template(q: mx.array, causal: bool) -> Tuple[Tuple[str, Any], ...]:
     )
 
 
-def _rows_grid(n_rows: int, n_heads: int, batch: int) -> Tuple[int, int, int]:
+def _rows_grid(n_rows: int, n_heads: int, batch: int) -> tuple[int, int, int]:
     """One threadgroup of ROWS simdgroups per ROWS rows, per head and batch entry."""
     return (-(-n_rows // ROWS) * 32 * ROWS, n_heads, batch)
 
@@ -133,7 +132,7 @@ def _params(scale: float) -> mx.array:
     return mx.array([scale], dtype=mx.float32)
 
 
-def checked_segments(q: mx.array, k: mx.array, segments: Optional[mx.array]) -> Optional[mx.array]:
+def checked_segments(q: mx.array, k: mx.array, segments: mx.array | None) -> mx.array | None:
     """The document ids as int32 (B, L), or None.
 
     Raises:
@@ -154,8 +153,12 @@ def checked_segments(q: mx.array, k: mx.array, segments: Optional[mx.array]) -> 
 
 
 def forward_launch(
-    q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool,
-    segments: Optional[mx.array] = None,
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    scale: float,
+    causal: bool,
+    segments: mx.array | None = None,
 ) -> Launch:
     """The forward kernel's launch for q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D) and optional
     document ids (B, L) (``checked_segments``)."""
@@ -182,8 +185,8 @@ def backward_launches(
     d_out: mx.array,
     scale: float,
     causal: bool,
-    segments: Optional[mx.array] = None,
-) -> Tuple[Launch, Launch]:
+    segments: mx.array | None = None,
+) -> tuple[Launch, Launch]:
     """The dQ and dK/dV launches; the row sums delta = rowsum(dO * O) are MLX ops here."""
     B, n_heads, L_q, _ = q.shape
     n_kv_heads, L_k = k.shape[1], k.shape[2]
@@ -194,17 +197,30 @@ def backward_launches(
     inputs = (q, k, v, *with_ids, d_out, lse, delta, _params(scale))
     template = _template(q, causal)
     dq_kernel, dkdv_kernel = (DQ, DKDV) if segments is None else (DQ_SEGMENTS, DKDV_SEGMENTS)
-    dq = Launch(dq_kernel, inputs, template, _rows_grid(L_q, n_heads, B), (32 * ROWS, 1, 1),
-                (tuple(q.shape),), (q.dtype,))
-    dkdv = Launch(dkdv_kernel, inputs, template, _rows_grid(L_k, n_kv_heads, B),
-                  (32 * ROWS, 1, 1), (tuple(k.shape), tuple(v.shape)), (k.dtype, v.dtype))
+    dq = Launch(
+        dq_kernel, inputs, template, _rows_grid(L_q, n_heads, B), (32 * ROWS, 1, 1), (tuple(q.shape),), (q.dtype,)
+    )
+    dkdv = Launch(
+        dkdv_kernel,
+        inputs,
+        template,
+        _rows_grid(L_k, n_kv_heads, B),
+        (32 * ROWS, 1, 1),
+        (tuple(k.shape), tuple(v.shape)),
+        (k.dtype, v.dtype),
+    )
     return dq, dkdv
 
 
 def forward(
-    q: mx.array, k: mx.array, v: mx.array, scale: float, causal: bool,
-    segments: Optional[mx.array] = None, run: Optional[Runner] = None,
-) -> Tuple[mx.array, mx.array]:
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    scale: float,
+    causal: bool,
+    segments: mx.array | None = None,
+    run: Runner | None = None,
+) -> tuple[mx.array, mx.array]:
     """Flash-attention forward.
 
     Args:
@@ -231,9 +247,9 @@ def backward(
     d_out: mx.array,
     scale: float,
     causal: bool,
-    segments: Optional[mx.array] = None,
-    run: Optional[Runner] = None,
-) -> Tuple[mx.array, mx.array, mx.array]:
+    segments: mx.array | None = None,
+    run: Runner | None = None,
+) -> tuple[mx.array, mx.array, mx.array]:
     """dq, dk, dv in the inputs' dtype (dQ by its own pass); arguments as in ``forward``,
     with its out and lse and the cotangent d_out."""
     dq_launch, dkdv_launch = backward_launches(q, k, v, out, lse, d_out, scale, causal, segments)

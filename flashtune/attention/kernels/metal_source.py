@@ -19,7 +19,9 @@ _COMMON = """
     const float scale_log2 = scale * 1.4426950408889634f;
 """
 
-_FORWARD = _COMMON + """
+_FORWARD = (
+    _COMMON
+    + """
     const int h = threadgroup_position_in_grid.y;
     const int hk = h / group;
     const int m0 = threadgroup_position_in_grid.x * ROWS;
@@ -86,8 +88,11 @@ _FORWARD = _COMMON + """
         if (lane == 0) lse[qbase + row] = l > 0.0f ? m + log2(l) : INFINITY;
     }
 """
+)
 
-_DQ = _COMMON + """
+_DQ = (
+    _COMMON
+    + """
     const int h = threadgroup_position_in_grid.y;
     const int hk = h / group;
     const int m0 = threadgroup_position_in_grid.x * ROWS;
@@ -146,8 +151,11 @@ _DQ = _COMMON + """
         }
     }
 """
+)
 
-_DKDV = _COMMON + """
+_DKDV = (
+    _COMMON
+    + """
     const int hk = threadgroup_position_in_grid.y;
     const int n0 = threadgroup_position_in_grid.x * ROWS;
     const int key = n0 + int(sg);
@@ -218,6 +226,7 @@ _DKDV = _COMMON + """
         }
     }
 """
+)
 
 # Per-document attention ("segments", (B, L) int32 ids, Lq == Lk): the lines that replace the
 # @...@ markers above. Without segments the marker lines are dropped and each body is exactly

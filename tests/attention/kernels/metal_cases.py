@@ -5,12 +5,11 @@ import functools
 import types
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Optional
 
+import mlx.core as mx
 import numpy as np
 
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
-import mlx.core as mx
 from flashtune.attention.kernels import metal
 from flashtune.attention.kernels import metal_emulator as emulator
 from tests.attention import reference
@@ -20,8 +19,7 @@ from tests.attention import reference
 # a wrong tile, mask or scale is off by far more.
 TOLERANCE = {mx.bfloat16: 6e-3, mx.float16: 1e-3}
 LSE_TOLERANCE = 1e-3  # absolute, natural-log units; float32 sums of O(100) terms
-VARIANTS = [(D, dtype, causal) for D in metal.HEAD_DIMS for dtype in metal.DTYPES
-            for causal in (True, False)]
+VARIANTS = [(D, dtype, causal) for D in metal.HEAD_DIMS for dtype in metal.DTYPES for causal in (True, False)]
 
 
 def variant_id(D, dtype, causal) -> str:
@@ -42,8 +40,9 @@ class Problem:
     causal: bool = False
 
     def __str__(self):
-        return (f"B{self.batch}-H{self.n_heads}/{self.n_kv_heads}-Lq{self.L_q}-Lk{self.L_k}-"
-                + variant_id(self.head_dim, self.dtype, self.causal))
+        return f"B{self.batch}-H{self.n_heads}/{self.n_kv_heads}-Lq{self.L_q}-Lk{self.L_k}-" + variant_id(
+            self.head_dim, self.dtype, self.causal
+        )
 
 
 def inputs(p: Problem, seed: int = 0):
@@ -51,24 +50,24 @@ def inputs(p: Problem, seed: int = 0):
     rng = np.random.default_rng(seed)
     q_shape = (p.batch, p.n_heads, p.L_q, p.head_dim)
     kv_shape = (p.batch, p.n_kv_heads, p.L_k, p.head_dim)
-    return tuple(mx.array(rng.normal(size=s).astype(np.float32)).astype(p.dtype)
-                 for s in (q_shape, kv_shape, kv_shape, q_shape))
+    return tuple(
+        mx.array(rng.normal(size=s).astype(np.float32)).astype(p.dtype) for s in (q_shape, kv_shape, kv_shape, q_shape)
+    )
 
 
-def run(kernels, q, k, v, d_out, scale: float, causal: bool, **options) -> Dict[str, mx.array]:
+def run(kernels, q, k, v, d_out, scale: float, causal: bool, **options) -> dict[str, mx.array]:
     """Forward then backward of a kernels module (metal's interface); lse in natural log."""
     out, lse = kernels.forward(q, k, v, scale, causal, **options)
     dq, dk, dv = kernels.backward(q, k, v, out, lse, d_out, scale, causal, **options)
     return {"out": out, "lse": lse * np.log(2.0), "dq": dq, "dk": dk, "dv": dv}
 
 
-def expected(q, k, v, d_out, scale: float, mask) -> Dict[str, np.ndarray]:
+def expected(q, k, v, d_out, scale: float, mask) -> dict[str, np.ndarray]:
     """float64 out, lse, dq, dk, dv; rows that see no key have lse +inf (the kernels' value)."""
     out, dq, dk, dv = reference.attention(q, k, v, scale, mask, d_out)
     with np.errstate(invalid="ignore"):
         lse = reference.log_sum_exp(q, k, scale, mask)
-    return {"out": out, "lse": np.where(np.isnan(lse) | np.isneginf(lse), np.inf, lse),
-            "dq": dq, "dk": dk, "dv": dv}
+    return {"out": out, "lse": np.where(np.isnan(lse) | np.isneginf(lse), np.inf, lse), "dq": dq, "dk": dk, "dv": dv}
 
 
 def _error(got: mx.array, want: np.ndarray, name: str) -> float:
@@ -86,8 +85,9 @@ def _error(got: mx.array, want: np.ndarray, name: str) -> float:
     return reference.relative_error(got, want)
 
 
-def assert_close(got: Dict[str, mx.array], want: Dict[str, np.ndarray], dtype, label: str,
-                 names: Optional[tuple] = None) -> Dict[str, float]:
+def assert_close(
+    got: dict[str, mx.array], want: dict[str, np.ndarray], dtype, label: str, names: tuple | None = None
+) -> dict[str, float]:
     """Checks each output against float64 (TOLERANCE, LSE_TOLERANCE); returns the errors."""
     errors = {}
     for name in names or tuple(want):
@@ -114,5 +114,7 @@ def mutated(kernel: metal.Kernel, old: str, new: str) -> types.SimpleNamespace:
             launch = dataclasses.replace(launch, kernel=broken)
         return emulator.run(launch)
 
-    return types.SimpleNamespace(forward=functools.partial(metal.forward, run=run_launch),
-                                 backward=functools.partial(metal.backward, run=run_launch))
+    return types.SimpleNamespace(
+        forward=functools.partial(metal.forward, run=run_launch),
+        backward=functools.partial(metal.backward, run=run_launch),
+    )

@@ -1,11 +1,11 @@
 """The Metal emulator itself, on small kernels written for the purpose: it computes what Metal
 computes, and stops, naming the kernel and the rule, where a kernel breaks one of Metal's rules."""
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
-import mlx.core as mx
 from flashtune.attention.kernels import metal
 from flashtune.attention.kernels import metal_emulator as emulator
 from flashtune.attention.kernels.metal_emulator import source
@@ -16,8 +16,15 @@ N = 64  # threads in the one-threadgroup kernels below
 def launch(body, inputs, outputs, grid=(N, 1, 1), threadgroup=(N, 1, 1), name="probe"):
     """A Launch of `body` with named inputs {name: array} and outputs {name: (shape, dtype)}."""
     kernel = metal.Kernel(name, tuple(inputs), tuple(outputs), body)
-    return metal.Launch(kernel, tuple(inputs.values()), (), grid, threadgroup,
-                        tuple(s for s, _ in outputs.values()), tuple(d for _, d in outputs.values()))
+    return metal.Launch(
+        kernel,
+        tuple(inputs.values()),
+        (),
+        grid,
+        threadgroup,
+        tuple(s for s, _ in outputs.values()),
+        tuple(d for _, d in outputs.values()),
+    )
 
 
 def ramp(n=N):
@@ -27,8 +34,22 @@ def ramp(n=N):
 def test_16_bit_stores_round_to_nearest_even():
     """Every float -> half / bfloat conversion rounds to nearest, ties to even, like the GPU;
     overflow gives infinity and tiny values become subnormals."""
-    tricky = [1 + 2**-11, 1 + 3 * 2**-11, 1 + 2**-8, 1 + 3 * 2**-8, 65504, 65519.99, 65520,
-              2**-25, 3 * 2**-25, 2**-14 - 2**-25, -0.0, float("inf"), 1e-45, -(1 + 2**-8)]
+    tricky = [
+        1 + 2**-11,
+        1 + 3 * 2**-11,
+        1 + 2**-8,
+        1 + 3 * 2**-8,
+        65504,
+        65519.99,
+        65520,
+        2**-25,
+        3 * 2**-25,
+        2**-14 - 2**-25,
+        -0.0,
+        float("inf"),
+        1e-45,
+        -(1 + 2**-8),
+    ]
     x = np.concatenate([tricky, np.random.default_rng(0).normal(size=N - len(tricky)) * 300])
     body = """
         const uint i = thread_position_in_grid.x;
@@ -94,8 +115,11 @@ def test_threadgroup_memory_is_shared_and_ordered_by_barriers():
     (out,) = emulator.run(launch(body, {"x": ramp()}, {"out": ((N,), mx.float32)}))
     assert np.array_equal(np.array(out), np.arange(N)[::-1])
     racy = body.replace("mem_flags::mem_threadgroup", "mem_flags::mem_none")
-    with pytest.raises(emulator.EmulationError, match=r"probe: .*data race on threadgroup a\[63\]: "
-                       r"read after a write by thread 63 with no threadgroup_barrier"):
+    with pytest.raises(
+        emulator.EmulationError,
+        match=r"probe: .*data race on threadgroup a\[63\]: "
+        r"read after a write by thread 63 with no threadgroup_barrier",
+    ):
         emulator.run(launch(racy, {"x": ramp()}, {"out": ((N,), mx.float32)}))
 
 
@@ -107,16 +131,18 @@ def test_uninitialised_threadgroup_memory_is_poison_not_zero():
         out[i] = a[i];
         iout[i] = b[i];
     """
-    out, iout = emulator.run(launch(body, {"x": ramp()},
-                                    {"out": ((N,), mx.float32), "iout": ((N,), mx.int32)}))
+    out, iout = emulator.run(launch(body, {"x": ramp()}, {"out": ((N,), mx.float32), "iout": ((N,), mx.int32)}))
     assert np.all(np.isnan(np.array(out)))
     assert np.all((np.array(iout) != 0) & (np.array(iout) != -1))
 
 
-@pytest.mark.parametrize("floats, message", [
-    (8188, None),
-    (8192, r"exceeds the 32768 bytes an Apple GPU threadgroup may use: a 32768 \+ b 16 = 32784 bytes"),
-])
+@pytest.mark.parametrize(
+    "floats, message",
+    [
+        (8188, None),
+        (8192, r"exceeds the 32768 bytes an Apple GPU threadgroup may use: a 32768 \+ b 16 = 32784 bytes"),
+    ],
+)
 def test_threadgroup_memory_limit_is_32KB(floats, message):
     body = f"""
         threadgroup float a[{floats}];
@@ -135,13 +161,16 @@ def test_threadgroup_memory_limit_is_32KB(floats, message):
             emulator.run(probe)
 
 
-@pytest.mark.parametrize("line, message", [
-    ("out[i] = x[i + 1];", r"thread 63 .*buffer x\[64\] is out of bounds \(64 elements\)"),
-    ("out[i + 1] = x[i];", r"buffer out\[64\] is out of bounds"),
-    ("out[i] = x[int(i) - 1];", r"thread 0 .*buffer x\[-1\] has a negative index"),
-    ("a[i + 1] = x[i]; out[i] = 0.0f;", r"threadgroup array a\[64\] is out of bounds"),
-    ("out[0] = x[i];", r"buffer out\[0\] is written by two threads"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("out[i] = x[i + 1];", r"thread 63 .*buffer x\[64\] is out of bounds \(64 elements\)"),
+        ("out[i + 1] = x[i];", r"buffer out\[64\] is out of bounds"),
+        ("out[i] = x[int(i) - 1];", r"thread 0 .*buffer x\[-1\] has a negative index"),
+        ("a[i + 1] = x[i]; out[i] = 0.0f;", r"threadgroup array a\[64\] is out of bounds"),
+        ("out[0] = x[i];", r"buffer out\[0\] is written by two threads"),
+    ],
+)
 def test_out_of_bounds_and_double_writes_are_errors(line, message):
     body = f"""
         threadgroup float a[64];
@@ -152,17 +181,28 @@ def test_out_of_bounds_and_double_writes_are_errors(line, message):
         emulator.run(launch(body, {"x": ramp()}, {"out": ((N,), mx.float32)}))
 
 
-@pytest.mark.parametrize("code, message", [
-    ("if (i >= 40) return;\n threadgroup_barrier(mem_flags::mem_threadgroup);",
-     r"threadgroup_barrier at line 5:\d+ is reached by threads 0-39 only; threads 40-63 have exited"),
-    ("if (i < 32) { threadgroup_barrier(mem_flags::mem_threadgroup); }\n"
-     " else { threadgroup_barrier(mem_flags::mem_threadgroup); }",
-     r"wait at different barriers: thread 0 at line 4:\d+ .*thread 32 at line 5:\d+"),
-    ("float s = x[i];\n if (thread_index_in_simdgroup < 16) s = simd_sum(s);",
-     r"simd_sum at line 5:\d+ in simdgroup 0 is reached by lanes 0-15 only; lanes 16-31 have exited"),
-    ("float s = x[i];\n if (i < 16) s = simd_sum(s);\n threadgroup_barrier(mem_flags::mem_none);",
-     r"simd_sum .* reached by lanes 0-15 only; lanes 16-31 wait at a barrier"),
-])
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        (
+            "if (i >= 40) return;\n threadgroup_barrier(mem_flags::mem_threadgroup);",
+            r"threadgroup_barrier at line 5:\d+ is reached by threads 0-39 only; threads 40-63 have exited",
+        ),
+        (
+            "if (i < 32) { threadgroup_barrier(mem_flags::mem_threadgroup); }\n"
+            " else { threadgroup_barrier(mem_flags::mem_threadgroup); }",
+            r"wait at different barriers: thread 0 at line 4:\d+ .*thread 32 at line 5:\d+",
+        ),
+        (
+            "float s = x[i];\n if (thread_index_in_simdgroup < 16) s = simd_sum(s);",
+            r"simd_sum at line 5:\d+ in simdgroup 0 is reached by lanes 0-15 only; lanes 16-31 have exited",
+        ),
+        (
+            "float s = x[i];\n if (i < 16) s = simd_sum(s);\n threadgroup_barrier(mem_flags::mem_none);",
+            r"simd_sum .* reached by lanes 0-15 only; lanes 16-31 wait at a barrier",
+        ),
+    ],
+)
 def test_divergent_barriers_and_simd_functions_are_errors(code, message):
     body = f"""
         const uint i = thread_index_in_threadgroup;
@@ -191,7 +231,6 @@ def test_threadgroup_arrays_only_at_kernel_scope():
 def test_signature_follows_mlx():
     """Shapes only for inputs whose names the body uses, and the attributes it names."""
     body = "const int n = x_shape[0]; out[thread_position_in_grid.x] = float(n);"
-    unit = source.translation_unit(
-        launch(body, {"x": ramp(), "y": ramp(3)}, {"out": ((N,), mx.float32)}), checked=True)
+    unit = source.translation_unit(launch(body, {"x": ramp(), "y": ramp(3)}, {"out": ((N,), mx.float32)}), checked=True)
     assert "DeviceIn<int> x_shape" in unit and "y_shape" not in unit and "x_strides" not in unit
     assert "uint3 thread_position_in_grid" in unit and "thread_index_in_simdgroup" not in unit

@@ -5,14 +5,20 @@ with the same source, template constants, grid and threadgroup; the emulator che
 threadgroup-memory races, barriers and simd_sum participation while they run.
 """
 
+import mlx.core as mx
 import pytest
 
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
-import mlx.core as mx
 from flashtune.attention.kernels import metal
 from flashtune.attention.kernels import metal_emulator as emulator
 from tests.attention.kernels.metal_cases import (
-    VARIANTS, Problem, assert_close, expected, inputs, run, variant_id,
+    VARIANTS,
+    Problem,
+    assert_close,
+    expected,
+    inputs,
+    run,
+    variant_id,
 )
 
 # (B, Hq, Hkv, Lq, Lk): odd lengths 1, 7, 65, 127, 129; Lq != Lk both ways; GQA 1, 3, 8.

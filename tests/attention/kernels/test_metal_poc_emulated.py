@@ -2,11 +2,11 @@
 mx.grad, against ``practical``. poc.py itself is untouched: the test reports the backend as
 Metal and swaps ``poc.KERNELS["metal"]`` for the emulator-backed kernels."""
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
-import mlx.core as mx
 from flashtune.attention import get
 from flashtune.attention import poc as poc_module
 from flashtune.attention.kernels import metal_emulator as emulator
@@ -49,8 +49,7 @@ def test_poc_trains_through_emulated_kernels_like_practical(emulated_metal, case
     rng = np.random.default_rng(L_q * L_k)
     q, k, v, cot = (
         mx.array(rng.normal(size=s).astype(np.float32)).astype(dtype)
-        for s in [(B, n_heads, L_q, D), (B, n_kv_heads, L_k, D), (B, n_kv_heads, L_k, D),
-                  (B, n_heads, L_q, D)]
+        for s in [(B, n_heads, L_q, D), (B, n_kv_heads, L_k, D), (B, n_kv_heads, L_k, D), (B, n_heads, L_q, D)]
     )
     scale = D**-0.5
 

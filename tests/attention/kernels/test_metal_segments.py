@@ -6,28 +6,31 @@ every tile whose documents cannot meet the current block's, and the count of til
 is checked against the ids.
 """
 
-from typing import List, Tuple
-
+import mlx.core as mx
 import numpy as np
 import pytest
 
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
-import mlx.core as mx
 from flashtune.attention.kernels import metal
 from flashtune.attention.kernels import metal_emulator as emulator
 from tests.attention.kernels.metal_cases import (
-    Problem, assert_close, expected, inputs, mutated, run,
+    Problem,
+    assert_close,
+    expected,
+    inputs,
+    mutated,
+    run,
 )
 
 NO_DOCS = (2**31 - 1, -1)  # the kernels' (lo, hi) of a block with no non-negative id
 
 
-def packed(lengths: List[int], L: int) -> np.ndarray:
+def packed(lengths: list[int], L: int) -> np.ndarray:
     """Documents of the given lengths one after another (ids 0, 1, ...), then padding (-1)."""
     ids = np.full(L, -1, dtype=np.int32)
     start = 0
     for doc, n in enumerate(lengths):
-        ids[start:start + n] = doc
+        ids[start : start + n] = doc
         start += n
     assert start <= L
     return ids
@@ -46,9 +49,13 @@ LAYOUTS = {
     "length-1-documents": np.stack([np.arange(37, dtype=np.int32)]),
     "documents-crossing-tiles": np.stack([packed([13, 20, 9, 17, 3, 1], 70)]),
     "rows-ending-in-padding": np.stack([packed([30, 5, 11], 65), packed([64, 1], 65)]),
-    "padding-between-documents": np.stack([np.concatenate(
-        [np.full(10, 0), np.full(5, -1), np.full(20, 1), np.full(3, -1), np.full(12, 2)]
-    ).astype(np.int32)]),
+    "padding-between-documents": np.stack(
+        [
+            np.concatenate([np.full(10, 0), np.full(5, -1), np.full(20, 1), np.full(3, -1), np.full(12, 2)]).astype(
+                np.int32
+            )
+        ]
+    ),
     "interleaved-ids": np.random.default_rng(3).integers(-1, 3, size=(2, 33)).astype(np.int32),
     "all-padding-row": np.stack([packed([9, 8], 40), packed([], 40)]),
 }
@@ -73,8 +80,13 @@ def segment_problem(layout: str, n_heads: int, n_kv_heads: int, D: int, dtype, c
     return Problem(B, n_heads, n_kv_heads, L, L, D, dtype, causal), ids
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "{}-H{}/{}-D{}-{}-{}".format(
-    c[0], c[1], c[2], c[3], "bf16" if c[4] == mx.bfloat16 else "fp16", "causal" if c[5] else "nomask"))
+@pytest.mark.parametrize(
+    "case",
+    CASES,
+    ids=lambda c: "{}-H{}/{}-D{}-{}-{}".format(
+        c[0], c[1], c[2], c[3], "bf16" if c[4] == mx.bfloat16 else "fp16", "causal" if c[5] else "nomask"
+    ),
+)
 def test_segments_match_float64(case):
     problem, ids = segment_problem(*case)
     q, k, v, d_out = inputs(problem, seed=len(ids.flat))
@@ -89,31 +101,31 @@ def test_segments_match_float64(case):
     assert np.all(np.array(got["lse"]).transpose(0, 2, 1)[padding] == np.inf)
 
 
-def _docs(ids: np.ndarray) -> Tuple[int, int]:
+def _docs(ids: np.ndarray) -> tuple[int, int]:
     own = ids[ids >= 0]
     return (int(own.min()), int(own.max())) if own.size else NO_DOCS
 
 
-def _meets(block: Tuple[int, int], tile: Tuple[int, int]) -> bool:
+def _meets(block: tuple[int, int], tile: tuple[int, int]) -> bool:
     return not (tile[1] < block[0] or tile[0] > block[1])
 
 
-def visited_tiles(ids: np.ndarray, causal: bool) -> Tuple[int, int, int]:
+def visited_tiles(ids: np.ndarray, causal: bool) -> tuple[int, int, int]:
     """Per head: (K/V tiles the forward visits, = dQ's, query tiles dK/dV visits per query head),
     by the kernels' rule: a tile is visited when its id range meets the block's."""
     rows = keys = total = 0
     for seq in ids:
         L = len(seq)
         for m0 in range(0, L, metal.ROWS):
-            block = _docs(seq[m0:m0 + metal.ROWS])
+            block = _docs(seq[m0 : m0 + metal.ROWS])
             n_end = min(L, m0 + metal.ROWS) if causal else L
             tiles = range(0, n_end, metal.TILE)
-            rows += sum(_meets(block, _docs(seq[n0:n0 + metal.TILE])) for n0 in tiles)
+            rows += sum(_meets(block, _docs(seq[n0 : n0 + metal.TILE])) for n0 in tiles)
             total += len(tiles)
         for n0 in range(0, L, metal.ROWS):
-            block = _docs(seq[n0:n0 + metal.ROWS])
+            block = _docs(seq[n0 : n0 + metal.ROWS])
             tiles = range(n0 if causal else 0, L, metal.TILE)
-            keys += sum(_meets(block, _docs(seq[m0:m0 + metal.TILE])) for m0 in tiles)
+            keys += sum(_meets(block, _docs(seq[m0 : m0 + metal.TILE])) for m0 in tiles)
     return rows, keys, total
 
 
@@ -126,8 +138,7 @@ def test_tiles_that_cannot_meet_are_skipped(causal):
     q, k, v, d_out = inputs(problem)
     segments = mx.array(ids)
     fwd = emulator.execute(metal.forward_launch(q, k, v, 0.2, causal, segments))
-    dq_launch, dkdv_launch = metal.backward_launches(
-        q, k, v, *fwd.outputs, d_out, 0.2, causal, segments)
+    dq_launch, dkdv_launch = metal.backward_launches(q, k, v, *fwd.outputs, d_out, 0.2, causal, segments)
     rows, keys, total = visited_tiles(ids, causal)
     assert fwd.stats.barriers == 2 * rows * 3
     assert emulator.execute(dq_launch).stats.barriers == 2 * rows * 3
@@ -158,8 +169,7 @@ def test_skip_decided_per_row_breaks_the_barriers():
     makes simdgroups pass different barriers, which the emulator reports."""
     problem, ids = segment_problem("documents-crossing-tiles", 2, 1, 32, mx.bfloat16, False)
     q, k, v, d_out = inputs(problem)
-    per_row = SKIP.replace("tile_hi < docs_lo || tile_lo > docs_hi",
-                           "tile_hi < my_doc || tile_lo > my_doc")
+    per_row = SKIP.replace("tile_hi < docs_lo || tile_lo > docs_hi", "tile_hi < my_doc || tile_lo > my_doc")
     broken = mutated(metal.DQ_SEGMENTS, SKIP, per_row)
     message = r"ftpoc_flash_dq_seg: .*(different barriers|reached by threads)"
     with pytest.raises(emulator.EmulationError, match=message):
@@ -176,11 +186,14 @@ def test_without_segments_the_launches_are_the_plain_kernels():
     assert [x.kernel for x in launches] == [metal.DQ_SEGMENTS, metal.DKDV_SEGMENTS]
 
 
-@pytest.mark.parametrize("shapes, segments, message", [
-    ((9, 9), mx.zeros((1, 8), mx.int32), r"segments \(1, 8\), q \(1, 2, 9, 16\)"),
-    ((9, 12), mx.zeros((1, 9), mx.int32), r"Lq == Lk"),
-    ((9, 9), mx.zeros((1, 9), mx.float32), r"integer document ids; got mlx.core.float32"),
-])
+@pytest.mark.parametrize(
+    "shapes, segments, message",
+    [
+        ((9, 9), mx.zeros((1, 8), mx.int32), r"segments \(1, 8\), q \(1, 2, 9, 16\)"),
+        ((9, 12), mx.zeros((1, 9), mx.int32), r"Lq == Lk"),
+        ((9, 9), mx.zeros((1, 9), mx.float32), r"integer document ids; got mlx.core.float32"),
+    ],
+)
 def test_bad_segments_raise_value_error(shapes, segments, message):
     q = mx.zeros((1, 2, shapes[0], 16), mx.float16)
     k = mx.zeros((1, 1, shapes[1], 16), mx.float16)

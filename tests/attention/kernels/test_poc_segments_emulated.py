@@ -1,11 +1,11 @@
 """poc with packed rows (``segments``) on the emulated Metal kernels: the segments self-check
 accepts them, and poc trains through them like ``practical``."""
 
+import mlx.core as mx
 import numpy as np
 import pytest
 
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
-import mlx.core as mx
 from flashtune.attention import get
 from flashtune.attention import poc as poc_module
 from flashtune.attention.kernels import metal
@@ -30,10 +30,7 @@ def test_poc_trains_packed_rows_through_emulated_kernels(emulated_metal, mask, d
     """Two rows of 70 slots: documents of 30, 1 and 33 then padding; one document then a
     padding id other than -1."""
     rng = np.random.default_rng(70)
-    q, k, v, cot = (
-        mx.array(rng.normal(size=(2, h, 70, 64)).astype(np.float32)).astype(dtype)
-        for h in (6, 2, 2, 6)
-    )
+    q, k, v, cot = (mx.array(rng.normal(size=(2, h, 70, 64)).astype(np.float32)).astype(dtype) for h in (6, 2, 2, 6))
     ids = mx.array([[0] * 30 + [1] + [2] * 33 + [-1] * 6, [4] * 50 + [-2] * 20], dtype=mx.int32)
 
     def loss(fn, *args):

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, Tuple
 
 from flashtune.attention.kernels.metal_emulator.errors import EmulationError
 
@@ -29,7 +28,7 @@ FLAGS = ("-std=c++20", "-O2", "-fPIC", "-shared", "-fno-fast-math")
 KERNEL_FLAGS = ("-undefined", "dynamic_lookup") if sys.platform == "darwin" else ()
 CACHE_ENV = "FLASHTUNE_METAL_EMULATOR_CACHE"
 
-_loaded: Dict[str, ctypes.CDLL] = {}
+_loaded: dict[str, ctypes.CDLL] = {}
 
 
 def compiler() -> str:
@@ -43,12 +42,10 @@ def compiler() -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise EmulationError(
-        "the Metal emulator needs a C++20 compiler (c++, g++ or clang++); none found"
-    )
+    raise EmulationError("the Metal emulator needs a C++20 compiler (c++, g++ or clang++); none found")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _identity(cxx: str) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False)
     files = "".join((HEADER_DIR / name).read_text() for name in FILES)
@@ -63,7 +60,7 @@ def cache_dir() -> Path:
     return path
 
 
-def _build(cxx: str, source: str, flags: Tuple[str, ...], target: Path, name: str) -> None:
+def _build(cxx: str, source: str, flags: tuple[str, ...], target: Path, name: str) -> None:
     work = Path(tempfile.mkdtemp(prefix="build-", dir=target.parent))
     try:
         cpp = work / f"{name}.cpp"
@@ -71,15 +68,13 @@ def _build(cxx: str, source: str, flags: Tuple[str, ...], target: Path, name: st
         command = [cxx, *flags, f"-I{HEADER_DIR}", str(cpp), "-o", str(work / "lib.so")]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise EmulationError(
-                f"{name}: the C++ compiler rejected the emulated kernel:\n{result.stderr[-6000:]}"
-            )
+            raise EmulationError(f"{name}: the C++ compiler rejected the emulated kernel:\n{result.stderr[-6000:]}")
         os.replace(work / "lib.so", target)  # atomic: parallel test processes may race here
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _library(source: str, name: str, flags: Tuple[str, ...], mode: int) -> ctypes.CDLL:
+def _library(source: str, name: str, flags: tuple[str, ...], mode: int) -> ctypes.CDLL:
     cxx = compiler()
     key = hashlib.sha256("\0".join([_identity(cxx), *flags, source]).encode()).hexdigest()[:24]
     if key not in _loaded:

@@ -3,7 +3,6 @@
 import ctypes
 import threading
 from dataclasses import dataclass
-from typing import List
 
 import mlx.core as mx
 import numpy as np
@@ -13,9 +12,18 @@ from flashtune.attention.kernels.metal_emulator.errors import EmulationError
 
 _STORAGE = {mx.float16: mx.uint16, mx.bfloat16: mx.uint16}  # numpy has no bfloat16
 _NUMPY = {
-    mx.bool_: np.bool_, mx.uint8: np.uint8, mx.uint16: np.uint16, mx.uint32: np.uint32,
-    mx.uint64: np.uint64, mx.int8: np.int8, mx.int16: np.int16, mx.int32: np.int32,
-    mx.int64: np.int64, mx.float16: np.uint16, mx.bfloat16: np.uint16, mx.float32: np.float32,
+    mx.bool_: np.bool_,
+    mx.uint8: np.uint8,
+    mx.uint16: np.uint16,
+    mx.uint32: np.uint32,
+    mx.uint64: np.uint64,
+    mx.int8: np.int8,
+    mx.int16: np.int16,
+    mx.int32: np.int32,
+    mx.int64: np.int64,
+    mx.float16: np.uint16,
+    mx.bfloat16: np.uint16,
+    mx.float32: np.float32,
 }
 ERROR_BYTES = 8192
 # The runtime keeps the running thread in process globals, and ctypes releases the GIL.
@@ -23,8 +31,9 @@ _ONE_GRID_AT_A_TIME = threading.Lock()
 
 
 class _Stats(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint64) for name in
-                ("threadgroups", "threads", "barriers", "simd_ops", "threadgroup_bytes")]
+    _fields_ = [
+        (name, ctypes.c_uint64) for name in ("threadgroups", "threads", "barriers", "simd_ops", "threadgroup_bytes")
+    ]
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,7 @@ class Stats:
 class Execution:
     """A launch's outputs and what its grid did."""
 
-    outputs: List[mx.array]
+    outputs: list[mx.array]
     stats: Stats
 
 
@@ -111,11 +120,10 @@ def execute(launch, checked: bool = True) -> Execution:
         status = _launch(library, launch, buffers, shapes, strides, stats, error)
     if status != 0:
         raise EmulationError(f"{name}: {error.value.decode(errors='replace')}")
-    results = [_from_numpy(b, s, d) for b, s, d in
-               zip(outputs, launch.output_shapes, launch.output_dtypes)]
+    results = [_from_numpy(b, s, d) for b, s, d in zip(outputs, launch.output_shapes, launch.output_dtypes)]
     return Execution(results, Stats(*(getattr(stats, f) for f, _ in _Stats._fields_)))
 
 
-def run(launch, checked: bool = True) -> List[mx.array]:
+def run(launch, checked: bool = True) -> list[mx.array]:
     """``execute``'s outputs only: a drop-in for ``metal.run_on_gpu``."""
     return execute(launch, checked).outputs

@@ -10,7 +10,7 @@ coroutine (``co_await`` at every barrier and SIMD-group function, ``co_return`` 
 """
 
 import re
-from typing import Any, List, Tuple
+from typing import Any
 
 import mlx.core as mx
 
@@ -47,9 +47,17 @@ _ATTRIBUTE_VALUES = {
     "threads_per_simdgroup": "32u",
 }
 TYPE_NAMES = {
-    mx.bool_: "bool", mx.uint8: "uint8_t", mx.uint16: "uint16_t", mx.uint32: "uint32_t",
-    mx.uint64: "uint64_t", mx.int8: "int8_t", mx.int16: "int16_t", mx.int32: "int32_t",
-    mx.int64: "int64_t", mx.float16: "float16_t", mx.bfloat16: "bfloat16_t",
+    mx.bool_: "bool",
+    mx.uint8: "uint8_t",
+    mx.uint16: "uint16_t",
+    mx.uint32: "uint32_t",
+    mx.uint64: "uint64_t",
+    mx.int8: "int8_t",
+    mx.int16: "int16_t",
+    mx.int32: "int32_t",
+    mx.int64: "int64_t",
+    mx.float16: "float16_t",
+    mx.bfloat16: "bfloat16_t",
     mx.float32: "float",
 }
 MAX_CONSTANT_ARRAY_SIZE = 8  # MLX passes smaller inputs in the constant address space
@@ -59,7 +67,7 @@ _DECLARATION = re.compile(
     r"\bthreadgroup\s+(?P<type>[A-Za-z_][\w:]*)\s+(?P<name>[A-Za-z_]\w*)\s*"
     r"\[(?P<size>[^\[\]]+)\]\s*;"
 )
-_COLLECTIVE = re.compile(r"(?<![\w.])((?:metal::)?(?:%s))\s*\(" % "|".join(COLLECTIVES))
+_COLLECTIVE = re.compile(r"(?<![\w.])((?:metal::)?(?:" + "|".join(COLLECTIVES) + r"))\s*\(")
 
 
 def strip_comments(source: str) -> str:
@@ -93,7 +101,7 @@ def rewrite_body(kernel_name: str, source: str) -> str:
         newlines = "\n" * match.group(0).count("\n")
         return (
             f"auto {match['name']} = ::mtlemu::threadgroup_array<{match['type']}, "
-            f"static_cast<size_t>({match['size']})>(\"{match['name']}\");{newlines}"
+            f'static_cast<size_t>({match["size"]})>("{match["name"]}");{newlines}'
         )
 
     body = _DECLARATION.sub(declaration, body)
@@ -107,7 +115,7 @@ def rewrite_body(kernel_name: str, source: str) -> str:
     return re.sub(r"\breturn\b", "co_return", body)
 
 
-def _template_value(value: Any) -> Tuple[str, str]:
+def _template_value(value: Any) -> tuple[str, str]:
     """(parameter kind, argument) of one template constant, as MLX writes them."""
     if isinstance(value, bool):
         return "bool", "1" if value else "0"
@@ -120,13 +128,11 @@ def _template_value(value: Any) -> Tuple[str, str]:
 
 def _type_name(dtype: mx.Dtype) -> str:
     if dtype not in TYPE_NAMES:
-        raise EmulationError(
-            f"the emulator has no element type for {dtype}; valid: {list(TYPE_NAMES)}"
-        )
+        raise EmulationError(f"the emulator has no element type for {dtype}; valid: {list(TYPE_NAMES)}")
     return TYPE_NAMES[dtype]
 
 
-def _inputs(launch, checked: bool) -> Tuple[List[str], List[str]]:
+def _inputs(launch, checked: bool) -> tuple[list[str], list[str]]:
     """(parameters, launcher arguments) for the inputs, with shape/strides/ndim as MLX adds them."""
     params, args = [], []
     source = launch.kernel.source
@@ -157,23 +163,21 @@ def _inputs(launch, checked: bool) -> Tuple[List[str], List[str]]:
     return params, args
 
 
-def _outputs(launch, checked: bool) -> Tuple[List[str], List[str]]:
+def _outputs(launch, checked: bool) -> tuple[list[str], list[str]]:
     params, args = [], []
     first = len(launch.inputs)
     for j, (name, dtype) in enumerate(zip(launch.kernel.output_names, launch.output_dtypes)):
         t, i = _type_name(dtype), first + j
         if checked:
             params.append(f"::mtlemu::DeviceOut<{t}> {name}")
-            args.append(
-                f'{{static_cast<{t}*>(buffers[{i}]), sizes[{i}], "{name}", writers_{j}.data}}'
-            )
+            args.append(f'{{static_cast<{t}*>(buffers[{i}]), sizes[{i}], "{name}", writers_{j}.data}}')
         else:
             params.append(f"{t}* {name}")
             args.append(f"static_cast<{t}*>(buffers[{i}])")
     return params, args
 
 
-def _attributes(source: str) -> Tuple[List[str], List[str]]:
+def _attributes(source: str) -> tuple[list[str], list[str]]:
     params, args = [], []
     for name, kind in ATTRIBUTES:
         if name in source:  # a substring test, as MLX's
@@ -201,15 +205,15 @@ def translation_unit(launch, checked: bool) -> str:
     header = ""
     if template:
         header = "template <" + ", ".join(f"{kind} {name}" for name, kind, _ in template) + ">\n"
-    instance = kernel.name + (
-        "<" + ", ".join(arg for _, _, arg in template) + ">" if template else ""
-    )
+    instance = kernel.name + ("<" + ", ".join(arg for _, _, arg in template) + ">" if template else "")
     params = ",\n    ".join(in_params + out_params + attr_params)
     args = ",\n        ".join(in_args + out_args + attr_args)
     n_outputs, first_output = len(kernel.output_names), len(launch.inputs)
-    writers = "".join(
-        f"  ::mtlemu::Writers writers_{j}(sizes[{first_output + j}]);\n" for j in range(n_outputs)
-    ) if checked else ""
+    writers = (
+        "".join(f"  ::mtlemu::Writers writers_{j}(sizes[{first_output + j}]);\n" for j in range(n_outputs))
+        if checked
+        else ""
+    )
     return f"""{"#define MTLEMU_CHECKED 1" if checked else ""}
 #include "metal_shim.h"
 
