@@ -194,45 +194,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hf_peft.add_arguments(parser)
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    """Runs the comparison as the options say; returns 0 when nothing is left to run."""
-    from flashtune import env
+def _split(text: str, cast=str) -> list:
+    return [cast(x) for x in text.split(",") if x]
 
-    if args.repeats != 1:
-        return run_repeated(args, run_from_args)
-    kind = args.device if args.device != "auto" else ("cpu" if env.backend() == "cpu" else "gpu")
+
+def _plan_from_args(args: argparse.Namespace, kind: str):
+    """The runs the options ask for, checked before any work; also the sweep lengths and hf-peft's options."""
     defaults = DEFAULTS["gpu" if kind == "gpu" or args.big else "cpu"]
-    split = lambda text, cast=str: [cast(x) for x in text.split(",") if x]  # noqa: E731
-    models = split(args.models) if args.models else list(defaults["models"])
-    impls = split(args.impls) if args.impls else [*IMPLS, TOOL, *HF_IMPLS]
-    lengths = split(args.lengths, int) if args.lengths else list(defaults["lengths"])
-    sweep_tokens = args.sweep_tokens or defaults["sweep_tokens"]
+    choices = [*IMPLS, TOOL, *HF_IMPLS]
+    models = _split(args.models) if args.models else list(defaults["models"])
+    impls = _split(args.impls) if args.impls else choices
+    lengths = _split(args.lengths, int) if args.lengths else list(defaults["lengths"])
     warmup = args.warmup_iters if args.warmup_iters is not None else (defaults["warmup_iters"] if kind == "gpu" else 0)
-    sweep_impls = split(args.sweep_impls) if args.sweep_impls else list(IMPLS)
-    suites = split(args.suites)
-    for name in {*impls, *sweep_impls} - {*IMPLS, TOOL, *HF_IMPLS}:
-        raise SystemExit(f"unknown implementation {name!r}; choose from {', '.join([*IMPLS, TOOL, *HF_IMPLS])}")
+    sweep_impls = _split(args.sweep_impls) if args.sweep_impls else list(IMPLS)
+    suites = _split(args.suites)
+    for name in {*impls, *sweep_impls} - set(choices):
+        raise SystemExit(f"unknown implementation {name!r}; choose from {', '.join(choices)}")
     for name in set(suites) - set(SUITES):
         raise SystemExit(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
-    pack_datasets = split(args.pack_datasets) if args.pack_datasets else list(defaults["pack_datasets"])
-    pack_impls = split(args.pack_impls) if args.pack_impls else list(defaults["pack_impls"])
+    pack_datasets = _split(args.pack_datasets) if args.pack_datasets else list(defaults["pack_datasets"])
+    pack_impls = _split(args.pack_impls) if args.pack_impls else list(defaults["pack_impls"])
     hf_options = None
     if {"main", "sweep"} & set(suites):  # the packing suite runs no hf-peft
         impls, sweep_impls, hf_options = hf_peft.keep_available(
             impls, sweep_impls, args.torch_python, args.hf_peft_device
         )
-    train_flags = check_train_flags(args.train_flags)
-    results = Path(args.results) if args.results else default_results_dir()
-    cache = Path(args.cache_dir or os.environ.get("FLASHTUNE_BENCH_CACHE", "~/.cache/flashtune/bench")).expanduser()
-    recipes = Path(args.recipes)
+    sweep_tokens = args.sweep_tokens or defaults["sweep_tokens"]
     try:
         runs = plan(models, impls, suites, lengths, sweep_tokens, warmup, args.sweep_iters, sweep_impls, args.iters,
                     args.fine_tune_type, pack_datasets, pack_impls)  # fmt: skip
     except ValueError as error:  # an unknown packing dataset or implementation
         raise SystemExit(str(error)) from None
-    for run in runs:
-        if not recipe_path(run.suite, run.model, recipes).is_file():
-            raise SystemExit(f"no recipe {recipe_path(run.suite, run.model, recipes)} for {run.name}")
+    max_length = max(lengths) if "sweep" in suites else 0
+    return runs, models, max_length, hf_options
+
+
+def _announce(args: argparse.Namespace, kind: str, runs: list, results: Path, cache: Path) -> None:
     print(
         f"{len(runs)} {args.fine_tune_type} runs into {results} ({kind} defaults{', big models' if args.big else ''}; cache {cache})",
         flush=True,
@@ -243,28 +240,10 @@ def run_from_args(args: argparse.Namespace) -> int:
             "a small sweep; packing: a small chat-like set too; --big: TinyLlama-1.1B and Qwen2.5-1.5B, slowly)",
             flush=True,
         )
-    if args.dry_run:
-        print("\n".join(f"  {r.name} -> {r.relpath}" for r in runs))
-        return 0
-    results.mkdir(parents=True, exist_ok=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    from flashtune.models import resolve_dtype
 
-    dtype = str(resolve_dtype(None)).split(".")[-1]
-    max_length = max(lengths) if "sweep" in suites else 0
-    setups = {
-        m: prepare_model(m, cache, dtype, args.seed, max_length, args.random_init, args.export_dir) for m in models
-    }
-    bench = Bench(
-        results, cache, recipes, setups, {}, args.skip_existing, args.retry_failed, args.budget_s, train_flags
-    )
-    bench.hf = hf_options
-    passes: dict[tuple, packing.PassPlan] = {}
-    for i, run in enumerate(runs):
-        if run.is_warmup and bench.should_skip(runs[i + 1]):  # a warm-up belongs to its measured run
-            continue
-        _prepare(bench, run, args, passes)
-        bench.execute(run)
+
+def _finish(args: argparse.Namespace, bench: Bench, results: Path) -> int:
+    """Prints the counts, writes the report and the archive; 3 when runs are left for another call."""
     c = bench.counts
     print(
         f"done: {c['done']} runs ({c['failed']} failed), {c['skipped']} skipped (already there), {c['left']} left for another call",
@@ -279,6 +258,45 @@ def run_from_args(args: argparse.Namespace) -> int:
     if c["left"]:
         print("some runs are left: run the same command again (with --skip-existing) to finish them", flush=True)
     return 3 if c["left"] else 0
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Runs the comparison as the options say; returns 0 when nothing is left to run."""
+    from flashtune import env
+    from flashtune.models import resolve_dtype
+
+    if args.repeats != 1:
+        return run_repeated(args, run_from_args)
+    kind = args.device if args.device != "auto" else ("cpu" if env.backend() == "cpu" else "gpu")
+    runs, models, max_length, hf_options = _plan_from_args(args, kind)
+    train_flags = check_train_flags(args.train_flags)
+    results = Path(args.results) if args.results else default_results_dir()
+    cache = Path(args.cache_dir or os.environ.get("FLASHTUNE_BENCH_CACHE", "~/.cache/flashtune/bench")).expanduser()
+    recipes = Path(args.recipes)
+    for run in runs:
+        if not recipe_path(run.suite, run.model, recipes).is_file():
+            raise SystemExit(f"no recipe {recipe_path(run.suite, run.model, recipes)} for {run.name}")
+    _announce(args, kind, runs, results, cache)
+    if args.dry_run:
+        print("\n".join(f"  {r.name} -> {r.relpath}" for r in runs))
+        return 0
+    results.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    dtype = str(resolve_dtype(None)).split(".")[-1]
+    setups = {
+        m: prepare_model(m, cache, dtype, args.seed, max_length, args.random_init, args.export_dir) for m in models
+    }
+    bench = Bench(
+        results, cache, recipes, setups, {}, args.skip_existing, args.retry_failed, args.budget_s, train_flags
+    )
+    bench.hf = hf_options
+    passes: dict[tuple, packing.PassPlan] = {}
+    for i, run in enumerate(runs):
+        if run.is_warmup and bench.should_skip(runs[i + 1]):  # a warm-up belongs to its measured run
+            continue
+        _prepare(bench, run, args, passes)
+        bench.execute(run)
+    return _finish(args, bench, results)
 
 
 def _prepare(bench: Bench, run: Run, args: argparse.Namespace, passes: dict[tuple, packing.PassPlan]) -> None:

@@ -26,6 +26,7 @@ import mlx.core as mx
 import flashtune  # noqa: F401  (loads the CPU BLAS before mlx)
 from flashtune.attention import get
 from flashtune.attention.kernels import cuda as cuda_kernels
+from flashtune.attention.kernels import cuda_source
 
 LAYOUTS = {  # name: (B, n_heads, n_kv_heads, head_dim)
     "TinyLlama": (4, 32, 4, 64),
@@ -267,7 +268,7 @@ def variants(log, deadline, lengths=(2048,)):
 def nvcc_report(log):
     """Builds each kernel variant as MLX would (sm_90a) and prints ptxas's resource report."""
     mlx_src = os.environ.get("MLX_SRC", "/tmp/mlxsrc")  # a checkout holding mlx/backend/cuda
-    header = cuda_kernels.header()
+    header = cuda_source.header()
     work = Path("/tmp/poc_nvcc")
     work.mkdir(exist_ok=True)
     launches = {
@@ -276,10 +277,10 @@ def nvcc_report(log):
         "fwd_sm90": [(64, 1), (128, 1), (64, 2), (128, 2)],
     }  # sm90: (BLOCK_N, WARPGROUPS)
     entry_points = {
-        "fwd": (cuda_kernels._FWD_BODY, cuda_kernels._FWD_IO),
-        "bwd": (cuda_kernels._BWD_BODY, cuda_kernels._BWD_IO),
-        "fwd_sm90": (cuda_kernels._FWD_SM90_BODY, cuda_kernels._FWD_IO),
-        "bwd_sm90": (cuda_kernels._BWD_SM90_BODY, cuda_kernels._BWD_IO),
+        "fwd": (cuda_source.FWD_BODY, cuda_source.FWD_IO),
+        "bwd": (cuda_source.BWD_BODY, cuda_source.BWD_IO),
+        "fwd_sm90": (cuda_source.FWD_SM90_BODY, cuda_source.FWD_IO),
+        "bwd_sm90": (cuda_source.BWD_SM90_BODY, cuda_source.BWD_IO),
     }
     labels = {"fwd_sm90": "BLOCK_N={} WARPGROUPS={}", "bwd_sm90": "WARPGROUPS={} QTILES={}"}
     for kind in ("fwd", "fwd_sm90", "bwd", "bwd_sm90"):

@@ -142,13 +142,7 @@ def make_dataset(
         The metadata written to meta.json (arguments, the length distribution in words, token
         statistics and sha256 of each split).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if kind == "fixed" and not length:
-        raise ValueError("kind='fixed' needs length")
-    lo, hi = (lo or CLIP.get(kind, (0, 0))[0]), (hi or CLIP.get(kind, (0, 0))[1])
-    if kind != "fixed" and not 2 <= lo <= hi:
-        raise ValueError(f"kind={kind!r} needs 2 <= lo <= hi, got lo={lo}, hi={hi}")
+    lo, hi = _length_range(kind, lo, hi, length)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # long texts are counted, never fed to a model here
@@ -182,14 +176,31 @@ def make_dataset(
             target.unlink(missing_ok=True)
             continue
         texts = [fit_text(count, t, rng, vocab_hi) for t in targets(n)]
-        counts = sorted(count(t) for t in texts)
-        meta[split] = {
-            "examples": n, "tokens": sum(counts), "min_tokens": counts[0], "max_tokens": counts[-1],
-            "median_tokens": statistics.median(counts), "p90_tokens": counts[int(0.9 * (n - 1))],
-            "sha256": _write_split(target, texts),
-        }  # fmt: skip
+        meta[split] = _split_meta(texts, count, _write_split(target, texts))
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def _length_range(kind: str, lo: int | None, hi: int | None, length: int | None) -> tuple[int, int]:
+    """The kind's [lo, hi] token range (its default where not given), checked."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "fixed" and not length:
+        raise ValueError("kind='fixed' needs length")
+    lo, hi = (lo or CLIP.get(kind, (0, 0))[0]), (hi or CLIP.get(kind, (0, 0))[1])
+    if kind != "fixed" and not 2 <= lo <= hi:
+        raise ValueError(f"kind={kind!r} needs 2 <= lo <= hi, got lo={lo}, hi={hi}")
+    return lo, hi
+
+
+def _split_meta(texts: Sequence[str], count: Callable[[str], int], sha256: str) -> dict:
+    """Token statistics of one split for meta.json."""
+    counts = sorted(count(t) for t in texts)
+    n = len(counts)
+    return {
+        "examples": n, "tokens": sum(counts), "min_tokens": counts[0], "max_tokens": counts[-1],
+        "median_tokens": statistics.median(counts), "p90_tokens": counts[int(0.9 * (n - 1))], "sha256": sha256,
+    }  # fmt: skip
 
 
 def describe(kind: str, lo: int, hi: int, length: int | None, median: int, sigma: float) -> str:

@@ -11,11 +11,10 @@ row-contiguous (MLX copies otherwise), with Lq <= Lk when causal (contract.confo
 import ctypes
 import functools
 import logging
-import re
-from pathlib import Path
 
 import mlx.core as mx
 
+from flashtune.attention.kernels import cuda_source as source
 from flashtune.log import say_once
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
@@ -44,60 +43,12 @@ BWD_SM90_CONFIG = {64: (2, 2), 128: (2, 1)}
 # group inside the CTA was 13-26% slower on the H100 at L=2048, so it is off by default.
 GROUPED_MIN_CTAS = 10**9
 
-# The device code each entry point compiles with, in order (later files use earlier ones).
-_SM80 = ("flash_common.cu", "flash_attention.cu")
-_DELTA = ("flash_common.cu",)
-_FWD_SM90 = ("flash_common.cu", "flash_forward_sm90.cu")
-_BWD_SM90 = ("flash_common.cu", "flash_forward_sm90.cu", "flash_backward_sm90.cu")
-ALL_SOURCES = tuple(dict.fromkeys(_SM80 + _BWD_SM90))  # every file, in order (nvcc report)
-
-_FWD_BODY = """
-    ftpoc::flash_fwd<T, HEAD_DIM, NWARPS, MTILES, CAUSAL>(
-        q, k, v, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
-"""
-
-_FWD_SM90_BODY = """
-    ftpoc::flash_fwd_sm90<T, HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL>(
-        q, k, v, params, q_shape[0], q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
-"""
-
-_BWD_SM90_BODY = """
-    ftpoc::flash_bwd_sm90<T, HEAD_DIM, WARPGROUPS, QTILES, CAUSAL>(
-        q, k, v, dout, lse, delta, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2],
-        dq, dk, dv);
-"""
-
-_DELTA_BODY = """
-    ftpoc::softmax_delta<T, HEAD_DIM>(dout, o, delta, o_shape[0] * o_shape[1] * o_shape[2]);
-"""
-
-_BWD_BODY = """
-    ftpoc::flash_bwd<T, HEAD_DIM, NWARPS, CAUSAL>(
-        q, k, v, dout, lse, delta, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2],
-        dq, dk, dv);
-"""
-
-
-@functools.cache
-def header(files: tuple[str, ...] = ALL_SOURCES) -> str:
-    """The device code of ``files`` without comments (line count kept, so compiler messages
-    point at the files' lines). MLX hashes a kernel's whole source on every launch: the
-    hash of all four files with comments (56 KB) cost ~0.014 ms per call on the H100's host
-    (docs/kernels.md, Hopper forward)."""
-    text = "\n".join(Path(__file__).with_name(name).read_text() for name in files)
-    return re.sub(r"[ \t]*//[^\n]*", "", text)
-
 
 @functools.cache
 def is_sm90() -> bool:
     """True on a compute capability 9.x GPU, where MLX compiles for sm_90a (wgmma)."""
     info = mx.device_info() if mx.cuda.is_available() else {}
     return info.get("compute_capability_major") == 9 or str(info.get("architecture")) == "sm_90"
-
-
-_FWD_IO = (("q", "k", "v", "params"), ("out", "lse"))
-_BWD_IO = (("q", "k", "v", "dout", "lse", "delta", "params"), ("dq", "dk", "dv"))
-_DELTA_IO = (("dout", "o"), ("delta",))
 
 
 @functools.cache
@@ -111,7 +62,7 @@ def _kernel(
         input_names=list(io[0]),
         output_names=list(io[1]),
         source=body,
-        header=header(files),
+        header=source.header(files),
         shared_memory=shared_memory,
     )
 
@@ -278,7 +229,7 @@ def forward(
         if ctas is None:
             ctas = resident_sm90_ctas(D, *config)
         ctas = min(tiles, ctas or tiles)
-        return _kernel("ftpoc_flash_fwd_sm90", _FWD_SM90_BODY, _FWD_IO, smem, _FWD_SM90)(
+        return _kernel("ftpoc_flash_fwd_sm90", source.FWD_SM90_BODY, source.FWD_IO, smem, source.FWD_SM90)(
             inputs=[q, k, v, _params(scale)],
             template=[
                 ("T", q.dtype),
@@ -297,7 +248,7 @@ def forward(
     n_warps, m_tiles = config or FWD_CONFIG[D]
     block_m = 16 * n_warps * m_tiles
     smem = fwd_smem_bytes(D, n_warps, m_tiles)
-    out, lse = _kernel("ftpoc_flash_fwd", _FWD_BODY, _FWD_IO, smem, _SM80)(
+    out, lse = _kernel("ftpoc_flash_fwd", source.FWD_BODY, source.FWD_IO, smem, source.SM80)(
         inputs=[q, k, v, _params(scale)],
         template=[
             ("T", q.dtype),
@@ -321,7 +272,7 @@ def softmax_delta(d_out: mx.array, out: mx.array) -> mx.array:
     One kernel reading both once; as MLX ops it took two float32 copies and a reduction."""
     B, n_heads, L_q, D = out.shape
     rows_per_block = 4
-    return _kernel("ftpoc_softmax_delta", _DELTA_BODY, _DELTA_IO, 0, _DELTA)(
+    return _kernel("ftpoc_softmax_delta", source.DELTA_BODY, source.DELTA_IO, 0, source.DELTA)(
         inputs=[d_out, out.astype(d_out.dtype)],
         template=[("T", d_out.dtype), ("HEAD_DIM", D)],
         grid=(-(-B * n_heads * L_q // rows_per_block) * 32 * rows_per_block, 1, 1),
@@ -380,7 +331,11 @@ def backward(
             threadgroup=(128 * warpgroups, 1, 1),
         )
         function = _kernel(
-            "ftpoc_flash_bwd_sm90", _BWD_SM90_BODY, _BWD_IO, bwd_sm90_smem_bytes(D, warpgroups, q_tiles), _BWD_SM90
+            "ftpoc_flash_bwd_sm90",
+            source.BWD_SM90_BODY,
+            source.BWD_IO,
+            bwd_sm90_smem_bytes(D, warpgroups, q_tiles),
+            source.BWD_SM90,
         )
     else:
         n_warps = n_warps or BWD_WARPS[D]
@@ -392,7 +347,7 @@ def backward(
             grid=(n_kv_blocks * 32 * n_warps, out_heads, B),
             threadgroup=(32 * n_warps, 1, 1),
         )
-        function = _kernel("ftpoc_flash_bwd", _BWD_BODY, _BWD_IO, bwd_smem_bytes(D, n_warps), _SM80)
+        function = _kernel("ftpoc_flash_bwd", source.BWD_BODY, source.BWD_IO, bwd_smem_bytes(D, n_warps), source.SM80)
     dq, dk, dv = function(
         inputs=inputs,
         output_shapes=[q.shape, (B, out_heads, L_k, D), (B, out_heads, L_k, D)],
