@@ -32,6 +32,15 @@ class TrainingError(RuntimeError):
     """Training stopped for a reason the user can act on (the message says what to do)."""
 
 
+class EmulationError(RuntimeError):
+    """A Metal kernel failed under the CPU emulator (it does not compile, breaks a Metal rule, or
+    reads or writes out of bounds); the message names the kernel and what went wrong."""
+
+
+class BudgetExceeded(Exception):
+    """A benchmark run was stopped at its call's time budget; it is left for the next call."""
+
+
 def is_out_of_memory(error: BaseException | str) -> bool:
     """True when ``error`` (an exception or captured output) reports a failed allocation."""
     text = str(error).lower()

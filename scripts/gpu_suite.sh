@@ -51,7 +51,8 @@ for stage in "$@"; do
     context)
       # One sequence of growing length, every implementation and mlx_lm lora, to each model's context.
       for m in Qwen2.5-1.5B TinyLlama-1.1B; do
-        $FT bench context --model "$m" --cache-dir "$CACHE" --out "$OUT/context-$m" | tail -20
+        $FT bench context --model "$m" --cache-dir "$CACHE" --results "/tmp/flashtune-context-$m" | tail -20
+        tar czf "$OUT/context-$m.tgz" -C /tmp "flashtune-context-$m"
       done
       ;;
     profile)

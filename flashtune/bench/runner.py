@@ -28,7 +28,7 @@ from flashtune.bench.peer import PEER_GC, PREFIX, TOOL, is_peer, parse_output, t
 from flashtune.bench.portable import portable_file, run_roots
 from flashtune.bench.runs import Run, recipe_path
 from flashtune.bench.watch import Watch
-from flashtune.errors import is_out_of_memory
+from flashtune.errors import BudgetExceeded, is_out_of_memory
 
 # The folder holding the flashtune package (a checkout or site-packages): child processes import it from there.
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
@@ -49,10 +49,6 @@ def _error_summary(log_text: str, limit: int = 1500) -> str:
         if re.match(r"^[\w.]*(Error|Exception|error)\b.*:", line) or "out of memory" in line.lower()
     ]
     return ("\n".join(errors[-3:]) if errors else "\n".join(lines[-5:]))[-limit:] or "no output"
-
-
-class BudgetExceeded(Exception):
-    """The run was stopped because the call's time budget ran out; it is left for the next call."""
 
 
 @dataclass

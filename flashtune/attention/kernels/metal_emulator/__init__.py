@@ -9,8 +9,8 @@ import functools
 import types
 
 from flashtune.attention.kernels import metal
-from flashtune.attention.kernels.metal_emulator.errors import EmulationError
 from flashtune.attention.kernels.metal_emulator.runner import Execution, Stats, execute, run
+from flashtune.errors import EmulationError
 
 __all__ = ["EmulationError", "Execution", "Stats", "execute", "kernels", "run"]
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flashtune.attention.kernels.metal_emulator.errors import EmulationError
+from flashtune.errors import EmulationError
 
 HEADER_DIR = Path(__file__).resolve().parent
 FILES = ("metal_shim.h", "runtime.h", "memory.h", "float16.h", "runtime.cpp")

@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 
 from flashtune.attention.kernels.metal_emulator import compiler, source
-from flashtune.attention.kernels.metal_emulator.errors import EmulationError
+from flashtune.errors import EmulationError
 
 _STORAGE = {mx.float16: mx.uint16, mx.bfloat16: mx.uint16}  # numpy has no bfloat16
 _NUMPY = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from flashtune.attention.kernels.metal_emulator.errors import EmulationError
+from flashtune.errors import EmulationError
 
 # MLX's list of the attributes it adds when their name occurs in the body, with their types.
 ATTRIBUTES = (
