@@ -126,6 +126,12 @@ def _bench_context(args) -> int:
     return context.run_from_args(args)
 
 
+def _bench_packed_attention(args) -> int:
+    from flashtune.bench import packed_attention
+
+    return packed_attention.run_from_args(args)
+
+
 def _report(args) -> int:
     from flashtune.bench.report import write_report
 
@@ -183,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     context_arguments(long_context)
     long_context.set_defaults(run=_bench_context)
+
+    from flashtune.bench.packed_attention import add_arguments as packed_arguments
+
+    packed = bench.add_parser(
+        "packed-attention", help="attention fwd+bwd on packed rows beside the same documents unpacked"
+    )
+    packed_arguments(packed)
+    packed.set_defaults(run=_bench_packed_attention)
 
     report = commands.add_parser("report", help="Markdown tables and PNG plots from a results folder")
     report.add_argument("results_dir", help="folder of JSONL results (e.g. results/<date>-<device>)")

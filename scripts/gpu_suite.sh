@@ -32,6 +32,10 @@ for stage in "$@"; do
       $FT env | tee "$OUT/env.txt"
       $FT bench attention --sets training,seed --out "$OUT/attention.jsonl" | tee "$OUT/attention.md"
       ;;
+    packed-attention)
+      # poc, practical and demo on packed rows (chat-like documents) beside the same documents unpacked.
+      $FT bench packed-attention --out "$OUT/packed-attention.jsonl" | tee "$OUT/packed-attention.md"
+      ;;
     compare)
       # The headline comparison alone: TinyLlama-1.1B, 100 iterations, each tool after a warm-up run as long.
       $BENCH --suites main --models TinyLlama-1.1B --impls "${IMPLS:-demo,mlx_lm.lora}" --repeats "${REPEATS:-1}" \
@@ -100,6 +104,6 @@ for stage in "$@"; do
           "$OUT/graphs/$setting-iters100.jsonl" "$vars:" | tee -a "$OUT/graphs/summary.txt"
       done
       ;;
-    *) echo "unknown stage $stage (prepare, cuda-tests, attention, compare, finetune, packing, dora, context, profile, host, blocks, graphs)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (prepare, cuda-tests, attention, packed-attention, compare, finetune, packing, dora, context, profile, host, blocks, graphs)" >&2; exit 2 ;;
   esac
 done

@@ -76,7 +76,8 @@ def _implementation(name: str):
     return fused_sdpa if name == ANCHOR else attention.get(name)
 
 
-def _median_seconds(fn: Callable[[], None], warmup: int, repeat: int) -> float:
+def median_seconds(fn: Callable[[], None], warmup: int, repeat: int) -> float:
+    """Median wall seconds of ``fn`` over ``repeat`` synchronized calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     mx.synchronize()
@@ -150,8 +151,8 @@ def measure(name: str, shape: Shape, dtype, *, warmup: int, repeat: int, seed: i
         mx.synchronize()
         record["peak_mb"] = mx.get_peak_memory() / 1e6
         record["extra_mb"] = (mx.get_peak_memory() - before) / 1e6
-        record["fwd_ms"] = 1e3 * _median_seconds(lambda: mx.eval(forward(q, k, v)), warmup, repeat)
-        record["fwdbwd_ms"] = 1e3 * _median_seconds(lambda: mx.eval(backward(q, k, v, d_out)), warmup, repeat)
+        record["fwd_ms"] = 1e3 * median_seconds(lambda: mx.eval(forward(q, k, v)), warmup, repeat)
+        record["fwdbwd_ms"] = 1e3 * median_seconds(lambda: mx.eval(backward(q, k, v, d_out)), warmup, repeat)
         record["fwd_tflops"] = shape.flops(False) / record["fwd_ms"] / 1e9
         record["fwdbwd_tflops"] = shape.flops(True) / record["fwdbwd_ms"] / 1e9
         record["fwdbwd_tokens_per_s"] = shape.batch * shape.length / record["fwdbwd_ms"] * 1e3

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flashtune.bench.peer import PEER_GC, TOOL, is_peer
+from flashtune.bench.portable import portable_file, run_roots
+from flashtune.bench.runner import PACKAGE_PARENT
 from flashtune.bench.runs import Run, recipe_path
 
 FIRST_LENGTH = 2048  # default lengths double from here to the model's context
@@ -315,6 +317,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             handle.write(json.dumps(row) + "\n")
 
     rows = sweep(pairs, execute, emit)
+    portable_file(path, run_roots(results=bench.results, cache=bench.cache, repo=PACKAGE_PARENT))
     _write_outputs(rows, out, stem, f"{setup.label.replace(args.model, key)}: one sequence per step")
     print(f"wrote {path}, {out / (stem + '.md')} and {out / (stem + '.png')}", flush=True)
     return 0

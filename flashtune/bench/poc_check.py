@@ -265,8 +265,11 @@ def variants(log, deadline, lengths=(2048,)):
                 )
 
 
-def nvcc_report(log):
-    """Builds each kernel variant as MLX would (sm_90a) and prints ptxas's resource report."""
+NVCC_KINDS = ("fwd", "fwd_sm90", "bwd", "bwd_sm90", "fwd_seg", "bwd_seg")  # *_seg: packed rows
+
+
+def nvcc_report(log, kinds=NVCC_KINDS):
+    """Builds each kernel variant of ``kinds`` as MLX would (sm_90a) and prints ptxas's resource report."""
     mlx_src = os.environ.get("MLX_SRC", "/tmp/mlxsrc")  # a checkout holding mlx/backend/cuda
     header = cuda_source.header()
     work = Path("/tmp/poc_nvcc")
@@ -276,14 +279,17 @@ def nvcc_report(log):
         "bwd": [(4, 1), (8, 1)],
         "fwd_sm90": [(64, 1), (128, 1), (64, 2), (128, 2)],
     }  # sm90: (BLOCK_N, WARPGROUPS)
+    launches.update(fwd_seg=launches["fwd"], bwd_seg=launches["bwd"])
     entry_points = {
         "fwd": (cuda_source.FWD_BODY, cuda_source.FWD_IO),
         "bwd": (cuda_source.BWD_BODY, cuda_source.BWD_IO),
         "fwd_sm90": (cuda_source.FWD_SM90_BODY, cuda_source.FWD_IO),
         "bwd_sm90": (cuda_source.BWD_SM90_BODY, cuda_source.BWD_IO),
+        "fwd_seg": (cuda_source.FWD_SEG_BODY, cuda_source.FWD_SEG_IO),
+        "bwd_seg": (cuda_source.BWD_SEG_BODY, cuda_source.BWD_SEG_IO),
     }
     labels = {"fwd_sm90": "BLOCK_N={} WARPGROUPS={}", "bwd_sm90": "WARPGROUPS={} QTILES={}"}
-    for kind in ("fwd", "fwd_sm90", "bwd", "bwd_sm90"):
+    for kind in kinds:
         for D in cuda_kernels.HEAD_DIMS:
             if kind == "fwd_sm90" and D not in cuda_kernels.FWD_SM90_CONFIG:
                 continue
@@ -291,7 +297,7 @@ def nvcc_report(log):
             shapes = cuda_kernels.bwd_sm90_launches(D) if kind == "bwd_sm90" else launches[kind]
             for nw, mt in shapes:
                 body, (ins, outs) = entry_points[kind]
-                types = {"params": "float", "lse": "float", "delta": "float"}
+                types = {"params": "float", "lse": "float", "delta": "float", "segments": "int32_t"}
                 sig = []
                 for n in ins:
                     sig.append(f"const {types.get(n, 'T')}* {n}")
@@ -349,6 +355,9 @@ def main():
     parser.add_argument("--out", default=os.environ.get("OUT", "."), type=Path)
     parser.add_argument("--budget-s", type=float, default=420, help="stop timing after this")
     parser.add_argument("--nvcc", action="store_true", help="only build with nvcc (no GPU)")
+    parser.add_argument(
+        "--nvcc-kinds", default=",".join(NVCC_KINDS), help=f"with --nvcc: entry points to build (default: {NVCC_KINDS})"
+    )
     parser.add_argument("--skip-correctness", action="store_true")
     parser.add_argument(
         "--variant-lengths", default="2048", help="comma-separated sequence lengths for the launch-shape timings"
@@ -364,7 +373,7 @@ def main():
         log_file.flush()
 
     if args.nvcc:
-        nvcc_report(log)
+        nvcc_report(log, tuple(args.nvcc_kinds.split(",")))
         return 0
     info = environment()
     log(f"# poc GPU check {time.strftime('%Y-%m-%d %H:%M:%S')}\n{json.dumps(info)}")

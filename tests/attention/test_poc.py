@@ -322,11 +322,10 @@ def test_packed_kernels_that_fail_their_check_are_never_used(monkeypatch, said, 
     assert poc.last_path == "metal"
 
 
-def test_cuda_kernels_refuse_segments_before_launching():
-    assert cuda_kernels.SEGMENTS is False
+def test_cuda_kernels_check_segments_before_launching():
+    assert cuda_kernels.SEGMENTS is True
     q = mx.zeros((1, 2, 8, 64), dtype=mx.bfloat16)
-    ids = mx.zeros((1, 8), dtype=mx.int32)
-    with pytest.raises(ValueError, match=r"take no segments.*\(1, 8\)"):
-        cuda_kernels.forward(q, q, q, 0.125, True, segments=ids)
-    with pytest.raises(ValueError, match="take no segments"):
-        cuda_kernels.backward(q, q, q, q, mx.zeros((1, 2, 8)), q, 0.125, True, segments=ids)
+    with pytest.raises(ValueError, match=r"shape \(B, L\).*got segments \(1, 9\)"):
+        cuda_kernels.forward(q, q, q, 0.125, True, segments=mx.zeros((1, 9), dtype=mx.int32))
+    with pytest.raises(ValueError, match="integer document ids; got mlx.core.float32"):
+        cuda_kernels.backward(q, q, q, q, mx.zeros((1, 2, 8)), q, 0.125, True, segments=mx.zeros((1, 8)))

@@ -14,6 +14,7 @@ from flashtune.attention import get
 from flashtune.attention import poc as poc_module
 from flashtune.attention.kernels import cuda as cuda_kernels
 from tests.attention import reference as ref
+from tests.attention.test_contract_segments import assert_padding_is_zero
 
 pytestmark = [
     pytest.mark.cuda,
@@ -241,3 +242,46 @@ def test_poc_routes_masks_and_float32_to_practical():
     mask = mx.random.uniform(shape=(65, 65), key=mx.random.key(5)) > 0.5
     poc(q.astype(mx.bfloat16), k.astype(mx.bfloat16), v.astype(mx.bfloat16), scale=0.125, mask=mask)
     assert poc.last_path == "practical"
+
+
+def packed_rows(L: int = 1000) -> mx.array:
+    """int32 (3, L) document ids for the kernels' segments path: documents of length 1 and
+    documents across the 64-key tiles and 64/128-row blocks, trailing padding, ids out of
+    order (a tile's id range then spans a document it does not hold), a row of padding only."""
+    rows = [
+        [0] + [1] * 300 + [2] * 64 + [3] + [4] * 500 + [-1] * (L - 866),
+        [3] * 200 + [1] * 300 + [2] * 450 + [-1] * (L - 950),
+        [-1] * L,
+    ]
+    return mx.array(rows, dtype=mx.int32)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "nomask"])
+@pytest.mark.parametrize("D", [64, 128, 80])
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
+def test_packed_kernels_match_float64(dtype, D, causal):
+    ids = packed_rows()
+    q, k, v, cot = random_inputs((3, 8, 2, ids.shape[1], ids.shape[1]), D, dtype, 7)
+    scale = D**-0.5
+    flash = poc_module.kernel_function("cuda", scale, causal, segments=True)
+    (out,), grads = mx.vjp(lambda *a: flash(*a, ids)[0], [q, k, v], [cot])
+    mx.eval(out, grads)
+    want = ref.attention(q, k, v, scale, "causal" if causal else None, cot, segments=ids)
+    named = dict(zip(("out", "dq", "dk", "dv"), (out, *grads)))
+    errors = {name: ref.relative_error(got, expected) for (name, got), expected in zip(named.items(), want)}
+    check(errors, dtype, f"packed {dtype} D={D} causal={causal}")
+    assert_padding_is_zero(ids, named)
+
+
+def test_packed_forward_writes_every_output():
+    ids = packed_rows(700)
+    q, k, v, _ = random_inputs((3, 4, 4, 700, 700), 64, mx.bfloat16, 8)
+    out, lse = cuda_kernels.forward(q, k, v, 0.125, True, poison=float("nan"), segments=ids)
+    assert not mx.any(mx.isnan(out)).item() and not mx.any(mx.isnan(lse)).item()
+
+
+def test_poc_runs_packed_rows_on_the_kernels():
+    ids = packed_rows()
+    q, k, v, _ = random_inputs((3, 8, 2, ids.shape[1], ids.shape[1]), 64, mx.bfloat16, 9)
+    mx.eval(get("poc")(q, k, v, scale=0.125, mask="causal", segments=ids))
+    assert get("poc").last_path == "cuda"

@@ -15,11 +15,14 @@ import logging
 import mlx.core as mx
 
 from flashtune.attention.kernels import cuda_source as source
+from flashtune.attention.kernels.segments import checked_segments
 from flashtune.log import say_once
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 DTYPES = (mx.bfloat16, mx.float16)
-SEGMENTS = False  # the kernels take no document ids: poc routes packed sequences to practical
+# Packed rows (document ids, segments=) run the mma.sync kernels (flash_attention.cu), which
+# skip every tile pair whose documents cannot meet; the wgmma kernels take no ids.
+SEGMENTS = True
 BLOCK_N_FWD = 64  # keys per forward tile (BN in flash_fwd)
 # Forward (warps, row tiles of 16 per warp): BM = 16 * warps * tiles query rows per CTA.
 # Backward warps: 16 * warps keys (and query rows per step) per CTA. Measured on an H100
@@ -177,14 +180,6 @@ def _params(scale: float) -> mx.array:
     return mx.array([scale], dtype=mx.float32)
 
 
-def _refuse_segments(segments: mx.array | None) -> None:
-    if segments is not None:
-        raise ValueError(
-            f"the CUDA flash-attention kernels take no segments (SEGMENTS = False); got "
-            f"segments of shape {tuple(segments.shape)}: use the 'practical' attention"
-        )
-
-
 def forward(
     q: mx.array,
     k: mx.array,
@@ -206,50 +201,22 @@ def forward(
     grid: by default as many CTAs as run on the GPU at once (persistent: each walks several
     tiles of 64 * warpgroups query rows and copies the next tile's Q and first K/V block
     under the current one; docs/kernels.md, Hopper forward), or one per tile when the SM count
-    is unknown. ``segments`` must be None (``SEGMENTS``).
+    is unknown. ``segments`` (int32 document ids (B, L), Lq == Lk) runs the sm80 kernel.
     """
-    _refuse_segments(segments)
+    segments = checked_segments(q, k, segments)
+    if segments is None and (kernel or forward_kernel(q.shape[-1])) == "sm90":
+        return _forward_sm90(q, k, v, scale, causal, config, poison, ctas)
     B, n_heads, L_q, D = q.shape
-    if (kernel or forward_kernel(D)) == "sm90":
-        if D not in FWD_SM90_CONFIG:
-            raise ValueError(f"sm90 forward: no kernel for head dim {D}; valid: {tuple(FWD_SM90_CONFIG)}")
-        block_n, warpgroups, stages = config = tuple(config or FWD_SM90_CONFIG[D])
-        if block_n not in FWD_SM90_BLOCK_N:
-            raise ValueError(
-                f"sm90 forward: {block_n} keys per tile at head dim {D} is not "
-                f"one of the checked tile sizes {FWD_SM90_BLOCK_N}"
-            )
-        if stages != 3:
-            raise ValueError(
-                f"sm90 forward: {stages} K/V buffers; the pipeline has 3 "
-                f"(blocks j - 1 and j are read while j + 1 loads)"
-            )
-        smem = fwd_sm90_smem_bytes(D, *config)
-        tiles = -(-L_q // (64 * warpgroups)) * n_heads * B
-        if ctas is None:
-            ctas = resident_sm90_ctas(D, *config)
-        ctas = min(tiles, ctas or tiles)
-        return _kernel("ftpoc_flash_fwd_sm90", source.FWD_SM90_BODY, source.FWD_IO, smem, source.FWD_SM90)(
-            inputs=[q, k, v, _params(scale)],
-            template=[
-                ("T", q.dtype),
-                ("HEAD_DIM", D),
-                ("BLOCK_N", block_n),
-                ("WARPGROUPS", warpgroups),
-                ("STAGES", stages),
-                ("CAUSAL", causal),
-            ],
-            grid=(max(ctas, 1) * 128 * warpgroups, 1, 1),
-            threadgroup=(128 * warpgroups, 1, 1),
-            output_shapes=[q.shape, (B, n_heads, L_q)],
-            output_dtypes=[q.dtype, mx.float32],
-            init_value=poison,
-        )
     n_warps, m_tiles = config or FWD_CONFIG[D]
     block_m = 16 * n_warps * m_tiles
     smem = fwd_smem_bytes(D, n_warps, m_tiles)
-    out, lse = _kernel("ftpoc_flash_fwd", source.FWD_BODY, source.FWD_IO, smem, source.SM80)(
-        inputs=[q, k, v, _params(scale)],
+    if segments is None:
+        function, inputs = _kernel("ftpoc_flash_fwd", source.FWD_BODY, source.FWD_IO, smem, source.SM80), [q, k, v]
+    else:
+        function = _kernel("ftpoc_flash_fwd_seg", source.FWD_SEG_BODY, source.FWD_SEG_IO, smem, source.SM80)
+        inputs = [q, k, v, segments]
+    out, lse = function(
+        inputs=[*inputs, _params(scale)],
         template=[
             ("T", q.dtype),
             ("HEAD_DIM", D),
@@ -264,6 +231,44 @@ def forward(
         init_value=poison,
     )
     return out, lse
+
+
+def _forward_sm90(q, k, v, scale, causal, config, poison, ctas) -> tuple[mx.array, mx.array]:
+    """The wgmma forward (``forward``'s arguments; no segments)."""
+    B, n_heads, L_q, D = q.shape
+    if D not in FWD_SM90_CONFIG:
+        raise ValueError(f"sm90 forward: no kernel for head dim {D}; valid: {tuple(FWD_SM90_CONFIG)}")
+    block_n, warpgroups, stages = config = tuple(config or FWD_SM90_CONFIG[D])
+    if block_n not in FWD_SM90_BLOCK_N:
+        raise ValueError(
+            f"sm90 forward: {block_n} keys per tile at head dim {D} is not "
+            f"one of the checked tile sizes {FWD_SM90_BLOCK_N}"
+        )
+    if stages != 3:
+        raise ValueError(
+            f"sm90 forward: {stages} K/V buffers; the pipeline has 3 (blocks j - 1 and j are read while j + 1 loads)"
+        )
+    smem = fwd_sm90_smem_bytes(D, *config)
+    tiles = -(-L_q // (64 * warpgroups)) * n_heads * B
+    if ctas is None:
+        ctas = resident_sm90_ctas(D, *config)
+    ctas = min(tiles, ctas or tiles)
+    return _kernel("ftpoc_flash_fwd_sm90", source.FWD_SM90_BODY, source.FWD_IO, smem, source.FWD_SM90)(
+        inputs=[q, k, v, _params(scale)],
+        template=[
+            ("T", q.dtype),
+            ("HEAD_DIM", D),
+            ("BLOCK_N", block_n),
+            ("WARPGROUPS", warpgroups),
+            ("STAGES", stages),
+            ("CAUSAL", causal),
+        ],
+        grid=(max(ctas, 1) * 128 * warpgroups, 1, 1),
+        threadgroup=(128 * warpgroups, 1, 1),
+        output_shapes=[q.shape, (B, n_heads, L_q)],
+        output_dtypes=[q.dtype, mx.float32],
+        init_value=poison,
+    )
 
 
 def softmax_delta(d_out: mx.array, out: mx.array) -> mx.array:
@@ -300,13 +305,13 @@ def backward(
 
     ``kernel`` is "sm90" or "sm80", default ``backward_kernel(D)``; sm90 takes ``config``
     (warpgroups, query row tiles), default ``BWD_SM90_CONFIG``; sm80 takes ``n_warps``,
-    default ``BWD_WARPS``. ``segments`` must be None (``SEGMENTS``).
+    default ``BWD_WARPS``. ``segments`` (int32 document ids (B, L), Lq == Lk) runs sm80.
     """
-    _refuse_segments(segments)
+    segments = checked_segments(q, k, segments)
     B, n_heads, L_q, D = q.shape
     n_kv_heads, L_k = k.shape[1], k.shape[2]
     group = n_heads // n_kv_heads
-    wgmma = (kernel or backward_kernel(D)) == "sm90"
+    wgmma = segments is None and (kernel or backward_kernel(D)) == "sm90"
     sm90_config = tuple(config) if config else BWD_SM90_CONFIG.get(D)
     if wgmma and sm90_config not in bwd_sm90_launches(D):
         raise ValueError(
@@ -314,8 +319,29 @@ def backward(
             f"fit head dim {D}; valid: {bwd_sm90_launches(D)}"
         )
     d_out = d_out.astype(q.dtype)
-    inputs = [q, k, v, d_out, lse, softmax_delta(d_out, out), _params(scale)]
-    if wgmma:
+    with_ids = [] if segments is None else [segments]
+    inputs = [q, k, v, *with_ids, d_out, lse, softmax_delta(d_out, out), _params(scale)]
+    function, launch, out_heads = _backward_launch(q, k, causal, sm90_config if wgmma else None, n_warps, segments)
+    dq, dk, dv = function(
+        inputs=inputs,
+        output_shapes=[q.shape, (B, out_heads, L_k, D), (B, out_heads, L_k, D)],
+        output_dtypes=[mx.float32, mx.float32, mx.float32],
+        init_value=0.0,
+        **launch,
+    )
+    if out_heads != n_kv_heads:
+        dk = dk.reshape(B, n_kv_heads, group, L_k, D).sum(axis=2)  # (B, Hkv, Lk, D)
+        dv = dv.reshape(B, n_kv_heads, group, L_k, D).sum(axis=2)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def _backward_launch(q, k, causal, sm90_config, n_warps, segments):
+    """(kernel, launch arguments, heads of the dK/dV outputs) of ``backward``: the wgmma kernel
+    when ``sm90_config`` is given, else mma.sync (with the document ids when ``segments``)."""
+    B, n_heads, _, D = q.shape
+    n_kv_heads, L_k = k.shape[1], k.shape[2]
+    group = n_heads // n_kv_heads
+    if sm90_config:
         warpgroups, q_tiles = sm90_config
         n_kv_blocks = -(-L_k // (64 * warpgroups))
         out_heads = n_kv_heads  # the kernel sums dK, dV over the GQA group
@@ -347,15 +373,8 @@ def backward(
             grid=(n_kv_blocks * 32 * n_warps, out_heads, B),
             threadgroup=(32 * n_warps, 1, 1),
         )
-        function = _kernel("ftpoc_flash_bwd", source.BWD_BODY, source.BWD_IO, bwd_smem_bytes(D, n_warps), source.SM80)
-    dq, dk, dv = function(
-        inputs=inputs,
-        output_shapes=[q.shape, (B, out_heads, L_k, D), (B, out_heads, L_k, D)],
-        output_dtypes=[mx.float32, mx.float32, mx.float32],
-        init_value=0.0,
-        **launch,
-    )
-    if out_heads != n_kv_heads:
-        dk = dk.reshape(B, n_kv_heads, group, L_k, D).sum(axis=2)  # (B, Hkv, Lk, D)
-        dv = dv.reshape(B, n_kv_heads, group, L_k, D).sum(axis=2)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+        name, body, io = ("ftpoc_flash_bwd", source.BWD_BODY, source.BWD_IO)
+        if segments is not None:
+            name, body, io = ("ftpoc_flash_bwd_seg", source.BWD_SEG_BODY, source.BWD_SEG_IO)
+        function = _kernel(name, body, io, bwd_smem_bytes(D, n_warps), source.SM80)
+    return function, launch, out_heads

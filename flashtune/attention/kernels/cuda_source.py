@@ -17,6 +17,11 @@ FWD_BODY = """
         q, k, v, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
 """
 
+FWD_SEG_BODY = """
+    ftpoc::flash_fwd<T, HEAD_DIM, NWARPS, MTILES, CAUSAL, true>(
+        q, k, v, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse, segments);
+"""
+
 FWD_SM90_BODY = """
     ftpoc::flash_fwd_sm90<T, HEAD_DIM, BLOCK_N, WARPGROUPS, STAGES, CAUSAL>(
         q, k, v, params, q_shape[0], q_shape[1], q_shape[2], k_shape[1], k_shape[2], out, lse);
@@ -38,6 +43,12 @@ BWD_BODY = """
         dq, dk, dv);
 """
 
+BWD_SEG_BODY = """
+    ftpoc::flash_bwd<T, HEAD_DIM, NWARPS, CAUSAL, true>(
+        q, k, v, dout, lse, delta, params, q_shape[1], q_shape[2], k_shape[1], k_shape[2],
+        dq, dk, dv, segments);
+"""
+
 
 @functools.cache
 def header(files: tuple[str, ...] = ALL_SOURCES) -> str:
@@ -52,3 +63,6 @@ def header(files: tuple[str, ...] = ALL_SOURCES) -> str:
 FWD_IO = (("q", "k", "v", "params"), ("out", "lse"))
 BWD_IO = (("q", "k", "v", "dout", "lse", "delta", "params"), ("dq", "dk", "dv"))
 DELTA_IO = (("dout", "o"), ("delta",))
+# Packed rows: the mma.sync kernels with the document ids (B, L) int32 after v.
+FWD_SEG_IO = (("q", "k", "v", "segments", "params"), ("out", "lse"))
+BWD_SEG_IO = (("q", "k", "v", "segments", "dout", "lse", "delta", "params"), ("dq", "dk", "dv"))

@@ -11,6 +11,10 @@
 //   B (16x8):  b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
 //   C (16x8):  c0 c1 (g, 2t..2t+1), c2 c3 (g+8, 2t..2t+1)
 // Two C tiles side by side are exactly one A tile, so probabilities never leave registers.
+//
+// SEG (packed rows): seg holds int32 document ids (B, L), Lq == Lk. A query sees only keys of
+// its own document; a negative id is padding (its output is zero, lse +inf, no gradient). A
+// tile pair whose id ranges miss (doc_range) is skipped, loads included.
 
 // Appended to flash_common.cu (cp.async, ldmatrix and mma.sync helpers).
 
@@ -19,9 +23,10 @@ namespace ftpoc {
 // Forward. Grid (ceil(Lq / BM), Hq, B), NW warps; each warp owns MT tiles of 16 query rows
 // (BM = 16 * MT * NW), so that each K/V fragment read from shared memory feeds MT products.
 // Writes out (B, Hq, Lq, D) and lse (B, Hq, Lq) in log2 units (+inf on empty rows).
-template <typename T, int D, int NW, int MT, bool CAUSAL>
+template <typename T, int D, int NW, int MT, bool CAUSAL, bool SEG = false>
 __device__ __forceinline__ void flash_fwd(const T* q, const T* k, const T* v, const float* params,
-                                          int Hq, int Lq, int Hkv, int Lk, T* out, float* lse) {
+                                          int Hq, int Lq, int Hkv, int Lk, T* out, float* lse,
+                                          const int* seg = nullptr) {
   constexpr int BM = 16 * MT * NW, BN = 64, S = D + 8, NT = 32 * NW;
   constexpr bool Q_IN_REGS = MT == 1;  // MT > 1 re-reads Q fragments to save registers
   extern __shared__ uint4 ftpoc_smem[];
@@ -45,10 +50,19 @@ __device__ __forceinline__ void flash_fwd(const T* q, const T* k, const T* v, co
   const int g = lane >> 2, t = lane & 3;
   const int wrow = warp * 16 * MT;  // this warp's first row within the block
 
+  const int* sg = SEG ? seg + (size_t)b * Lk : nullptr;
+  const int2 q_docs = SEG ? doc_range(sg, m0, BM, Lq) : make_int2(0, 0);
+  auto next_block = [&](int j) {  // the next K/V tile from j that the query block can see
+    if (SEG)
+      while (j < n_blocks && !docs_meet(q_docs, doc_range(sg, j * BN, BN, Lk))) ++j;
+    return j;
+  };
+
   load_tile<T, BM, D, NT>(Qs, qg, m0, Lq);
-  if (n_blocks > 0) {
-    load_tile<T, BN, D, NT>(Ks, kg, 0, Lk);
-    load_tile<T, BN, D, NT>(Vs, vg, 0, Lk);
+  int j = next_block(0);
+  if (j < n_blocks) {
+    load_tile<T, BN, D, NT>(Ks, kg, j * BN, Lk);
+    load_tile<T, BN, D, NT>(Vs, vg, j * BN, Lk);
   }
   cp_async_commit();
 
@@ -63,22 +77,23 @@ __device__ __forceinline__ void flash_fwd(const T* q, const T* k, const T* v, co
   }
   unsigned qf[Q_IN_REGS ? D / 16 : 1][4];
 
-  for (int j = 0; j < n_blocks; ++j) {
-    if (j + 1 < n_blocks) {
-      load_tile<T, BN, D, NT>(Ks + ((j + 1) & 1) * BN * S, kg, (j + 1) * BN, Lk);
-      load_tile<T, BN, D, NT>(Vs + ((j + 1) & 1) * BN * S, vg, (j + 1) * BN, Lk);
+  for (int it = 0; j < n_blocks; ++it) {  // it counts tiles done: it & 1 is the buffer
+    const int j_next = next_block(j + 1);
+    if (j_next < n_blocks) {
+      load_tile<T, BN, D, NT>(Ks + ((it + 1) & 1) * BN * S, kg, j_next * BN, Lk);
+      load_tile<T, BN, D, NT>(Vs + ((it + 1) & 1) * BN * S, vg, j_next * BN, Lk);
     }
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
-    if (Q_IN_REGS && j == 0) {
+    if (Q_IN_REGS && it == 0) {
 #pragma unroll
       for (int kk = 0; kk < (Q_IN_REGS ? D / 16 : 0); ++kk)
         ldsm_x4(qf[kk], smem_u32(Qs + (wrow + (lane & 7) + ((lane >> 3) & 1) * 8) * S +
                                  kk * 16 + (lane >> 4) * 8));
     }
-    const T* Kc = Ks + (j & 1) * BN * S;
-    const T* Vc = Vs + (j & 1) * BN * S;
+    const T* Kc = Ks + (it & 1) * BN * S;
+    const T* Vc = Vs + (it & 1) * BN * S;
 
     float s[MT][BN / 8][4];
 #pragma unroll
@@ -112,10 +127,12 @@ __device__ __forceinline__ void flash_fwd(const T* q, const T* k, const T* v, co
     }
 
     const int n0 = j * BN;
-    const bool need_mask = (n0 + BN > Lk) || (CAUSAL && n0 + BN - 1 > m0 + offset);
+    const bool need_mask = SEG || (n0 + BN > Lk) || (CAUSAL && n0 + BN - 1 > m0 + offset);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       const int row_a = m0 + wrow + mt * 16 + g, row_b = row_a + 8;
+      const int doc_a = SEG && row_a < Lq ? sg[row_a] : -1;
+      const int doc_b = SEG && row_b < Lq ? sg[row_b] : -1;
       float mx_a = -pos_inf(), mx_b = -pos_inf();
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
@@ -125,7 +142,12 @@ __device__ __forceinline__ void flash_fwd(const T* q, const T* k, const T* v, co
           if (need_mask) {
             int col = n0 + nt * 8 + 2 * t + (e & 1);
             int row = e < 2 ? row_a : row_b;
-            if (col >= Lk || (CAUSAL && col > row + offset)) x = -pos_inf();
+            bool hide = col >= Lk || (CAUSAL && col > row + offset);
+            if (SEG) {
+              const int doc = e < 2 ? doc_a : doc_b;
+              hide = hide || doc < 0 || sg[col] != doc;
+            }
+            if (hide) x = -pos_inf();
           }
           s[mt][nt][e] = x;
         }
@@ -183,6 +205,7 @@ __device__ __forceinline__ void flash_fwd(const T* q, const T* k, const T* v, co
       }
     }
     __syncthreads();  // the next iteration's prefetch overwrites this buffer's twin
+    j = j_next;
   }
   cp_async_wait<0>();
 
@@ -216,11 +239,12 @@ __device__ __forceinline__ void flash_fwd(const T* q, const T* k, const T* v, co
 // query blocks (BM = BN rows) of HPC query heads. dQ is accumulated with float atomics
 // into dq (B, Hq, Lq, D) float32 (zeroed by MLX); dk, dv are (B, Hq / HPC, Lk, D) float32.
 // lse is in log2 units (from flash_fwd); delta = rowsum(dO * O), float32 (B, Hq, Lq).
-template <typename T, int D, int NW, bool CAUSAL>
+template <typename T, int D, int NW, bool CAUSAL, bool SEG = false>
 __device__ __forceinline__ void flash_bwd(const T* q, const T* k, const T* v, const T* dout,
                                           const float* lse, const float* delta,
                                           const float* params, int Hq, int Lq, int Hkv, int Lk,
-                                          float* dq, float* dk, float* dv) {
+                                          float* dq, float* dk, float* dv,
+                                          const int* seg = nullptr) {
   constexpr int BN = 16 * NW, BM = BN, S = D + 8, SD = BM + 8, NT = 32 * NW;
   extern __shared__ uint4 ftpoc_smem[];
   T* Ks = reinterpret_cast<T*>(ftpoc_smem);
@@ -249,10 +273,19 @@ __device__ __forceinline__ void flash_bwd(const T* q, const T* k, const T* v, co
   const int g = lane >> 2, t = lane & 3;
   const int key_a = n0 + warp * 16 + g, key_b = key_a + 8;
 
-  auto prefetch = [&](int it) {
+  const int* sg = SEG ? seg + (size_t)b * Lk : nullptr;
+  const int2 k_docs = SEG ? doc_range(sg, n0, BN, Lk) : make_int2(0, 0);
+  const int kdoc_a = SEG && key_a < Lk ? sg[key_a] : -1;
+  const int kdoc_b = SEG && key_b < Lk ? sg[key_b] : -1;
+  auto next_item = [&](int it) {  // the next (head, query block) from it that sees these keys
+    if (SEG)
+      while (it < total && !docs_meet(k_docs, doc_range(sg, (q_first + it % nq) * BM, BM, Lq))) ++it;
+    return it;
+  };
+
+  auto prefetch = [&](int it, int buf) {
     const int h = blockIdx.y * hpc + it / nq;
     const int m0 = (q_first + it % nq) * BM;
-    const int buf = it & 1;
     const size_t base = (size_t)(b * Hq + h) * Lq;
     load_tile<T, BM, D, NT>(Qs + buf * BM * S, q + base * D, m0, Lq);
     load_tile<T, BM, D, NT>(Os + buf * BM * S, dout + base * D, m0, Lq);
@@ -265,7 +298,8 @@ __device__ __forceinline__ void flash_bwd(const T* q, const T* k, const T* v, co
 
   load_tile<T, BN, D, NT>(Ks, kg, n0, Lk);
   load_tile<T, BN, D, NT>(Vs, vg, n0, Lk);
-  if (total > 0) prefetch(0);
+  int it = next_item(0);
+  if (it < total) prefetch(it, 0);
   cp_async_commit();
 
   float dka[D / 8][4], dva[D / 8][4];
@@ -274,14 +308,15 @@ __device__ __forceinline__ void flash_bwd(const T* q, const T* k, const T* v, co
 #pragma unroll
     for (int e = 0; e < 4; ++e) dka[i][e] = dva[i][e] = 0.f;
 
-  for (int it = 0; it < total; ++it) {
-    if (it + 1 < total) prefetch(it + 1);
+  for (int step = 0; it < total; ++step) {  // step & 1 is the buffer
+    const int it_next = next_item(it + 1);
+    if (it_next < total) prefetch(it_next, (step + 1) & 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
     const int h = blockIdx.y * hpc + it / nq;
     const int m0 = (q_first + it % nq) * BM;
-    const int buf = it & 1;
+    const int buf = step & 1;
     const T* Qc = Qs + buf * BM * S;
     const T* Oc = Os + buf * BM * S;
     const float* Lc = Ls + buf * BM;
@@ -315,7 +350,7 @@ __device__ __forceinline__ void flash_bwd(const T* q, const T* k, const T* v, co
     }
 
     // P^T from the saved log-sum-exp, then dS^T = P^T * (dP^T - delta).
-    const bool need_mask = (n0 + BN > Lk) || (CAUSAL && n0 + BN - 1 > m0 + offset);
+    const bool need_mask = SEG || (n0 + BN > Lk) || (CAUSAL && n0 + BN - 1 > m0 + offset);
 #pragma unroll
     for (int nt = 0; nt < BM / 8; ++nt) {
 #pragma unroll
@@ -324,7 +359,12 @@ __device__ __forceinline__ void flash_bwd(const T* q, const T* k, const T* v, co
         float p = exp2f(st[nt][e] * scale_log2 - Lc[qc]);
         if (need_mask) {
           const int key = e < 2 ? key_a : key_b;
-          if (key >= Lk || (CAUSAL && key > m0 + qc + offset)) p = 0.f;
+          bool hide = key >= Lk || (CAUSAL && key > m0 + qc + offset);
+          if (SEG) {
+            const int kdoc = e < 2 ? kdoc_a : kdoc_b;
+            hide = hide || kdoc < 0 || m0 + qc >= Lq || sg[m0 + qc] != kdoc;
+          }
+          if (hide) p = 0.f;
         }
         st[nt][e] = p;
         dpt[nt][e] = p * (dpt[nt][e] - Ec[qc]);
@@ -402,6 +442,7 @@ __device__ __forceinline__ void flash_bwd(const T* q, const T* k, const T* v, co
         }
       }
     }
+    it = it_next;
   }
   cp_async_wait<0>();
 

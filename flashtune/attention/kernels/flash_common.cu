@@ -103,6 +103,27 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// The smallest and largest non-negative document id of seg[row0, row0 + rows) below L, as
+// (lo, hi); lo > hi when there is none. Every warp computes it alike: no barrier needed.
+__device__ __forceinline__ int2 doc_range(const int* seg, int row0, int rows, int L) {
+  int lo = 0x7fffffff, hi = -1;
+  for (int r = threadIdx.x % 32; r < rows; r += 32) {
+    const int id = row0 + r < L ? seg[row0 + r] : -1;
+    if (id >= 0) {
+      lo = min(lo, id);
+      hi = max(hi, id);
+    }
+  }
+#pragma unroll
+  for (int m = 16; m > 0; m >>= 1) {
+    lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, m));
+    hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, m));
+  }
+  return make_int2(lo, hi);
+}
+// Whether two ranges of document ids overlap: tiles whose ranges miss hold no visible pair.
+__device__ __forceinline__ bool docs_meet(int2 a, int2 b) { return a.x <= b.y && b.x <= a.y; }
+
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
 

@@ -33,6 +33,7 @@ from typing import Any
 import mlx.core as mx
 
 from flashtune.attention.kernels import metal_source
+from flashtune.attention.kernels.segments import checked_segments
 
 HEAD_DIMS = (32, 64, 80, 96, 128)
 DTYPES = (mx.bfloat16, mx.float16)
@@ -130,26 +131,6 @@ def _rows_grid(n_rows: int, n_heads: int, batch: int) -> tuple[int, int, int]:
 
 def _params(scale: float) -> mx.array:
     return mx.array([scale], dtype=mx.float32)
-
-
-def checked_segments(q: mx.array, k: mx.array, segments: mx.array | None) -> mx.array | None:
-    """The document ids as int32 (B, L), or None.
-
-    Raises:
-        ValueError: ids that are not integers of shape (B, L) with Lq == Lk == L.
-    """
-    if segments is None:
-        return None
-    B, _, L_q, _ = q.shape
-    L_k = k.shape[2]
-    if L_q != L_k or tuple(segments.shape) != (B, L_q):
-        raise ValueError(
-            f"segments must have shape (B, L) with Lq == Lk == L; got segments "
-            f"{tuple(segments.shape)}, q {tuple(q.shape)}, k {tuple(k.shape)}"
-        )
-    if not mx.issubdtype(segments.dtype, mx.integer):
-        raise ValueError(f"segments must hold integer document ids; got {segments.dtype}")
-    return segments.astype(mx.int32)
 
 
 def forward_launch(
