@@ -1,6 +1,7 @@
 """flashtune installed from its wheel (not editable) works outside the checkout: the recipes,
 data and model configs that commands need ship inside the package."""
 
+import json
 import subprocess
 import sys
 import sysconfig
@@ -64,3 +65,9 @@ def test_installed_commands_run_outside_the_checkout(venv, tmp_path):
     trained = run([flashtune, "train", "--iters", "2", "--out", str(tmp_path / "run")], cwd=tmp_path)
     assert "2 iterations" in trained.stdout, trained.stdout
     assert (tmp_path / "run" / "adapters.safetensors").is_file()
+    packed = run([flashtune, "train", "--iters", "1", "--pack", "--out", str(tmp_path / "packed")], cwd=tmp_path)
+    assert "1 iteration in" in packed.stdout and "of slots filled" in packed.stdout, packed.stdout
+    context = [flashtune, "bench", "context", "--lengths", "512", "--impls", "practical", "--steps", "1"]
+    run([*context, "--results", str(tmp_path / "bench"), "--cache-dir", str(tmp_path / "cache")], cwd=tmp_path)
+    (row,) = [json.loads(line) for line in (tmp_path / "bench/context/smollm2-135m.jsonl").read_text().splitlines()][1:]
+    assert row["status"] == "ok" and row["length"] == 512 and row["peak_gb"] > 0, row

@@ -95,7 +95,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         else ""
     )
     return (
-        f"{summary['iters']} iterations in {summary['total_wall_s']:.1f} s "
+        f"{summary['iters']} iteration{'s' * (summary['iters'] != 1)} in {summary['total_wall_s']:.1f} s "
         f"({summary['warmup_steps']} compile/warm-up steps, {summary['warmup_wall_s']:.1f} s); "
         f"median step {1e3 * summary['median_step_s']:.0f} ms; "
         f"{summary['processed_tokens_per_s']:,.0f} tokens/s processed (padding included), "
