@@ -82,7 +82,8 @@ def check_train_flags(text: str) -> list[str]:
 
 def plan(models: list[str], impls: list[str], suites: list[str], lengths: list[int], sweep_tokens: int,
          warmup_iters: int, sweep_iters: int | None, sweep_impls: list[str], iters: int | None = None,
-         fine_tune_type: str = "lora", pack_datasets: Sequence[str] = (), pack_impls: Sequence[str] = ()) -> list[Run]:  # fmt: skip
+         fine_tune_type: str = "lora", pack_datasets: Sequence[str] = (), pack_impls: Sequence[str] = (),
+         pack_spread_runs: int = packing.SPREAD_RUNS) -> list[Run]:  # fmt: skip
     """The runs, in order: per model, each tool's warm-up then measured run, then the sweep, then packing."""
     runs = []
     for model in models:
@@ -106,7 +107,9 @@ def plan(models: list[str], impls: list[str], suites: list[str], lengths: list[i
                         Run("sweep", model, impl, length, max(sweep_tokens // length, 1), sweep_iters, fine_tune_type)
                     )
         if "packing" in suites:
-            runs += packing.plan_runs([model], list(pack_datasets), list(pack_impls), warmup_iters, fine_tune_type)
+            runs += packing.plan_runs(
+                [model], list(pack_datasets), list(pack_impls), warmup_iters, fine_tune_type, pack_spread_runs
+            )
     return runs
 
 
@@ -149,6 +152,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--pack-impls",
         help=f"packing suite: comma list from {', '.join((*packing.PACK_IMPLS, TOOL))} "
         f"(default: all on GPU; practical,demo,{TOOL} on CPU, where poc runs practical)",
+    )
+    parser.add_argument(
+        "--pack-spread-runs",
+        type=int,
+        default=packing.SPREAD_RUNS,
+        help="packing suite: padded runs of the first implementation with seeds 1..N, whose spread is the "
+        "validation-loss yardstick (default: %(default)s; 0: none)",
     )
     parser.add_argument(
         "--fine-tune-type",
@@ -222,7 +232,7 @@ def _plan_from_args(args: argparse.Namespace, kind: str):
     sweep_tokens = args.sweep_tokens or defaults["sweep_tokens"]
     try:
         runs = plan(models, impls, suites, lengths, sweep_tokens, warmup, args.sweep_iters, sweep_impls, args.iters,
-                    args.fine_tune_type, pack_datasets, pack_impls)  # fmt: skip
+                    args.fine_tune_type, pack_datasets, pack_impls, args.pack_spread_runs)  # fmt: skip
     except ValueError as error:  # an unknown packing dataset or implementation
         raise SystemExit(str(error)) from None
     max_length = max(lengths) if "sweep" in suites else 0

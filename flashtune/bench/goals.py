@@ -148,7 +148,8 @@ def packing_goals(runs: list[dict[str, Any]]) -> list[list]:
 
     Per model and dataset: trained tokens/s of each implementation packed against padded, the best
     packed run against mlx_lm.lora, and the validation loss after the pass of the packed runs against
-    the padded runs' mean, within the padded runs' spread (max - min over implementations).
+    the padded runs' mean, within the padded runs' spread (max - min over implementations and the
+    reseeded padded runs, ``padded-seedN``: the run-to-run spread of padded training).
     """
     from flashtune.bench.packing_report import pass_numbers, row_name
     from flashtune.bench.report import named
@@ -186,7 +187,9 @@ def packing_goals(runs: list[dict[str, Any]]) -> list[list]:
 def _val_loss_goal(model: str, dataset: str, ok: dict[str, dict[str, Any]]) -> list[list]:
     """The packed run farthest from the padded runs' mean validation loss, against the padded runs' spread."""
     padded = [
-        s["final_val_loss"] for n, s in ok.items() if n.endswith(" padded") and s.get("final_val_loss") is not None
+        s["final_val_loss"]
+        for n, s in ok.items()
+        if (n.endswith(" padded") or " padded-seed" in n) and s.get("final_val_loss") is not None
     ]
     packed = [
         s["final_val_loss"] for n, s in ok.items() if n.endswith(" packed") and s.get("final_val_loss") is not None

@@ -7,7 +7,10 @@ the same LoRA, AdamW and learning rate per token, from ``recipes/packing-<model>
   examples, kept apart by per-document attention), for each implementation of ``--pack-impls``;
 - flashtune padded (length-sorted batches padded to planned lengths, as every other run), the same
   implementations;
-- ``mlx_lm lora``, padded its own way (``mlx_lm.lora`` in ``--pack-impls``).
+- ``mlx_lm lora``, padded its own way (``mlx_lm.lora`` in ``--pack-impls``);
+- the first implementation padded again with other seeds (data order, LoRA init, dropout),
+  ``--pack-spread-runs`` times (variants ``padded-seed1``...): the run-to-run spread of padded
+  training, the yardstick of the packed runs' validation loss.
 
 The pass: the bench tokenizes the dataset as ``flashtune train`` does and counts the steps of one
 epoch, padded (`flashtune.data.num_batches`) and packed (`flashtune.data.packing.packed_batches`),
@@ -42,6 +45,7 @@ from flashtune.bench.runs import Run, recipe_path
 
 PACK_IMPLS = ("poc", "demo", "practical")
 VARIANTS = ("packed", "padded")
+SPREAD_RUNS = 2  # padded runs with seeds 1, 2: the validation-loss yardstick
 WARMUP_SHARE = 0.1  # of the pass's steps: the main recipes warm up for 10 of 100 iterations
 DATASETS: dict[str, dict[str, Any]] = {
     "timing": {"kind": "variable", **assets.VARIABLE},
@@ -52,10 +56,17 @@ DATASETS: dict[str, dict[str, Any]] = {
 
 
 def plan_runs(
-    models: list[str], datasets: list[str], impls: list[str], warmup_iters: int, fine_tune_type: str = "lora"
+    models: list[str],
+    datasets: list[str],
+    impls: list[str],
+    warmup_iters: int,
+    fine_tune_type: str = "lora",
+    spread_runs: int = SPREAD_RUNS,
 ) -> list[Run]:
     """The suite's runs, in order: per model and dataset, each flashtune implementation packed then
-    padded, then mlx_lm.lora, each preceded by its warm-up run when ``warmup_iters`` (< 0: as long).
+    padded, then mlx_lm.lora, each preceded by its warm-up run when ``warmup_iters`` (< 0: as long);
+    then ``spread_runs`` padded runs of the first implementation with seeds 1, 2, ... (no warm-up:
+    their validation loss is what counts).
 
     Their pass lengths and learning rates are set later, from the data (`apply_pass`).
     """
@@ -66,6 +77,7 @@ def plan_runs(
         if impl not in (*PACK_IMPLS, TOOL):
             raise ValueError(f"unknown packing implementation {impl!r}; choose from {', '.join((*PACK_IMPLS, TOOL))}")
     pairs = [(i, v) for i in impls if i != TOOL for v in VARIANTS] + [(TOOL, None)] * (TOOL in impls)
+    reseeded = [i for i in impls if i != TOOL][:1]
     runs = []
     for model in models:
         for dataset in datasets:
@@ -74,7 +86,16 @@ def plan_runs(
                 if warmup_iters:
                     runs.append(Run("packing-cold", iters=None if warmup_iters < 0 else warmup_iters, **same))
                 runs.append(Run("packing", **same))
+            for impl in reseeded:
+                for seed in range(1, spread_runs + 1):
+                    runs.append(Run("packing", model, impl, dataset=dataset, variant=f"padded-seed{seed}",
+                                    fine_tune_type=fine_tune_type))  # fmt: skip
     return runs
+
+
+def variant_seed(variant: str | None) -> int | None:
+    """The seed of a reseeded padded run (``padded-seed2`` -> 2), else None."""
+    return int(variant.removeprefix("padded-seed")) if variant and variant.startswith("padded-seed") else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +177,8 @@ def apply_pass(run: Run, plan: PassPlan) -> Run:
     """Sets ``run``'s iterations (unless a warm-up of fixed length), flags and bench-header notes."""
     packed = run.variant == "packed"
     steps, run.overrides = plan.settings(packed)
+    if (seed := variant_seed(run.variant)) is not None:
+        run.overrides["seed"] = seed
     run.iters = run.iters or steps
     scale = plan.lr_scale if packed else 1.0
     run.extra = {

@@ -22,7 +22,10 @@ def test_plan_runs_each_implementation_packed_and_padded_then_mlx_lm():
         "packing/M/timing/poc-packed.jsonl", "packing/M/timing/poc-padded.jsonl", "packing/M/timing/demo-packed.jsonl",
         "packing/M/timing/demo-padded.jsonl", f"packing/M/timing/{TOOL}.jsonl",
     ]  # fmt: skip
-    assert len(measured) == 10 and {r.dataset for r in measured} == {"timing", "chat"}
+    # Then the first implementation padded with seeds 1 and 2: the validation-loss yardstick.
+    assert [(r.impl, r.variant) for r in measured[5:7]] == [("poc", "padded-seed1"), ("poc", "padded-seed2")]
+    assert len(measured) == 14 and {r.dataset for r in measured} == {"timing", "chat"}
+    assert not [r for r in runs if r.suite == "packing-cold" and "seed" in (r.variant or "")]
     # On a GPU each run follows a warm-up run of the same settings, under cold/.
     assert [(r.suite, str(r.relpath)) for r in runs[:2]] == [
         ("packing-cold", "packing/M/timing/cold/poc-packed.jsonl"),
@@ -30,7 +33,11 @@ def test_plan_runs_each_implementation_packed_and_padded_then_mlx_lm():
     ]
     assert runs[0].is_warmup and runs[0].data_key == runs[1].data_key == ("packing", "M", "timing")
     cpu = plan(["M"], [], ["packing"], [], 1, 0, None, [], pack_datasets=["capitals"], pack_impls=["practical"])
-    assert [(r.suite, r.variant) for r in cpu] == [("packing", "packed"), ("packing", "padded")]
+    assert [r.variant for r in cpu] == ["packed", "padded", "padded-seed1", "padded-seed2"]
+    alone = plan(
+        ["M"], [], ["packing"], [], 1, 0, None, [], pack_datasets=["chat"], pack_impls=["demo"], pack_spread_runs=0
+    )
+    assert [r.variant for r in alone] == ["packed", "padded"]
     assert not plan(["M"], ["demo"], ["main"], [], 1, 0, None, [], pack_datasets=["chat"], pack_impls=["demo"])[
         0
     ].dataset
@@ -60,7 +67,7 @@ def test_pass_length_and_learning_rate_per_token():
     )  # ceil(15 / 2)
 
     runs = plan(["M"], [], ["packing"], [], 1, -1, None, [], pack_datasets=["chat"], pack_impls=["demo", TOOL])
-    cold, packed, _, padded, _, peer = (packing.apply_pass(r, p) for r in runs)
+    cold, packed, _, padded, _, peer, reseeded, _ = (packing.apply_pass(r, p) for r in runs)
     assert (packed.iters, packed.overrides) == (
         15,
         {"warmup": 2, "pack": True, "pack_length": 32, "learning_rate": pytest.approx(4e-4)},
@@ -70,6 +77,7 @@ def test_pass_length_and_learning_rate_per_token():
         {"warmup": 2},
     )
     assert cold.iters == 15 and cold.overrides == packed.overrides  # a warm-up runs the pass it warms up for
+    assert (reseeded.variant, reseeded.iters, reseeded.overrides) == ("padded-seed1", 20, {"warmup": 2, "seed": 1})
     assert packed.extra["lr_scale"] == pytest.approx(4 / 3) and padded.extra["lr_scale"] == 1.0
     assert packed.extra["pass"]["padded_steps"] == 20 and packed.extra["peak_learning_rate"] == pytest.approx(4e-4)
     flags = _flags(packed.overrides)
@@ -133,6 +141,11 @@ def test_packing_goals():
     assert rows[f"trained tok/s, best packed (practical) vs {TOOL}"] == ["6.00×", "≥ 5×", "yes"]
     val = rows["val loss after the pass, packed (farthest) vs padded mean"]
     assert val == ["2.0250 vs 2.0100 (Δ +0.0150)", "Δ within ±0.0200 (padded spread)", "yes"]
+    reseeded = [*runs, summary("practical", "padded-seed1", "chat", 100.0, 1.96)]  # widens the spread, moves the mean
+    val = {row[2]: row[3:] for row in packing_goals(reseeded)}[
+        "val loss after the pass, packed (farthest) vs padded mean"
+    ]
+    assert val == ["2.0250 vs 1.9933 (Δ +0.0317)", "Δ within ±0.0600 (padded spread)", "yes"]
     timing = {
         row[2]: row[3:]
         for row in packing_goals(
@@ -168,7 +181,7 @@ def test_tiny_packing_suite_end_to_end(tmp_path):
     bench.data[("packing", "tiny", "chat")] = folder
     p = packing.measure_pass(bench.recipes, folder, setup, env.backend())
     assert p.packed_steps < p.padded_steps == 12
-    for run in packing.plan_runs(["tiny"], ["chat"], ["practical", TOOL], 0):
+    for run in packing.plan_runs(["tiny"], ["chat"], ["practical", TOOL], 0, spread_runs=1):
         assert bench.execute(packing.apply_pass(run, p)) == "ok", run.name
     runs = {(s["impl"], s["bench"]["variant"]): s for s in collect(bench.results)}
     packed, padded, peer = runs[("practical", "packed")], runs[("practical", "padded")], runs[(TOOL, None)]
@@ -178,10 +191,15 @@ def test_tiny_packing_suite_end_to_end(tmp_path):
     )
     assert packed["bench"]["lr_scale"] == pytest.approx(p.lr_scale) and packed["input_tokens"] == p.input_tokens
     assert packed["final_val_loss"] is not None and padded["final_val_loss"] is not None
+    reseeded = runs[("practical", "padded-seed1")]
+    assert reseeded["run_info"]["config"]["seed"] == 1 and padded["run_info"]["config"]["seed"] == 0
+    assert reseeded["iters"] == 12 and reseeded["final_val_loss"] != padded["final_val_loss"]
     md = write_report(bench.results).read_text()
     for row in (
         "| practical packed | ok |",
         "| practical padded | ok |",
+        "| practical padded-seed1 | ok |",
+        "| tiny | chat | val loss after the pass, packed (farthest) vs padded mean |",
         f"| {TOOL} | ok |",
         "| tiny | chat | trained tok/s, practical packed vs padded |",
     ):
