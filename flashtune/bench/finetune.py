@@ -143,23 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-impls", help=f"comma list for the sweep (default: {', '.join(IMPLS)})")
     parser.add_argument("--sweep-iters", type=int, help="sweep iterations (default: the sweep recipe's)")
     parser.add_argument("--iters", type=int, help="main-suite iterations (default: the recipe's, 100)")
-    parser.add_argument(
-        "--pack-datasets",
-        help=f"packing suite: comma list from {', '.join(packing.DATASETS)} "
-        "(default: timing,chat on GPU; capitals,chat-small on CPU)",
-    )
-    parser.add_argument(
-        "--pack-impls",
-        help=f"packing suite: comma list from {', '.join((*packing.PACK_IMPLS, TOOL))} "
-        f"(default: all on GPU; practical,demo,{TOOL} on CPU, where poc runs practical)",
-    )
-    parser.add_argument(
-        "--pack-spread-runs",
-        type=int,
-        default=packing.SPREAD_RUNS,
-        help="packing suite: padded runs of the first implementation with seeds 1..N, whose spread is the "
-        "validation-loss yardstick (default: %(default)s; 0: none)",
-    )
+    _add_packing_arguments(parser)
     parser.add_argument(
         "--fine-tune-type",
         choices=FINE_TUNE_TYPES,
@@ -202,6 +186,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--repeats", type=int, default=1, help="run the whole plan N times, into rep1/ ... repN/ of the results folder"
     )
     hf_peft.add_arguments(parser)
+
+
+def _add_packing_arguments(parser) -> None:
+    """The packing suite's options (`flashtune.bench.packing`)."""
+    parser.add_argument(
+        "--pack-datasets",
+        help=f"packing suite: comma list from {', '.join(packing.DATASETS)} "
+        "(default: timing,chat on GPU; capitals,chat-small on CPU)",
+    )
+    parser.add_argument(
+        "--pack-impls",
+        help=f"packing suite: comma list from {', '.join((*packing.PACK_IMPLS, TOOL))} "
+        f"(default: all on GPU; practical,demo,{TOOL} on CPU, where poc runs practical)",
+    )
+    parser.add_argument(
+        "--pack-spread-runs",
+        type=int,
+        default=packing.SPREAD_RUNS,
+        help="packing suite: padded runs of the first implementation with seeds 1..N, whose spread is the "
+        "validation-loss yardstick (default: %(default)s; 0: none)",
+    )
 
 
 def _split(text: str, cast=str) -> list:

@@ -129,13 +129,16 @@ def run(
     header = env.run_info(
         {**settings, "seed": seed, "impls": impls}, dtype=str(dtype).split(".")[-1], kind="packed-attention-bench"
     )
+    if out:  # each record is written as it comes, so a run stopped early keeps what it measured
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(header) + "\n")
     records = []
     for name in impls:
         records.append(measure(name, settings, dtype, seed, warmup, repeat))
         progress(records[-1])
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(json.dumps(r) + "\n" for r in [header, *records]))
+        if out:
+            with open(out, "a") as sink:
+                sink.write(json.dumps(records[-1]) + "\n")
     return records
 
 
@@ -150,7 +153,9 @@ def add_arguments(parser) -> None:
 def run_from_args(args) -> int:
     def show(record):
         print(
-            f"{record['impl']}: packed {record['packed_ms']:.2f} ms, unpacked {record['unpacked_ms']:.2f} ms",
+            f"{record['impl']} ({record['path'] or record['impl']}): packed {record['packed_ms']:.2f} ms, "
+            f"dense {record['dense_ms']:.2f} ms, unpacked {record['unpacked_ms']:.2f} ms "
+            f"({record['documents']} documents, {record['tokens']:,} tokens)",
             flush=True,
         )
 
