@@ -109,3 +109,29 @@ def write_text_dataset(path: Path, texts: Sequence[str] = TINY_TEXTS) -> Path:
     for split in ("train", "valid", "test"):
         (path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return path
+
+
+def train_config(tiny: tuple[Path, Path], out: Path, **overrides):
+    """A resolved `flashtune train` config on a tiny model folder and dataset (``tiny``: the
+    ``tiny`` fixture's pair): 30 iterations of batch 2, LoRA on both blocks, ``practical``
+    attention, a validation and a checkpoint every 10; ``overrides`` replace any setting."""
+    from flashtune import config as config_module
+
+    model_dir, data_dir = tiny
+    settings = dict(
+        model=str(model_dir),
+        data=str(data_dir),
+        out=str(out),
+        iters=30,
+        batch_size=2,
+        lora_layers=2,
+        learning_rate=1e-3,
+        warmup=3,
+        steps_per_eval=10,
+        val_batches=2,
+        steps_per_save=10,
+        sample=False,
+        attn="practical",
+    )
+    settings.update(overrides)
+    return config_module.resolve(None, **settings)

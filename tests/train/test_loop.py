@@ -16,34 +16,7 @@ import flashtune  # noqa: F401
 from flashtune import config as config_module
 from flashtune import data, models
 from flashtune.train import checkpoint, loop, prepare, records, step
-from tests.tiny_models import write_text_dataset, write_tiny_hf_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return write_tiny_hf_model(root / "model"), write_text_dataset(root / "data")
-
-
-def make_config(tiny, out, **overrides):
-    model_dir, data_dir = tiny
-    settings = dict(
-        model=str(model_dir),
-        data=str(data_dir),
-        out=str(out),
-        iters=30,
-        batch_size=2,
-        lora_layers=2,
-        learning_rate=1e-3,
-        warmup=3,
-        steps_per_eval=10,
-        val_batches=2,
-        steps_per_save=10,
-        sample=False,
-        attn="practical",
-    )
-    settings.update(overrides)
-    return config_module.resolve(None, **settings)
+from tests.tiny_models import train_config as make_config
 
 
 def adapters(run_dir):

@@ -9,14 +9,13 @@ from mlx.utils import tree_flatten
 
 import flashtune  # noqa: F401
 from flashtune import attention, data
-from flashtune import config as config_module
 from flashtune.data import packing
 from flashtune.patch import patch
 from flashtune.train import loop, records
 from flashtune.train.fused_projections import fuse_projections
 from flashtune.train.lora import adapter_config, apply_lora, enable_grad_checkpoint
 from flashtune.train.step import make_steps
-from tests.tiny_models import tiny_model, write_text_dataset, write_tiny_hf_model
+from tests.tiny_models import tiny_model, train_config
 
 LENGTHS = (9, 1, 23, 14)  # tokens per document; a one-token document has nothing to predict
 
@@ -75,33 +74,12 @@ def test_packed_batch_equals_its_documents_run_one_by_one(model_type, attn, chec
         assert error < 1e-5, f"{name}: relative error {error:.2e}, max abs {np.abs(got - want).max():.2e}"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-pack")
-    return write_tiny_hf_model(root / "model"), write_text_dataset(root / "data")
+# Packed runs: 12 iterations into rows of 64 slots, a validation every 6, no checkpoint but the last.
+PACKED = dict(iters=12, warmup=2, steps_per_eval=6, steps_per_save=100, pack=True, pack_length=64)
 
 
 def make_config(tiny, out, **overrides):
-    model_dir, data_dir = tiny
-    settings = dict(
-        model=str(model_dir),
-        data=str(data_dir),
-        out=str(out),
-        iters=12,
-        batch_size=2,
-        lora_layers=2,
-        learning_rate=1e-3,
-        warmup=2,
-        steps_per_eval=6,
-        val_batches=2,
-        steps_per_save=100,
-        sample=False,
-        attn="practical",
-        pack=True,
-        pack_length=64,
-    )
-    settings.update(overrides)
-    return config_module.resolve(None, **settings)
+    return train_config(tiny, out, **{**PACKED, **overrides})
 
 
 def test_train_with_pack_learns_and_records_documents(tiny, tmp_path):

@@ -19,9 +19,9 @@ _COMMON = """
     const float scale_log2 = scale * 1.4426950408889634f;
 """
 
-_FORWARD = (
-    _COMMON
-    + """
+# Forward and dQ: one simdgroup per query row; the row's place, its K/V head, and the
+# threadgroup's K/V tiles.
+_QUERY_ROW = """
     const int h = threadgroup_position_in_grid.y;
     const int hk = h / group;
     const int m0 = threadgroup_position_in_grid.x * ROWS;
@@ -31,14 +31,10 @@ _FORWARD = (
     @DOCS_OF_BLOCK row Lq m0@
     threadgroup float Ks[TILE * D];
     threadgroup float Vs[TILE * D];
-    float qr[PER], acc[PER];
-    for (int i = 0; i < PER; ++i) {
-        const int d = lane + 32 * i;
-        qr[i] = (row < Lq && d < D) ? float(q[(qbase + row) * D + d]) : 0.0f;
-        acc[i] = 0.0f;
-    }
-    float m = -INFINITY, l = 0.0f;
-    const int n_end = CAUSAL ? min(Lk, m0 + ROWS + offset) : Lk;
+"""
+# Forward and dQ: opens the walk over the K/V tiles the block's rows may see, each copied into
+# Ks and Vs between barriers (the kernel's own lines follow inside the loop and close it).
+_KV_TILES = """    const int n_end = CAUSAL ? min(Lk, m0 + ROWS + offset) : Lk;
     for (int n0 = 0; n0 < n_end; n0 += TILE) {
         @SKIP_TILE n0 Lk@
         threadgroup_barrier(mem_flags::mem_threadgroup);
@@ -49,7 +45,21 @@ _FORWARD = (
             Vs[idx] = ok ? float(v[(kbase + n0 + r) * D + c]) : 0.0f;
         }
         threadgroup_barrier(mem_flags::mem_threadgroup);
-        float s[TILE];
+"""
+
+_FORWARD = (
+    _COMMON
+    + _QUERY_ROW
+    + """    float qr[PER], acc[PER];
+    for (int i = 0; i < PER; ++i) {
+        const int d = lane + 32 * i;
+        qr[i] = (row < Lq && d < D) ? float(q[(qbase + row) * D + d]) : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+"""
+    + _KV_TILES
+    + """        float s[TILE];
         float tile_max = -INFINITY;
         for (int j = 0; j < TILE; ++j) {
             float part = 0.0f;
@@ -92,17 +102,8 @@ _FORWARD = (
 
 _DQ = (
     _COMMON
-    + """
-    const int h = threadgroup_position_in_grid.y;
-    const int hk = h / group;
-    const int m0 = threadgroup_position_in_grid.x * ROWS;
-    const int row = m0 + int(sg);
-    const ulong qbase = (ulong)(b * Hq + h) * Lq;
-    const ulong kbase = (ulong)(b * Hkv + hk) * Lk;
-    @DOCS_OF_BLOCK row Lq m0@
-    threadgroup float Ks[TILE * D];
-    threadgroup float Vs[TILE * D];
-    float qr[PER], dor[PER], acc[PER];
+    + _QUERY_ROW
+    + """    float qr[PER], dor[PER], acc[PER];
     for (int i = 0; i < PER; ++i) {
         const int d = lane + 32 * i;
         const bool ok = row < Lq && d < D;
@@ -112,18 +113,9 @@ _DQ = (
     }
     const float row_lse = row < Lq ? lse[qbase + row] : INFINITY;
     const float row_delta = row < Lq ? delta[qbase + row] : 0.0f;
-    const int n_end = CAUSAL ? min(Lk, m0 + ROWS + offset) : Lk;
-    for (int n0 = 0; n0 < n_end; n0 += TILE) {
-        @SKIP_TILE n0 Lk@
-        threadgroup_barrier(mem_flags::mem_threadgroup);
-        for (int idx = tid; idx < TILE * D; idx += 32 * ROWS) {
-            const int r = idx / D, c = idx % D;
-            const bool ok = n0 + r < Lk;
-            Ks[idx] = ok ? float(k[(kbase + n0 + r) * D + c]) : 0.0f;
-            Vs[idx] = ok ? float(v[(kbase + n0 + r) * D + c]) : 0.0f;
-        }
-        threadgroup_barrier(mem_flags::mem_threadgroup);
-        for (int j = 0; j < TILE; ++j) {
+"""
+    + _KV_TILES
+    + """        for (int j = 0; j < TILE; ++j) {
             float sp = 0.0f, dpp = 0.0f;
             for (int i = 0; i < PER; ++i) {
                 const int d = lane + 32 * i;

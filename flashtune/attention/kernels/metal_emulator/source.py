@@ -142,25 +142,24 @@ def _inputs(launch, checked: bool) -> tuple[list[str], list[str]]:
             params.append(f"const {t} {name}")
             args.append(f"*static_cast<const {t}*>(buffers[{i}])")
             continue
-        if checked:
-            params.append(f"::mtlemu::DeviceIn<{t}> {name}")
-            args.append(f'{{static_cast<const {t}*>(buffers[{i}]), sizes[{i}], "{name}"}}')
-        else:
-            params.append(f"const {t}* {name}")
-            args.append(f"static_cast<const {t}*>(buffers[{i}])")
+        _read_only(params, args, checked, t, name, f"static_cast<const {t}*>(buffers[{i}])", f"sizes[{i}]")
         for suffix, elem, table in (("shape", "int", "shapes"), ("strides", "int64_t", "strides")):
-            if f"{name}_{suffix}" not in source:
-                continue
-            if checked:
-                params.append(f"::mtlemu::DeviceIn<{elem}> {name}_{suffix}")
-                args.append(f'{{{table}[{i}], uint64_t(ndims[{i}]), "{name}_{suffix}"}}')
-            else:
-                params.append(f"const {elem}* {name}_{suffix}")
-                args.append(f"{table}[{i}]")
+            if f"{name}_{suffix}" in source:
+                _read_only(params, args, checked, elem, f"{name}_{suffix}", f"{table}[{i}]", f"uint64_t(ndims[{i}])")
         if f"{name}_ndim" in source:
             params.append(f"const int {name}_ndim")
             args.append(f"ndims[{i}]")
     return params, args
+
+
+def _read_only(params: list[str], args: list[str], checked: bool, t: str, name: str, pointer: str, size: str) -> None:
+    """Appends a read-only buffer: a bounds-checked view when ``checked``, else a plain pointer."""
+    if checked:
+        params.append(f"::mtlemu::DeviceIn<{t}> {name}")
+        args.append(f'{{{pointer}, {size}, "{name}"}}')
+    else:
+        params.append(f"const {t}* {name}")
+        args.append(pointer)
 
 
 def _outputs(launch, checked: bool) -> tuple[list[str], list[str]]:
